@@ -1,0 +1,33 @@
+# Data preparation and training: one job per dataset split, one job per model.
+
+
+rule prepare_data:
+    output:
+        splits_path("{dataset}"),
+    log:
+        f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
+    params:
+        data_root=config["data_root"],
+        options=lambda wc: config["dataset_options"].get(wc.dataset, {}),
+        val_fraction=TRAINING["val_fraction"],
+        split_seed=config["split_seed"],
+    script:
+        "../workflow_scripts/prepare_data.py"
+
+
+rule train:
+    input:
+        splits=splits_path("{dataset}"),
+    output:
+        model=f"{MODEL_DIR}/model.safetensors",
+        best=f"{MODEL_DIR}/best.safetensors",
+        checkpoints=[f"{MODEL_DIR}/checkpoints/epoch{e}.safetensors" for e in CHECKPOINT_EPOCHS],
+        metrics=f"{MODEL_DIR}/metrics.json",
+    log:
+        f"{RESULTS}/logs/train/{MODEL_ID}.log",
+    params:
+        settings=train_settings,
+        device=config["device"],
+    threads: config["threads"]["train"]
+    script:
+        "../workflow_scripts/train.py"

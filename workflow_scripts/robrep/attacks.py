@@ -1,0 +1,118 @@
+"""PGD in pixel space (Madry et al. 2018): Linf or L2 ball, random start, projection, clamp to [0,1].
+
+The attack runs with the model in eval mode, so batch-norm statistics are never updated by
+adversarial forward passes, and restores the mode it found. All randomness comes from the
+`generator` passed in, so an attack is reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One PGD threat model: norm in {linf, l2}, radius eps, steps and step size."""
+
+    norm: str
+    eps: float
+    steps: int
+    step_size: float
+    random_start: bool = True
+
+    def __post_init__(self):
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"attack norm {self.norm!r} is not one of linf, l2")
+        if self.eps < 0 or self.steps < 0 or self.step_size < 0:
+            raise ValueError(f"attack eps/steps/step_size must be >= 0, got {self}")
+
+    def as_dict(self) -> dict:
+        return {
+            "norm": self.norm,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+        }
+
+
+def _flat_norm(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1)))
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Project perturbations onto the eps-ball of `norm`."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def _random_start(x: torch.Tensor, spec: AttackSpec, generator: torch.Generator | None):
+    if spec.norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        return (2 * u - 1) * spec.eps
+    # Uniform in the L2 ball: Gaussian direction, radius eps * U^(1/d).
+    g = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+    d = x[0].numel()
+    r = torch.rand((x.shape[0],), generator=generator, device="cpu").to(x.device) ** (1.0 / d)
+    return g / _flat_norm(g).clamp_min(1e-12) * (spec.eps * r).view(-1, *([1] * (x.dim() - 1)))
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: AttackSpec,
+    generator: torch.Generator | None = None,
+    loss: str = "ce",
+) -> torch.Tensor:
+    """Adversarial examples in [0,1] within `spec`'s eps-ball around `x`.
+
+    `loss="ce"` maximises cross-entropy against `y` (PGD-AT); `loss="kl"` maximises
+    KL(f(x) || f(x')) as in TRADES, ignoring `y`.
+    """
+    if spec.eps == 0 or spec.steps == 0:
+        return x.detach().clone()
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.detach()
+        if loss == "kl":
+            with torch.no_grad():
+                clean_prob = F.softmax(model(x), dim=1)
+        delta = _random_start(x, spec, generator) if spec.random_start else torch.zeros_like(x)
+        delta = (x + delta).clamp(0, 1) - x
+        for _ in range(spec.steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            if loss == "kl":
+                objective = F.kl_div(F.log_softmax(logits, dim=1), clean_prob, reduction="sum")
+            else:
+                objective = F.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(objective, delta)
+            with torch.no_grad():
+                if spec.norm == "linf":
+                    step = grad.sign()
+                else:
+                    step = grad / _flat_norm(grad).clamp_min(1e-12)
+                delta = project(delta + spec.step_size * step, spec.norm, spec.eps)
+                delta = (x + delta).clamp(0, 1) - x
+        return (x + delta).detach()
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of `x` classified as `y` (model put in eval mode, mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return (model(x).argmax(1) == y).float().mean().item()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,215 @@
+"""Configuration semantics the JSON schema cannot express: eps parsing, method ids, cross-key checks.
+
+`config/schema.yaml` validates types and fills defaults; this module adds the checks that need
+code (the model registry, eps given for `standard`, duplicate ids) and the canonical `method_id`.
+Every error names the key, the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+METHODS = ("standard", "pgd", "trades")
+NORMS = ("linf", "l2")
+DEFAULT_ATTACK_STEPS = 7
+DEFAULT_STEP_FACTOR = 2.5  # step size = 2.5 * eps / steps (Madry et al. 2018)
+DEFAULT_TRADES_BETA = 6.0
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names key, value and valid choices."""
+
+
+def parse_eps(value: Any, key: str = "eps") -> float:
+    """Parse an epsilon given as a number or a fraction string such as ``"8/255"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a number; give e.g. 0.1 or '8/255'")
+    if isinstance(value, int | float):
+        eps = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            eps = float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"{key}: {value!r} is not a number or fraction; give e.g. 0.1 or '8/255'"
+            ) from None
+    else:
+        raise ConfigError(f"{key}: {value!r} is not a number; give e.g. 0.1 or '8/255'")
+    if not eps >= 0 or eps == float("inf"):
+        raise ConfigError(f"{key}: {value!r} must be a finite number >= 0")
+    return eps
+
+
+def eps_token(value: Any) -> str:
+    """Filesystem-safe spelling of an eps: ``8/255 -> 8_255``, ``0.1 -> 0.1``."""
+    if isinstance(value, str) and "/" in value:
+        num, den = (part.strip() for part in value.split("/", 1))
+        return f"{num}_{den}"
+    eps = parse_eps(value)
+    return f"{eps:g}" if eps == float(f"{eps:g}") else repr(eps)
+
+
+def method_id(method: Mapping[str, Any]) -> str:
+    """Canonical id of a training method: ``standard``, ``pgd-linf-eps8_255``, ``trades-l2-eps0.5``."""
+    if method["method"] == "standard":
+        return "standard"
+    return f"{method['method']}-{method['norm']}-eps{eps_token(method['eps'])}"
+
+
+def resolve_method(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A method mapping with eps parsed to float and attack defaults filled in."""
+    out = dict(method)
+    out["id"] = method_id(method)
+    if method["method"] == "standard":
+        out.update(norm=None, eps=0.0, steps=0, step_size=0.0)
+        return out
+    eps = parse_eps(method["eps"], f"methods[{out['id']}].eps")
+    steps = int(method.get("steps") or DEFAULT_ATTACK_STEPS)
+    step_size = method.get("step_size")
+    out.update(
+        eps=eps,
+        eps_text=str(method["eps"]),
+        steps=steps,
+        step_size=float(step_size) if step_size is not None else DEFAULT_STEP_FACTOR * eps / steps,
+    )
+    if method["method"] == "trades":
+        out["beta"] = float(method.get("beta", DEFAULT_TRADES_BETA))
+    return out
+
+
+def suggest(value: str, choices: list[str]) -> str:
+    """' (did you mean X?)' when a close choice exists, else ''."""
+    close = difflib.get_close_matches(value, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], path: str = "") -> None:
+    """Raise on keys the schema does not declare, naming the key and the valid ones.
+
+    jsonschema's own message for ``additionalProperties`` lists neither the valid keys nor a
+    suggestion; this walk gives both before the schema validation runs.
+    """
+    if not isinstance(config, Mapping) or schema.get("type") != "object":
+        if isinstance(config, list) and "items" in schema:
+            for i, item in enumerate(config):
+                check_unknown_keys(item, schema["items"], f"{path}[{i}]")
+        return
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, value in config.items():
+        where = f"{path}.{key}" if path else key
+        if key in props:
+            check_unknown_keys(value, props[key], where)
+        elif isinstance(extra, Mapping):
+            check_unknown_keys(value, extra, where)
+        elif extra is False:
+            valid = sorted(props)
+            raise ConfigError(
+                f"unknown config key {where!r}{suggest(key, valid)}; valid keys"
+                f"{' under ' + repr(path) if path else ''}: {', '.join(valid)}"
+            )
+
+
+def check_safe_name(value: Any, key: str) -> str:
+    """Names that become path components must match ``[A-Za-z0-9._-]+`` and not be ``.``/``..``."""
+    text = str(value)
+    if not SAFE_ID.match(text) or text in {".", ".."}:
+        raise ConfigError(
+            f"{key}: {text!r} cannot be used in a path; use letters, digits, '.', '_' or '-'"
+        )
+    return text
+
+
+def check_config(config: Mapping[str, Any], datasets: list[str], architecture_ok) -> None:
+    """Cross-key checks that need code; raises ConfigError naming key, value and choices.
+
+    Runs before the schema validation, so it tolerates missing keys (the schema reports those).
+    ``datasets`` is the list of known dataset names; ``architecture_ok(name)`` raises a
+    ``ValueError`` listing the registry when a name is unknown.
+    """
+    for i, name in enumerate(config.get("datasets") or []):
+        check_safe_name(name, f"datasets[{i}]")
+        if name not in datasets:
+            raise ConfigError(
+                f"datasets[{i}]: unknown dataset {name!r}{suggest(name, datasets)}; "
+                f"valid: {', '.join(datasets)}"
+            )
+    for i, arch in enumerate(config.get("architectures") or []):
+        check_safe_name(arch, f"architectures[{i}]")
+        try:
+            architecture_ok(arch)
+        except ValueError as err:
+            raise ConfigError(f"architectures[{i}]: {err}") from None
+    seen: dict[str, int] = {}
+    for i, method in enumerate(config.get("methods") or []):
+        key = f"methods[{i}]"
+        if not isinstance(method, Mapping):
+            raise ConfigError(f"{key}: {method!r} must be a mapping such as {{method: pgd, ...}}")
+        kind = method.get("method")
+        if kind not in METHODS:
+            raise ConfigError(f"{key}.method: {kind!r} is not one of {', '.join(METHODS)}")
+        if kind == "standard":
+            for field in ("eps", "norm", "steps", "step_size", "beta"):
+                if field in method:
+                    raise ConfigError(
+                        f"{key}.{field}: {method[field]!r} given for method 'standard', which "
+                        f"trains without an attack; remove it or use method pgd or trades"
+                    )
+        else:
+            if method.get("norm") not in NORMS:
+                raise ConfigError(
+                    f"{key}.norm: {method.get('norm')!r} is not one of {', '.join(NORMS)}"
+                )
+            if "eps" not in method:
+                raise ConfigError(f"{key}.eps: missing; method {kind!r} needs an eps > 0")
+            eps = parse_eps(method["eps"], f"{key}.eps")
+            if eps == 0:
+                raise ConfigError(
+                    f"{key}.eps: 0 makes {kind!r} standard training; use method 'standard'"
+                )
+            if "beta" in method and kind != "trades":
+                raise ConfigError(f"{key}.beta: only method 'trades' takes beta")
+        mid = method_id(method)
+        check_safe_name(mid, f"{key} (id)")
+        if mid in seen:
+            raise ConfigError(
+                f"{key}: id {mid!r} repeats methods[{seen[mid]}]; each method needs its own "
+                f"method/norm/eps"
+            )
+        seen[mid] = i
+    seeds = config.get("seeds") or []
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seeds[{i}]: {seed!r} must be an integer >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {list(seeds)!r} repeats a seed")
+    if "eps" in (config.get("evaluation") or {}):
+        parse_eps(config["evaluation"]["eps"], "evaluation.eps")
+
+
+def activation_checkpoints(config: Mapping[str, Any]) -> list[str]:
+    """Checkpoint names to extract: `final`, `best`, `epoch{e}`; epochs must be saved by training."""
+    training = config["training"]
+    saved = [e for e in range(1, training["epochs"] + 1) if e % training["checkpoint_every"] == 0]
+    wanted = config["activations"].get("checkpoints")
+    if wanted is None:
+        return [f"epoch{e}" for e in saved if e != training["epochs"]] + ["final", "best"]
+    names = []
+    for i, item in enumerate(wanted):
+        if isinstance(item, int) and not isinstance(item, bool):
+            if item not in saved:
+                raise ConfigError(
+                    f"activations.checkpoints[{i}]: epoch {item} is not saved by training "
+                    f"(epochs {training['epochs']}, checkpoint_every "
+                    f"{training['checkpoint_every']}); saved epochs: {saved}, or final, best"
+                )
+            names.append(f"epoch{item}")
+        else:
+            names.append(str(item))
+    return list(dict.fromkeys(names))

@@ -1,0 +1,306 @@
+"""Model zoo: every network normalises inside itself and exposes its ordered probe layers.
+
+Inputs are pixels in [0, 1]; a `Normalize` module first maps them with the dataset's mean/std, so
+attacks and epsilons live in pixel space everywhere. No ReLU is in-place and every ReLU is its own
+module, so a forward hook sees each activation exactly once and nothing later overwrites it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+PROBE_TYPES = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Linear,
+)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-channel buffers saved alongside the weights."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class Head(nn.Module):
+    """Global average pool -> `penultimate` features -> `logits`."""
+
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.penultimate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.logits = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.penultimate(x))
+
+
+class ProbedNet(nn.Module):
+    """Base class: `normalize`, a body of named blocks, `head`; `block_names` in network order."""
+
+    block_names: list[str]
+
+    def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
+        """Ordered probe layer names: ``"blocks"``, ``"all"`` or an explicit list (validated)."""
+        every = [
+            name
+            for name, module in self.named_modules()
+            if name and isinstance(module, PROBE_TYPES) and not name.startswith("normalize")
+        ]
+        if which == "blocks":
+            return list(self.block_names)
+        if which == "all":
+            return every
+        if isinstance(which, str):
+            raise ValueError(f"layers: {which!r} is not 'blocks', 'all' or a list of layer names")
+        valid = list(dict.fromkeys(self.block_names + every))
+        unknown = [name for name in which if name not in valid]
+        if unknown:
+            raise ValueError(
+                f"unknown layer name(s) {unknown} for {type(self).__name__}; valid: {', '.join(valid)}"
+            )
+        order = {name: i for i, name in enumerate(n for n, _ in self.named_modules())}
+        return sorted(which, key=order.__getitem__)
+
+
+class ConvNet(ProbedNet):
+    """Small VGG-style net: three stages of two conv-BN-ReLU, max-pool between stages."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, width: int = 1):
+        super().__init__()
+        c = 16 * width
+        self.normalize = Normalize(mean, std)
+        self.stage1 = nn.Sequential(conv_bn_relu(in_channels, c), conv_bn_relu(c, c))
+        self.pool1 = nn.MaxPool2d(2)
+        self.stage2 = nn.Sequential(conv_bn_relu(c, 2 * c), conv_bn_relu(2 * c, 2 * c))
+        self.pool2 = nn.MaxPool2d(2)
+        self.stage3 = nn.Sequential(conv_bn_relu(2 * c, 4 * c), conv_bn_relu(4 * c, 4 * c))
+        self.head = Head(4 * c, num_classes)
+        self.block_names = [
+            "stage1.0",
+            "stage1.1",
+            "stage2.0",
+            "stage2.1",
+            "stage3.0",
+            "stage3.1",
+            "head.penultimate",
+            "head.logits",
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        x = self.pool1(self.stage1(x))
+        x = self.pool2(self.stage2(x))
+        return self.head(self.stage3(x))
+
+
+class BasicBlock(nn.Module):
+    """Post-activation ResNet block (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block (He et al. 2016b); used by PreAct ResNet and Wide ResNet."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.relu2(self.bn2(out)))
+        return out + shortcut
+
+
+def make_stage(block: type[nn.Module], cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
+    layers = []
+    for i in range(n):
+        layers.append(block(cin if i == 0 else cout, cout, stride if i == 0 else 1))
+    return nn.Sequential(*layers)
+
+
+class ResNet(ProbedNet):
+    """CIFAR ResNet-18 (3x3 stem, no max-pool); `preact=True` gives PreAct ResNet-18."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, preact: bool = False):
+        super().__init__()
+        block = PreActBlock if preact else BasicBlock
+        self.normalize = Normalize(mean, std)
+        if preact:
+            self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        else:
+            self.stem = conv_bn_relu(in_channels, 64)
+        widths = [64, 128, 256, 512]
+        cin = 64
+        names = ["stem"]
+        for i, width in enumerate(widths, start=1):
+            setattr(self, f"layer{i}", make_stage(block, cin, width, 2, 1 if i == 1 else 2))
+            names += [f"layer{i}.0", f"layer{i}.1"]
+            cin = width
+        self.final = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU()) if preact else nn.Identity()
+        self.head = Head(512, num_classes)
+        self.block_names = names + (["final"] if preact else []) + [
+            "head.penultimate",
+            "head.logits",
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(self.normalize(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(self.final(x))
+
+
+class WideResNet(ProbedNet):
+    """WRN-depth-width (Zagoruyko & Komodakis 2016): (depth - 4) / 6 pre-act blocks per stage."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, depth: int, width: int):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16 * width, 32 * width, 64 * width]
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        names = ["stem"]
+        cin = 16
+        for i, w in enumerate(widths, start=1):
+            setattr(self, f"stage{i}", make_stage(PreActBlock, cin, w, n, 1 if i == 1 else 2))
+            names += [f"stage{i}.{j}" for j in range(n)]
+            cin = w
+        self.final = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU())
+        self.head = Head(cin, num_classes)
+        self.block_names = names + ["final", "head.penultimate", "head.logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(self.normalize(x))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.head(self.final(x))
+
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG16BN(ProbedNet):
+    """VGG-16 with batch norm, CIFAR variant (no 4096-wide classifier); blocks are the pools."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        layers: list[nn.Module] = []
+        names = []
+        cin = in_channels
+        for item in VGG16_CFG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                names.append(f"features.{len(layers) - 1}")
+            else:
+                layers += [nn.Conv2d(cin, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
+                cin = item
+        self.features = nn.Sequential(*layers)
+        self.head = Head(512, num_classes)
+        self.block_names = ["features.2"] + names + ["head.penultimate", "head.logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))
+
+
+PATTERNS: list[tuple[re.Pattern[str], str, Callable[..., ProbedNet]]] = [
+    (
+        re.compile(r"^convnet(?:-(\d+))?$"),
+        "convnet or convnet-{width}",
+        lambda m, **kw: ConvNet(width=int(m.group(1) or 1), **kw),
+    ),
+    (re.compile(r"^resnet18$"), "resnet18", lambda m, **kw: ResNet(**kw)),
+    (
+        re.compile(r"^preact_resnet18$"),
+        "preact_resnet18",
+        lambda m, **kw: ResNet(preact=True, **kw),
+    ),
+    (
+        re.compile(r"^wrn-(\d+)-(\d+)$"),
+        "wrn-{depth}-{width} (depth = 6n + 4, e.g. wrn-28-10)",
+        lambda m, **kw: WideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
+    ),
+    (re.compile(r"^vgg16_bn$"), "vgg16_bn", lambda m, **kw: VGG16BN(**kw)),
+]
+REGISTRY = [description for _, description, _ in PATTERNS]
+
+
+def check_architecture(name: str) -> None:
+    """Raise ValueError naming the registry when `name` is not a buildable architecture."""
+    for pattern, _, _ in PATTERNS:
+        match = pattern.match(name)
+        if match:
+            if name.startswith("wrn-"):
+                depth, width = int(match.group(1)), int(match.group(2))
+                if depth < 10 or (depth - 4) % 6 or width < 1:
+                    raise ValueError(
+                        f"{name!r}: WRN depth must be 6n + 4 >= 10 and width >= 1 "
+                        f"(e.g. wrn-10-1, wrn-16-4, wrn-28-10)"
+                    )
+            if name.startswith("convnet") and match.group(1) and int(match.group(1)) < 1:
+                raise ValueError(f"{name!r}: convnet width must be >= 1")
+            return
+    raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> ProbedNet:
+    """Build architecture `name` (see REGISTRY) for the given input channels and classes."""
+    check_architecture(name)
+    for pattern, _, factory in PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return factory(
+                match, in_channels=in_channels, num_classes=num_classes, mean=mean, std=std
+            )
+    raise AssertionError("unreachable")  # check_architecture raised already

@@ -1,0 +1,21 @@
+"""Rule train: train one model (standard / PGD-AT / TRADES) with resume, write weights and metrics."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _log import redirect_to_log
+
+from robrep.data import read_splits
+from robrep.training import TrainSettings, pick_device, train
+
+with redirect_to_log(snakemake):
+    settings = TrainSettings(**snakemake.params.settings)
+    metrics = train(
+        settings,
+        read_splits(snakemake.input.splits),
+        Path(snakemake.output.model).parent,
+        pick_device(snakemake.params.device),
+        threads=snakemake.threads,
+    )
+    print(f"test: {metrics['test']}")
