@@ -1,0 +1,265 @@
+"""Layer activations streamed into chunked Zarr v3 stores, and the read API the similarity engine uses.
+
+One store per model x checkpoint x input kind. Each probed layer is one array of shape (N, D)
+(D = C·H·W flattened) named after the layer, chunked (rows, D) — or (rows, max_chunk_features)
+for very wide layers — beside `sample_ids` and `labels`. Every array carries xarray's dimension
+names, so `xarray.open_zarr` opens a store as a Dataset. A store is written under a temporary name,
+marked complete in its attributes, then renamed: nothing half-written ever looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from torch import nn
+
+from .attacks import AttackSpec, pgd
+from .data import to_float
+
+COMPLETE = "robrep_complete"
+FORMAT = "robrep.activations/1"
+
+
+class IncompleteStoreError(RuntimeError):
+    """The store was not finished (killed extraction) and must be rebuilt."""
+
+
+class MismatchedStoresError(ValueError):
+    """Two stores hold different examples (sample ids or order) and cannot be compared."""
+
+
+def _codec(compressor: str):
+    if compressor == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3)]
+    if compressor == "blosc":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+    if compressor == "none":
+        return None
+    raise ValueError(f"activations.compressor: {compressor!r} is not one of zstd, blosc, none")
+
+
+class LayerRecorder:
+    """Forward hooks that copy each probed layer's output once per recorded forward pass."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], pool: int | None = None):
+        modules = dict(model.named_modules())
+        self.layers = list(layers)
+        self.pool = pool
+        self.active = False
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in layers]
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            if not self.active:
+                return
+            if name in self.outputs:
+                raise RuntimeError(f"layer {name!r} fired twice in one forward pass")
+            out = output.detach()
+            if self.pool and out.dim() == 4 and max(out.shape[-2:]) > self.pool:
+                out = F.adaptive_avg_pool2d(out, self.pool)
+            self.outputs[name] = out.to("cpu", torch.float32, copy=True)
+
+        return hook
+
+    @torch.no_grad()
+    def record(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run one forward pass and return {layer: output copy}; every layer must fire once."""
+        self.outputs = {}
+        self.active = True
+        try:
+            model(x)
+        finally:
+            self.active = False
+        missing = [name for name in self.layers if name not in self.outputs]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not fire during the forward pass")
+        return self.outputs
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor, pool: int | None):
+    """Per-layer output shape (without batch) for one example input."""
+    recorder = LayerRecorder(model, layers, pool)
+    try:
+        outs = recorder.record(model, example[:1])
+    finally:
+        recorder.remove()
+    return {name: tuple(outs[name].shape[1:]) for name in layers}
+
+
+def extract_to_store(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    sample_ids: np.ndarray,
+    path: str | Path,
+    layers: Sequence[str],
+    attrs: dict[str, Any],
+    attack: AttackSpec | None = None,
+    attack_seed: int = 0,
+    chunk_rows: int = 100,
+    batch_size: int = 256,
+    dtype: str = "float32",
+    compressor: str = "zstd",
+    max_chunk_features: int | None = None,
+    pool: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Stream the activations of `layers` on `images` (or PGD versions of them) into a Zarr store.
+
+    Only one forward batch of activations is held in memory. The store appears at `path` only
+    when complete.
+    """
+    from tqdm import tqdm
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    for stale in (tmp, path):
+        if stale.exists():
+            shutil.rmtree(stale)
+    model = model.to(device).eval()
+    n = len(sample_ids)
+    shapes = layer_shapes(model, layers, to_float(images[:1]).to(device), pool)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    group.create_array(
+        "sample_ids", data=np.asarray(sample_ids, dtype=np.int64), dimension_names=("sample",)
+    )
+    group.create_array("labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",))
+    arrays = {}
+    for name in layers:
+        d = int(np.prod(shapes[name]))
+        arrays[name] = group.create_array(
+            name,
+            shape=(n, d),
+            chunks=(min(chunk_rows, n), min(d, max_chunk_features or d)),
+            dtype=dtype,
+            compressors=_codec(compressor),
+            dimension_names=("sample", f"{name}.feature"),
+            attributes={"shape": list(shapes[name])},
+        )
+    step = max(1, batch_size // chunk_rows) * chunk_rows  # whole chunks per write
+    recorder = LayerRecorder(model, layers, pool)
+    try:
+        for start in tqdm(
+            range(0, n, step), desc=path.name, file=sys.stderr, disable=not progress, mininterval=5
+        ):
+            stop = min(start + step, n)
+            x = to_float(images[start:stop]).to(device)
+            if attack is not None:
+                y = torch.as_tensor(labels[start:stop]).to(device)
+                gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
+                x = pgd(model, x, y, attack, gen)
+            outs = recorder.record(model, x)
+            for name in layers:
+                arrays[name][start:stop] = outs[name].reshape(stop - start, -1).numpy().astype(dtype)
+    finally:
+        recorder.remove()
+    group.attrs.update(
+        {
+            **attrs,
+            "format": FORMAT,
+            "layers": list(layers),
+            "layer_shapes": {k: list(v) for k, v in shapes.items()},
+            "n_examples": n,
+            "dtype": dtype,
+            "attack": attack.as_dict() if attack is not None else None,
+            "pool": pool,
+            COMPLETE: True,
+        }
+    )
+    os.replace(tmp, path)
+    return path
+
+
+class LayerArray:
+    """One layer of a store: `shape`, `chunks`, `name`, row slicing and `oindex`, read lazily."""
+
+    def __init__(self, array: zarr.Array, name: str):
+        self.array = array
+        self.name = name
+
+    shape = property(lambda self: self.array.shape)
+    chunks = property(lambda self: self.array.chunks)
+    ndim = property(lambda self: self.array.ndim)
+    dtype = property(lambda self: self.array.dtype)
+    oindex = property(lambda self: self.array.oindex)
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class ActivationStore:
+    """A complete activation store opened read-only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"activation store {self.path} does not exist")
+        self.group = zarr.open_group(str(self.path), mode="r")
+        if self.group.attrs.get(COMPLETE) is not True:
+            raise IncompleteStoreError(
+                f"activation store {self.path} is incomplete (interrupted extraction); rebuild it"
+            )
+        self.attrs = dict(self.group.attrs)
+        self.layers: list[str] = list(self.attrs["layers"])
+
+    def layer(self, name: str) -> LayerArray:
+        if name not in self.layers:
+            raise KeyError(f"layer {name!r} not in {self.path}; layers: {', '.join(self.layers)}")
+        return LayerArray(self.group[name], name)
+
+    def select(self, names: Sequence[str] | None = None) -> list[LayerArray]:
+        """Layer handles in network order (all layers by default)."""
+        return [self.layer(name) for name in (names or self.layers)]
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self.group["sample_ids"][:]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.group["labels"][:]
+
+    def __len__(self) -> int:
+        return int(self.attrs["n_examples"])
+
+    def iter_chunks(
+        self, names: Sequence[str] | None = None, rows: int | None = None
+    ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+        """Aligned row blocks of the chosen layers, one block in memory at a time."""
+        layers = self.select(names)
+        step = rows or layers[0].chunks[0]
+        for start in range(0, len(self), step):
+            sl = slice(start, min(start + step, len(self)))
+            yield sl, {layer.name: layer[sl] for layer in layers}
+
+
+def check_aligned(stores: Sequence[ActivationStore]) -> None:
+    """Raise MismatchedStoresError unless every store holds the same sample ids in the same order."""
+    first = stores[0]
+    ids = first.sample_ids
+    for other in stores[1:]:
+        if not np.array_equal(ids, other.sample_ids):
+            raise MismatchedStoresError(
+                f"activation stores hold different examples: {first.path} ({len(ids)} ids) vs "
+                f"{other.path} ({len(other)} ids); compare stores built from the same evaluation "
+                f"subset"
+            )

@@ -1,0 +1,494 @@
+"""Representation similarity: out-of-core all-pairs minibatch CKA and full-data RS metrics.
+
+Minibatch linear CKA (Nguyen et al. 2021): per minibatch of b rows, each layer's Gram K = X Xᵀ is
+computed once (float32, after subtracting a fixed per-feature offset taken from the first batch),
+U-centred in float64 and flattened; the unbiased HSIC_1 (Song et al. 2012) of *every* layer pair of
+*every* model is then one matrix product of the stacked vectors, summed over minibatches and
+normalised at the end. Each row-chunk of each layer is read exactly once.
+
+Full-data metrics work from N x N Grams accumulated over feature blocks, so D never has to fit in
+memory; their cost is N² memory per layer and O(N³) eigendecompositions, which limits them to a few
+thousand examples (N = 5000: 200 MB per Gram).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+MIN_BATCH = 4  # HSIC_1 divides by n (n - 3)
+
+
+class DegenerateLayerWarning(UserWarning):
+    """A layer has zero self-similarity (e.g. constant); its CKA rows are NaN."""
+
+
+def _rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
+    """Rows of a numpy/zarr/store array as a 2-D float32 numpy array (features flattened)."""
+    if isinstance(rows, slice):
+        block = array[rows]
+    elif hasattr(array, "oindex"):
+        block = array.oindex[rows]
+    else:
+        block = array[rows]
+    block = np.asarray(block)
+    return block.reshape(block.shape[0], -1).astype(np.float32, copy=False)
+
+
+def _name(array: Any, default: str) -> str:
+    return str(getattr(array, "name", None) or default)
+
+
+def ucentered_gram(x: torch.Tensor) -> torch.Tensor:
+    """U-centred linear Gram of rows `x` (b, D) as a float64 matrix (Székely & Rizzo 2014).
+
+    ⟨ucentred(K), ucentred(L)⟩ / (n (n - 3)) is the unbiased HSIC_1 estimator of Song et al. (2012).
+    The Gram product is float32; centring and everything after it is float64.
+    """
+    n = x.shape[0]
+    gram = (x @ x.T).double()
+    gram.fill_diagonal_(0.0)
+    means = gram.sum(0) / (n - 2)
+    means -= means.sum() / (2 * (n - 1))
+    gram -= means[:, None]
+    gram -= means[None, :]
+    gram.fill_diagonal_(0.0)
+    return gram
+
+
+def hsic1_textbook(k: np.ndarray, l_: np.ndarray) -> float:
+    """Unbiased HSIC_1 written as in Song et al. (2012), eq. 5; a reference for tests."""
+    n = k.shape[0]
+    k = k.copy()
+    l_ = l_.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l_, 0)
+    one = np.ones(n)
+    term1 = np.trace(k @ l_)
+    term2 = (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
+    term3 = 2.0 / (n - 2) * (one @ k @ l_ @ one)
+    return float((term1 + term2 - term3) / (n * (n - 3)))
+
+
+@dataclass
+class CKAResult:
+    """Per-minibatch HSIC_1 terms of layers `names_a` x `names_b`; `cka` normalises their sums.
+
+    `cross[t, i, j]` = HSIC_1(K_i, L_j) on batch t, `self_a[t, i]` = HSIC_1(K_i, K_i),
+    `self_b[t, j]` = HSIC_1(L_j, L_j). Results of passes over other rows merge by concatenation.
+    """
+
+    cross: np.ndarray
+    self_a: np.ndarray
+    self_b: np.ndarray
+    names_a: list[str]
+    names_b: list[str]
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def n_batches(self) -> int:
+        return self.cross.shape[0]
+
+    @property
+    def cka(self) -> np.ndarray:
+        """(len(a), len(b)) float64 minibatch CKA; NaN where a layer's self-HSIC is zero."""
+        return _normalise(self.cross.sum(0), self.self_a.sum(0), self.self_b.sum(0))
+
+    def merge(self, other: CKAResult) -> CKAResult:
+        """Pool the minibatches of two passes over the same layers."""
+        if other.names_a != self.names_a or other.names_b != self.names_b:
+            raise ValueError("cannot merge CKA results over different layers")
+        return CKAResult(
+            np.concatenate([self.cross, other.cross]),
+            np.concatenate([self.self_a, other.self_a]),
+            np.concatenate([self.self_b, other.self_b]),
+            self.names_a,
+            self.names_b,
+            self.batch_sizes + other.batch_sizes,
+        )
+
+    def bootstrap(
+        self, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile confidence interval of CKA from resampling minibatches with replacement."""
+        if self.n_batches < 2:
+            raise ValueError("bootstrap needs at least 2 minibatches")
+        rng = np.random.default_rng(seed)
+        draws = np.empty((n_resamples, *self.cross.shape[1:]))
+        for r in range(n_resamples):
+            idx = rng.integers(0, self.n_batches, self.n_batches)
+            draws[r] = _normalise(
+                self.cross[idx].sum(0), self.self_a[idx].sum(0), self.self_b[idx].sum(0)
+            )
+        tail = (1 - level) / 2 * 100
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
+        return low, high
+
+
+def _normalise(cross: np.ndarray, self_a: np.ndarray, self_b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(np.outer(self_a, self_b))
+
+
+def _batch_rows(n: int, batch_size: int, shuffle_seed: int | None) -> list[slice | np.ndarray]:
+    """Consecutive batches in stored order (or of a seeded permutation); a tail < 4 is dropped."""
+    if batch_size < MIN_BATCH:
+        raise ValueError(f"batch_size {batch_size} must be >= {MIN_BATCH}")
+    starts = range(0, n, batch_size)
+    if shuffle_seed is None:
+        batches: list = [slice(s, min(s + batch_size, n)) for s in starts]
+    else:
+        perm = np.random.default_rng(shuffle_seed).permutation(n)
+        batches = [np.sort(perm[s : s + batch_size]) for s in starts]
+    last = batches[-1]
+    size = last.stop - last.start if isinstance(last, slice) else len(last)
+    if size < MIN_BATCH:
+        warnings.warn(
+            f"minibatch CKA: dropping the final batch of {size} rows (< {MIN_BATCH}); "
+            f"{n - size} of {n} examples used",
+            stacklevel=3,
+        )
+        batches = batches[:-1]
+    return batches
+
+
+def _check_models(models: Sequence[Sequence[Any]]) -> int:
+    sizes = {(k, _name(layer, f"layer{i}")): layer.shape[0] for k, m in enumerate(models) for i, layer in enumerate(m)}
+    if not sizes:
+        raise ValueError("no layers given")
+    ns = set(sizes.values())
+    if len(ns) != 1:
+        detail = ", ".join(f"model {k} {name}: {n}" for (k, name), n in sizes.items())
+        raise ValueError(f"layers have different numbers of examples (N): {detail}")
+    n = ns.pop()
+    if n < MIN_BATCH:
+        raise ValueError(f"CKA needs at least {MIN_BATCH} examples, got N = {n}")
+    return n
+
+
+def minibatch_cka_multi(
+    models: Sequence[Sequence[Any]],
+    pairs: Sequence[tuple[int, int]] | None = None,
+    batch_size: int = 256,
+    shuffle_seed: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[tuple[int, int], CKAResult]:
+    """Minibatch CKA for every requested model pair (i, j), reading each row-chunk once.
+
+    `models[k]` is a sequence of layer arrays of shape (N, ...). `pairs` defaults to every
+    (i, j) with i <= j. `timings`, when given, receives seconds spent reading and in the Gram
+    phase (the Gram products), for benchmarks.
+    """
+    import time
+
+    n = _check_models(models)
+    if pairs is None:
+        pairs = [(i, j) for i in range(len(models)) for j in range(i, len(models))]
+    used = sorted({k for pair in pairs for k in pair})
+    batches = _batch_rows(n, batch_size, shuffle_seed)
+    jobs = [(k, i) for k in used for i in range(len(models[k]))]
+    offsets: dict[tuple[int, int], torch.Tensor] = {}
+    cross = {p: [] for p in pairs}
+    selfs = {k: [] for k in used}
+    names = {k: [_name(layer, f"layer{i}") for i, layer in enumerate(models[k])] for k in used}
+    sizes = []
+    t_read = t_gram = 0.0
+
+    def read(job_index: int):
+        t, idx = divmod(job_index, len(jobs))
+        k, i = jobs[idx]
+        start = time.perf_counter()
+        block = _rows(models[k][i], batches[t])
+        return block, time.perf_counter() - start
+
+    total = len(batches) * len(jobs)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, 0) if total else None
+        for t, rows in enumerate(batches):
+            b = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+            sizes.append(b)
+            vectors: dict[int, list[torch.Tensor]] = {k: [] for k in used}
+            for j, (k, i) in enumerate(jobs):
+                block, seconds = pending.result()
+                t_read += seconds
+                flat = t * len(jobs) + j
+                pending = pool.submit(read, flat + 1) if flat + 1 < total else None
+                start = time.perf_counter()
+                x = torch.from_numpy(block).to(device)
+                if (k, i) not in offsets:
+                    offsets[(k, i)] = x.mean(0, keepdim=True)
+                x = x - offsets[(k, i)]
+                vectors[k].append(ucentered_gram(x).reshape(-1))
+                t_gram += time.perf_counter() - start
+                del x, block
+            scale = 1.0 / (b * (b - 3))
+            stacked = {k: torch.stack(v) for k, v in vectors.items()}
+            for k, u in stacked.items():
+                selfs[k].append(((u * u).sum(1) * scale).cpu().numpy())
+            for p in pairs:
+                cross[p].append(((stacked[p[0]] @ stacked[p[1]].T) * scale).cpu().numpy())
+            if progress:
+                progress(t + 1, len(batches))
+    if timings is not None:
+        timings["read"] = timings.get("read", 0.0) + t_read
+        timings["gram"] = timings.get("gram", 0.0) + t_gram
+    results = {}
+    for p in pairs:
+        res = CKAResult(
+            np.stack(cross[p]),
+            np.stack(selfs[p[0]]),
+            np.stack(selfs[p[1]]),
+            names[p[0]],
+            names[p[1]],
+            sizes,
+        )
+        _warn_degenerate(res)
+        results[p] = res
+    return results
+
+
+def _warn_degenerate(res: CKAResult) -> None:
+    for names, selfs in ((res.names_a, res.self_a), (res.names_b, res.self_b)):
+        for name, value in zip(names, selfs.sum(0), strict=True):
+            if not value > 0:
+                warnings.warn(
+                    f"layer {name!r} has zero self-HSIC (constant or degenerate activations); "
+                    f"its CKA values are NaN",
+                    DegenerateLayerWarning,
+                    stacklevel=3,
+                )
+
+
+def minibatch_cka(
+    a: Sequence[Any],
+    b: Sequence[Any] | None = None,
+    batch_size: int = 256,
+    shuffle_seed: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> CKAResult:
+    """Minibatch linear CKA between layers `a` and `b` (`b=None`: `a` against itself)."""
+    if b is None:
+        return minibatch_cka_multi([a], [(0, 0)], batch_size, shuffle_seed, device, progress)[(0, 0)]
+    return minibatch_cka_multi([a, b], [(0, 1)], batch_size, shuffle_seed, device, progress)[(0, 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-data metrics from N x N Grams.
+
+
+def accumulate_gram(
+    array: Any, block_bytes: int = 256 * 2**20, on_block: Callable[[np.ndarray], None] | None = None
+) -> np.ndarray:
+    """N x N float64 linear Gram of an (N, ...) array, summed over feature blocks.
+
+    Columns are read in blocks of about `block_bytes` (all N rows at a time), each block centred
+    by its column means (Grams of centred features), so D never has to fit in memory.
+    `on_block` receives every centred block (used by PWCCA's neuron weights).
+    """
+    n = array.shape[0]
+    d = math.prod(array.shape[1:])
+    width = _feature_block(array, n, block_bytes)
+    gram = np.zeros((n, n))
+    flat = array if array.ndim == 2 else None
+    for start in range(0, d, width):
+        if flat is not None:
+            block = np.asarray(flat[:, start : start + width], dtype=np.float64)
+        else:
+            block = np.asarray(array[:], dtype=np.float64).reshape(n, -1)[:, start : start + width]
+        block = block - block.mean(0)
+        gram += block @ block.T
+        if on_block is not None:
+            on_block(block)
+    return gram
+
+
+def _feature_block(array: Any, n: int, block_bytes: int) -> int:
+    d = math.prod(array.shape[1:])
+    chunks = getattr(array, "chunks", None)
+    width = max(1, block_bytes // (8 * n))
+    if chunks and len(chunks) == 2 and chunks[1] < d:
+        width = max(chunks[1], (width // chunks[1]) * chunks[1])  # whole feature chunks
+    return min(d, width)
+
+
+def center(gram: np.ndarray) -> np.ndarray:
+    """H K H with H = I - 11ᵀ/n (the biased estimator's centring)."""
+    return gram - gram.mean(0) - gram.mean(1)[:, None] + gram.mean()
+
+
+def ucenter(gram: np.ndarray) -> np.ndarray:
+    """U-centring of an N x N Gram (zero diagonal), the numpy twin of `ucentered_gram`."""
+    n = gram.shape[0]
+    g = gram.astype(np.float64, copy=True)
+    np.fill_diagonal(g, 0.0)
+    means = g.sum(0) / (n - 2)
+    means -= means.sum() / (2 * (n - 1))
+    g -= means[:, None]
+    g -= means[None, :]
+    np.fill_diagonal(g, 0.0)
+    return g
+
+
+def cka_from_grams(k: np.ndarray, l_: np.ndarray, debiased: bool = False) -> float:
+    """Linear (or kernel) CKA of two N x N Grams: biased (Kornblith 2019) or debiased."""
+    kc, lc = (ucenter(k), ucenter(l_)) if debiased else (center(k), center(l_))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.vdot(kc, lc) / np.sqrt(np.vdot(kc, kc) * np.vdot(lc, lc)))
+
+
+def feature_space_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Biased linear CKA from features (Kornblith et al. 2019, eq. for the linear kernel)."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    y = y.reshape(len(y), -1).astype(np.float64)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return float(
+        np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+    )
+
+
+def rbf_gram(gram: np.ndarray, sigma_fraction: float) -> np.ndarray:
+    """RBF kernel from a linear Gram: bandwidth² = fraction² x median squared distance (Kornblith)."""
+    sq_norms = np.diag(gram)
+    sq_dist = sq_norms[:, None] + sq_norms[None, :] - 2 * gram
+    return np.exp(-sq_dist / (2 * sigma_fraction**2 * np.median(sq_dist)))
+
+
+@dataclass
+class LayerGram:
+    """One layer's full-data statistics, computed once and shared by every metric and pair."""
+
+    name: str
+    gram: np.ndarray  # centred-feature Gram, N x N
+    eigvals: np.ndarray  # descending, only those above the rank tolerance
+    eigvecs: np.ndarray  # N x rank, orthonormal basis of the centred features' span
+    array: Any = None
+
+
+def layer_gram(array: Any, name: str, rank_rtol: float | None = None) -> LayerGram:
+    """Gram and its eigendecomposition; eigenvalues below `rank_rtol` x max are the null space.
+
+    The default `rank_rtol` is N x float64 machine epsilon, numpy's `matrix_rank` convention.
+    """
+    gram = accumulate_gram(array)
+    vals, vecs = np.linalg.eigh(gram)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    tol = (rank_rtol if rank_rtol is not None else gram.shape[0] * np.finfo(float).eps) * max(
+        vals[0], 0.0
+    )
+    keep = vals > tol
+    return LayerGram(name, gram, vals[keep], vecs[:, keep], array)
+
+
+def _canonical_correlations(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+    if qx.shape[1] == 0 or qy.shape[1] == 0:
+        return np.array([])
+    return np.linalg.svd(qx.T @ qy, compute_uv=False)
+
+
+def _svcca_basis(lg: LayerGram, variance: float) -> np.ndarray:
+    share = np.cumsum(lg.eigvals) / lg.eigvals.sum()
+    k = int(np.searchsorted(share, variance) + 1)
+    return lg.eigvecs[:, : min(k, len(lg.eigvals))]
+
+
+def pwcca(x: LayerGram, y: LayerGram) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018), weighted by X's neurons' projections."""
+    if len(x.eigvals) == 0 or len(y.eigvals) == 0:
+        return float("nan")
+    u, rho, _ = np.linalg.svd(x.eigvecs.T @ y.eigvecs, full_matrices=False)
+    h = x.eigvecs @ u  # canonical variates of X in sample space, orthonormal columns
+    weights = np.zeros(h.shape[1])
+
+    def add(block: np.ndarray) -> None:
+        weights[:] += np.abs(h.T @ block).sum(1)
+
+    accumulate_gram(x.array, on_block=add)
+    return float(np.sum(weights * rho) / weights.sum())
+
+
+def procrustes(x: LayerGram, y: LayerGram) -> float:
+    """Orthogonal Procrustes distance of unit-Frobenius centred features (Ding et al. 2021), in [0, 2]."""
+    mx = x.eigvecs * np.sqrt(x.eigvals)
+    my = y.eigvecs * np.sqrt(y.eigvals)
+    nuclear = np.linalg.svd(mx.T @ my, compute_uv=False).sum()
+    return float(2.0 - 2.0 * nuclear / math.sqrt(np.trace(x.gram) * np.trace(y.gram)))
+
+
+FULL_METRICS = (
+    "linear_cka",
+    "linear_cka_debiased",
+    "rbf_cka",
+    "cca",
+    "cca_squared",
+    "svcca",
+    "pwcca",
+    "procrustes",
+)
+
+
+def full_data_similarity(
+    a: Sequence[Any],
+    b: Sequence[Any] | None,
+    metrics: Sequence[str],
+    rbf_sigma: float = 0.8,
+    svcca_variance: float = 0.99,
+) -> dict[str, np.ndarray]:
+    """Every requested full-data metric for every layer pair, as (len(a), len(b)) arrays.
+
+    Memory: one N x N Gram plus its eigenvectors per layer of `a` and `b` (float64).
+    """
+    unknown = [m for m in metrics if m not in FULL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown full-data metric(s) {unknown}; valid: {', '.join(FULL_METRICS)}")
+    _check_models([a] if b is None else [a, b])
+    la = [layer_gram(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(a)]
+    lb = la if b is None else [layer_gram(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(b)]
+    for lg in la + ([] if b is None else lb):
+        if len(lg.eigvals) == 0:
+            warnings.warn(
+                f"layer {lg.name!r} is constant over the examples; its similarities are NaN",
+                DegenerateLayerWarning,
+                stacklevel=2,
+            )
+    out = {m: np.full((len(la), len(lb)), np.nan) for m in metrics}
+    rbf_a = [rbf_gram(x.gram, rbf_sigma) for x in la] if "rbf_cka" in metrics else []
+    rbf_b = (rbf_a if b is None else [rbf_gram(y.gram, rbf_sigma) for y in lb]) if rbf_a else []
+    for i, x in enumerate(la):
+        for j, y in enumerate(lb):
+            if "linear_cka" in metrics:
+                out["linear_cka"][i, j] = cka_from_grams(x.gram, y.gram)
+            if "linear_cka_debiased" in metrics:
+                out["linear_cka_debiased"][i, j] = cka_from_grams(x.gram, y.gram, debiased=True)
+            if "rbf_cka" in metrics:
+                out["rbf_cka"][i, j] = cka_from_grams(rbf_a[i], rbf_b[j])
+            if len(x.eigvals) == 0 or len(y.eigvals) == 0:
+                continue
+            if "cca" in metrics or "cca_squared" in metrics:
+                rho = _canonical_correlations(x.eigvecs, y.eigvecs)
+                if "cca" in metrics:
+                    out["cca"][i, j] = rho.mean()
+                if "cca_squared" in metrics:
+                    out["cca_squared"][i, j] = (rho**2).mean()
+            if "svcca" in metrics:
+                rho = _canonical_correlations(
+                    _svcca_basis(x, svcca_variance), _svcca_basis(y, svcca_variance)
+                )
+                out["svcca"][i, j] = rho.mean()
+            if "pwcca" in metrics:
+                out["pwcca"][i, j] = pwcca(x, y)
+            if "procrustes" in metrics:
+                out["procrustes"][i, j] = procrustes(x, y)
+    return out
