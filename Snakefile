@@ -7,6 +7,9 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/train.smk"
+include: "rules/activations.smk"
+include: "rules/similarity.smk"
+include: "rules/aggregate.smk"
 
 
 rule all:

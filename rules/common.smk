@@ -40,6 +40,18 @@ wildcard_constraints:
     seed=r"\d+",
     checkpoint=r"final|best|epoch\d+",
     inputs="benign|pgd",
+    analysis="|".join(
+        [
+            "cross_layer",
+            "robust_vs_standard",
+            "benign_vs_adversarial",
+            "epochs",
+            "threat_models",
+            "seeds",
+            "width_depth",
+        ]
+    ),
+    pair=ID,
 
 
 def model_dir(dataset, arch, method_id, seed):
@@ -93,6 +105,125 @@ def evaluation_attack():
     return ev
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# Activation stores and the comparisons each analysis asks for.
+
+ACT = config["activations"]
+SIM = config["similarity"]
+CHUNK_ROWS = ACT.get("chunk_rows") or SIM["batch_size"]
+if isinstance(ACT["layers"], list):
+    from robrep.models import build_model
+
+    for arch in config["architectures"]:
+        try:
+            build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(ACT["layers"])
+        except ValueError as err:
+            raise WorkflowError(f"invalid config: activations.layers: {err}")
+
+
+def store(model, checkpoint="final", inputs="benign"):
+    """An activation store's identity: a model's wildcards plus checkpoint and input kind."""
+    return dict(model, checkpoint=checkpoint, inputs=inputs)
+
+
+def store_path(s):
+    """results/activations/{dataset}/{arch}/{method_id}/seed{seed}/{checkpoint}/{inputs}.zarr"""
+    return f"{RESULTS}/activations/{s['dataset']}/{s['arch']}/{s['method_id']}/seed{s['seed']}/{s['checkpoint']}/{s['inputs']}.zarr"
+
+
+def store_tag(s):
+    return f"{s['arch']}.{s['method_id']}.seed{s['seed']}.{s['checkpoint']}.{s['inputs']}"
+
+
+def arch_family(arch):
+    """Architectures that differ only in width/depth share a family (for width_depth)."""
+    if arch.startswith("wrn-"):
+        return "wrn"
+    if arch.startswith("convnet"):
+        return "convnet"
+    return arch
+
+
+def comparisons():
+    """Every (analysis, dataset, pair) -> (store_a, store_b) the config asks for.
+
+    Pairs grow with what each analysis needs (per model, per robust model, per seed pair, ...),
+    never as all models x all models.
+    """
+    analyses = set(config["analyses"])
+    pgd_inputs = "pgd" in ACT["inputs"]
+    out = {}
+
+    def add(analysis, a, b):
+        key = (analysis, a["dataset"], f"{store_tag(a)}__{store_tag(b)}")
+        out[key] = (a, b)
+
+    models = all_models()
+    for m in models:
+        final = store(m)
+        if "cross_layer" in analyses:
+            add("cross_layer", final, final)
+            if pgd_inputs:
+                add("cross_layer", store(m, inputs="pgd"), store(m, inputs="pgd"))
+        if "benign_vs_adversarial" in analyses and pgd_inputs:
+            add("benign_vs_adversarial", final, store(m, inputs="pgd"))
+        if "epochs" in analyses:
+            for ck in ACTIVATION_CHECKPOINTS:
+                if ck != "final":
+                    add("epochs", store(m, checkpoint=ck), final)
+        if (
+            "robust_vs_standard" in analyses
+            and m["method_id"] != "standard"
+            and "standard" in METHODS
+        ):
+            add("robust_vs_standard", final, store(dict(m, method_id="standard")))
+    for m in models:
+        method = METHODS[m["method_id"]]
+        if "threat_models" in analyses and method["norm"] == "linf":
+            for other_id, other in METHODS.items():
+                if other["norm"] == "l2" and other["method"] == method["method"]:
+                    add("threat_models", store(m), store(dict(m, method_id=other_id)))
+        if "seeds" in analyses:
+            for s in config["seeds"]:
+                if s > m["seed"]:
+                    add("seeds", store(m), store(dict(m, seed=s)))
+        if "width_depth" in analyses:
+            for arch in config["architectures"]:
+                if (
+                    arch_family(arch) == arch_family(m["arch"])
+                    and config["architectures"].index(arch)
+                    > config["architectures"].index(m["arch"])
+                ):
+                    add("width_depth", store(m), store(dict(m, arch=arch)))
+    return out
+
+
+COMPARISONS = comparisons()
+
+
+def comparison_path(analysis, dataset, pair):
+    return f"{RESULTS}/similarity/{analysis}/{dataset}/{pair}.nc"
+
+
+def comparison_stores(wildcards):
+    a, b = COMPARISONS[(wildcards.analysis, wildcards.dataset, wildcards.pair)]
+    return {"a": store_path(a), "b": store_path(b)}
+
+
+def checkpoint_file(wildcards):
+    base = model_dir(wildcards.dataset, wildcards.arch, wildcards.method_id, wildcards.seed)
+    if wildcards.checkpoint == "final":
+        return f"{base}/model.safetensors"
+    if wildcards.checkpoint == "best":
+        return f"{base}/best.safetensors"
+    return f"{base}/checkpoints/{wildcards.checkpoint}.safetensors"
+
+
 def all_targets():
-    targets = [f"{model_dir(**m)}/metrics.json" for m in all_models()]
-    return targets
+    """Everything `rule all` builds: the summary dataset and every figure."""
+    return [
+        f"{RESULTS}/summary/similarity.zarr",
+        f"{RESULTS}/summary/accuracy.csv",
+    ] + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]

@@ -151,7 +151,8 @@ def load_cifar(name: str, data_root: str | Path, download: bool = False):
 
     x_train, y_train = read(train_files)
     x_test, y_test = read(test_files)
-    classes = [str(c) for c in _read_cifar_batch(meta)[meta_key]]
+    names = _read_cifar_batch(meta)[meta_key]
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
     return x_train, y_train, x_test, y_test, classes
 
 

@@ -1,0 +1,20 @@
+# Similarity: every comparison an analysis asks for, one small netCDF each.
+
+
+rule similarity:
+    input:
+        unpack(comparison_stores),
+    output:
+        comparison_path("{analysis}", "{dataset}", "{pair}"),
+    log:
+        f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
+    params:
+        metrics=SIM["metrics"],
+        batch_size=SIM["batch_size"],
+        bootstrap=SIM["bootstrap"],
+        seed=SIM["seed"],
+        rbf_sigma=SIM["rbf_sigma"],
+        svcca_variance=SIM["svcca_variance"],
+    threads: config["threads"]["similarity"]
+    script:
+        "../workflow_scripts/similarity.py"

@@ -1,0 +1,106 @@
+"""Config semantics: eps parsing, method ids, and errors that name key, value and valid choices."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robrep import config as rcfg
+from robrep.data import DATASETS
+from robrep.models import check_architecture
+
+ROOT = Path(__file__).parents[1]
+SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def check(cfg):
+    rcfg.check_unknown_keys(cfg, SCHEMA)
+    rcfg.check_config(cfg, list(DATASETS), check_architecture)
+
+
+def test_default_and_paper_configs_pass():
+    check(DEFAULT)
+    check(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(0.1, 0.1), ("8/255", 8 / 255), (" 1/2 ", 0.5), (0, 0.0), ("0.5", 0.5)]
+)
+def test_parse_eps(value, expected):
+    assert rcfg.parse_eps(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [-0.1, "a/b", "1/0", True, None, float("inf")])
+def test_parse_eps_rejects(value):
+    with pytest.raises(rcfg.ConfigError, match="eps"):
+        rcfg.parse_eps(value)
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ({"method": "standard"}, "standard"),
+        ({"method": "pgd", "norm": "linf", "eps": "8/255"}, "pgd-linf-eps8_255"),
+        ({"method": "trades", "norm": "linf", "eps": 0.1}, "trades-linf-eps0.1"),
+        ({"method": "pgd", "norm": "l2", "eps": 0.25}, "pgd-l2-eps0.25"),
+        ({"method": "pgd", "norm": "l2", "eps": 1}, "pgd-l2-eps1"),
+    ],
+)
+def test_method_id(method, expected):
+    assert rcfg.method_id(method) == expected
+    assert rcfg.SAFE_ID.match(expected)
+
+
+def test_resolve_method_defaults():
+    m = rcfg.resolve_method({"method": "trades", "norm": "linf", "eps": "8/255"})
+    assert m["steps"] == 7 and m["step_size"] == pytest.approx(2.5 * (8 / 255) / 7)
+    assert m["beta"] == 6.0
+
+
+def mutate(path, value):
+    cfg = copy.deepcopy(DEFAULT)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "path, value, pattern",
+    [
+        (["datasets"], ["mnist"], r"datasets\[0\]: unknown dataset 'mnist'.*valid: digits, cifar10"),
+        (["architectures"], ["resnet50"], r"architectures\[0\]: unknown architecture 'resnet50'; valid: convnet"),
+        (["architectures"], ["wrn-27-2"], r"architectures\[0\]: 'wrn-27-2': WRN depth must be 6n \+ 4"),
+        (["methods"], [{"method": "pgd", "norm": "linf", "eps": -0.1}], r"methods\[0\]\.eps: -0\.1 must be a finite number >= 0"),
+        (["methods"], [{"method": "standard", "eps": 0.1}], r"methods\[0\]\.eps: 0\.1 given for method 'standard'"),
+        (["methods"], [{"method": "fgsm"}], r"methods\[0\]\.method: 'fgsm' is not one of standard, pgd, trades"),
+        (["methods"], [{"method": "pgd", "norm": "l1", "eps": 1}], r"methods\[0\]\.norm: 'l1' is not one of linf, l2"),
+        (["methods"], [{"method": "pgd", "norm": "linf", "eps": 0}], r"use method 'standard'"),
+        (["methods"], [{"method": "standard"}, {"method": "standard"}], r"repeats methods\[0\]"),
+        (["training", "epoch"], 3, r"unknown config key 'training\.epoch' \(did you mean 'epochs'\?\); valid keys under 'training': augment, batch_size"),
+        (["datsets"], ["digits"], r"unknown config key 'datsets' \(did you mean 'datasets'\?\)"),
+        (["architectures"], ["../etc"], r"architectures\[0\]: '\.\./etc' cannot be used in a path"),
+        (["datasets"], ["a/b"], r"datasets\[0\]: 'a/b' cannot be used in a path"),
+        (["seeds"], [0, 0], r"seeds: \[0, 0\] repeats a seed"),
+    ],
+)
+def test_bad_config_messages(path, value, pattern):
+    with pytest.raises(rcfg.ConfigError, match=pattern):
+        check(mutate(path, value))
+
+
+def test_activation_checkpoints_default_and_errors():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["training"] = {"epochs": 6, "checkpoint_every": 2}
+    cfg["activations"] = {}
+    assert rcfg.activation_checkpoints(cfg) == ["epoch2", "epoch4", "final", "best"]
+    cfg["activations"] = {"checkpoints": [4, "final"]}
+    assert rcfg.activation_checkpoints(cfg) == ["epoch4", "final"]
+    cfg["activations"] = {"checkpoints": [3]}
+    with pytest.raises(rcfg.ConfigError, match=r"epoch 3 is not saved by training.*saved epochs: \[2, 4, 6\]"):
+        rcfg.activation_checkpoints(cfg)

@@ -1,0 +1,232 @@
+"""Figures of the summary Dataset (see `analyses.aggregate`), one function per figure, PNG out.
+
+Seeds are averaged where a figure shows one curve or matrix per model configuration; a figure
+that shows spread draws the seed range as a band.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+METRIC = "minibatch_cka"
+
+
+def _save(fig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _metric(ds: xr.Dataset) -> str:
+    return METRIC if METRIC in ds.metric.values else str(ds.metric.values[0])
+
+
+def _select(ds: xr.Dataset, **coords) -> np.ndarray:
+    """Indices of comparisons whose coordinates equal `coords`."""
+    mask = np.ones(ds.sizes["comparison"], bool)
+    for key, value in coords.items():
+        mask &= ds[key].values == value
+    return np.flatnonzero(mask)
+
+
+def _methods(ds: xr.Dataset) -> list[str]:
+    """Method ids ordered standard first, then by method kind, norm and eps."""
+    ids = dict.fromkeys(ds.model_method_id.values.tolist())
+    eps = dict(zip(ds.model_method_id.values.tolist(), ds.model_eps.values.tolist(), strict=True))
+    kind = dict(zip(ds.model_method_id.values.tolist(), ds.model_method.values.tolist(), strict=True))
+    order = {"standard": 0, "pgd": 1, "trades": 2}
+    return sorted(ids, key=lambda m: (order.get(kind[m], 3), m.split("-")[1:2], eps[m]))
+
+
+def _mean_matrix(ds: xr.Dataset, idx: np.ndarray, metric: str) -> tuple[np.ndarray, list, list]:
+    """Seed-averaged matrix of comparisons `idx` (same architecture, so the same layers)."""
+    c0 = int(idx[0])
+    la, lb = int(ds.n_layers_a[c0]), int(ds.n_layers_b[c0])
+    mats = ds["similarity"].sel(metric=metric).isel(comparison=idx).values[:, :la, :lb]
+    names_a = ds.layer_name_a.isel(comparison=c0).values[:la].tolist()
+    names_b = ds.layer_name_b.isel(comparison=c0).values[:lb].tolist()
+    return np.nanmean(mats, axis=0), names_a, names_b
+
+
+def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+    """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1."""
+    metric = _metric(ds)
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    methods = _methods(ds)
+    fig, axes = plt.subplots(
+        len(archs), len(methods), figsize=(2.6 * len(methods) + 1, 2.6 * len(archs)), squeeze=False
+    )
+    image = None
+    for r, arch in enumerate(archs):
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            idx = _select(ds, analysis="cross_layer", arch=arch, method_id=method, inputs="benign")
+            if len(idx) == 0:
+                ax.axis("off")
+                continue
+            mat, names, _ = _mean_matrix(ds, idx, metric)
+            image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(names)), names, fontsize=5)
+            ax.set_title(f"{arch}\n{method}", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{metric} (mean over seeds)")
+    fig.suptitle("Cross-layer similarity, benign inputs")
+    _save(fig, path)
+
+
+def _eps_lines(ds: xr.Dataset, ax, values: np.ndarray, label_fmt: str, band: bool = True) -> None:
+    """Plot `values` (per model) against eps, a line per (arch, method kind, norm), seed band."""
+    arch = ds.model_arch.values
+    kind = ds.model_method.values
+    norm = ds.model_norm.values
+    eps = ds.model_eps.values
+    for a in dict.fromkeys(arch.tolist()):
+        for k in ("pgd", "trades"):
+            for n in ("linf", "l2"):
+                sel = (arch == a) & (((kind == k) & (norm == n)) | (kind == "standard"))
+                if not ((arch == a) & (kind == k) & (norm == n)).any():
+                    continue
+                xs = sorted(set(eps[sel].tolist()))
+                mean = [np.nanmean(values[sel & (eps == x)]) for x in xs]
+                ax.plot(xs, mean, marker="o", label=label_fmt.format(arch=a, kind=k, norm=n))
+                if band:
+                    lo = [np.nanmin(values[sel & (eps == x)]) for x in xs]
+                    hi = [np.nanmax(values[sel & (eps == x)]) for x in xs]
+                    ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xlabel("training eps (0 = standard)")
+    ax.legend(fontsize=7)
+
+
+def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+    """Block-structure score of the cross-layer CKA matrix against training eps."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    _eps_lines(ds, ax, ds.block_score.values, "{arch} {kind}-{norm}")
+    ax.set_ylabel("block-structure score")
+    ax.set_title("Block structure vs training eps (band: seed range)")
+    _save(fig, path)
+
+
+def _diagonal_panels(
+    ds: xr.Dataset, path: str | Path, analysis: str, title: str, ylabel: str
+) -> None:
+    metric = _metric(ds)
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        for method in _methods(ds):
+            idx = _select(ds, analysis=analysis, arch=arch, method_id=method)
+            if len(idx) == 0:
+                continue
+            mat, names, _ = _mean_matrix(ds, idx, metric)
+            diag = np.diagonal(mat)
+            ax.plot(np.linspace(0, 1, len(diag)), diag, marker=".", label=method)
+        ax.set_title(arch)
+        ax.set_xlabel("relative depth of layer")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer of a robust model to the same layer of the standard model."""
+    _diagonal_panels(
+        ds,
+        path,
+        "robust_vs_standard",
+        "Robust vs standard model, same layer",
+        f"{_metric(ds)}(robust, standard)",
+    )
+
+
+def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer on benign vs the model's own PGD inputs."""
+    _diagonal_panels(
+        ds,
+        path,
+        "benign_vs_adversarial",
+        "Benign vs adversarial inputs, same layer",
+        f"{_metric(ds)}(benign, PGD)",
+    )
+
+
+def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+    """Per (arch, method): layer x checkpoint CKA to the final model; bottom row: best-final drop."""
+    metric = _metric(ds)
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    methods = _methods(ds)
+    fig, axes = plt.subplots(
+        len(archs) + 1,
+        len(methods),
+        figsize=(2.8 * len(methods) + 1, 2.8 * (len(archs) + 1)),
+        squeeze=False,
+    )
+    image = None
+    for r, arch in enumerate(archs):
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            idx = _select(ds, analysis="epochs", arch=arch, method_id=method)
+            epochs = sorted({int(ds.epoch.values[i]) for i in idx if ds.checkpoint.values[i] != "best"})
+            if not epochs:
+                ax.axis("off")
+                continue
+            cols = []
+            for e in epochs:
+                sub = [i for i in idx if int(ds.epoch.values[i]) == e and ds.checkpoint.values[i] != "best"]
+                mat, names, _ = _mean_matrix(ds, np.asarray(sub), metric)
+                cols.append(np.diagonal(mat))
+            image = ax.imshow(np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
+            ax.set_yticks(range(len(names)), names, fontsize=5)
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.set_title(f"{arch}\n{method}", fontsize=7)
+    for c, method in enumerate(methods):
+        ax = axes[-1, c]
+        for arch in archs:
+            sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+            drop = np.nanmean(ds.best_final_drop.values[sel], axis=0)
+            if np.all(np.isnan(drop)):
+                continue
+            n = int(np.sum(~np.isnan(drop)))
+            ax.plot(np.linspace(0, 1, n), drop[:n], marker=".", label=arch)
+        ax.set_title(f"best vs final drop\n{method}", fontsize=7)
+        ax.set_xlabel("relative depth", fontsize=7)
+        ax.legend(fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{metric}(epoch, final), same layer")
+    _save(fig, path)
+
+
+def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+    """Test clean and robust accuracy against training eps (band: seed range)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    _eps_lines(ds, axes[0], ds.clean_acc.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[1], ds.robust_acc.values, "{arch} {kind}-{norm}")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_title("clean")
+    axes[1].set_title("robust (evaluation PGD attack)")
+    _save(fig, path)
+
+
+FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
+    "cross_layer_heatmaps": cross_layer_heatmaps,
+    "block_score_vs_eps": block_score_vs_eps,
+    "robust_vs_standard_diagonal": robust_vs_standard_diagonal,
+    "benign_vs_adversarial_diagonal": benign_vs_adversarial_diagonal,
+    "epochs_heatmaps": epochs_heatmaps,
+    "accuracy_vs_eps": accuracy_vs_eps,
+}

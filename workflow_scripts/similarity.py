@@ -1,0 +1,28 @@
+"""Rule similarity: compare two activation stores with the configured metrics, write one netCDF."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _log import redirect_to_log
+
+import torch
+
+from robrep.analyses import compare_stores, write_netcdf
+
+with redirect_to_log(snakemake):
+    p, wc = snakemake.params, snakemake.wildcards
+    torch.set_num_threads(snakemake.threads)
+    ds = compare_stores(
+        snakemake.input.a,
+        snakemake.input.b,
+        metrics=p.metrics,
+        batch_size=p.batch_size,
+        bootstrap=p.bootstrap,
+        seed=p.seed,
+        rbf_sigma=p.rbf_sigma,
+        svcca_variance=p.svcca_variance,
+        attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
+    )
+    write_netcdf(ds, snakemake.output[0])
+    print(ds)
