@@ -6,6 +6,19 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=ID,
+    arch=ID,
+    method_id=ID,
+    seed=r"\d+",
+    checkpoint=r"final|best|epoch\d+",
+    inputs="benign|pgd",
+    analysis="|".join(ANALYSES),
+    pair=ID,
+
+
 include: "rules/train.smk"
 include: "rules/activations.smk"
 include: "rules/similarity.smk"
@@ -13,6 +26,6 @@ include: "rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

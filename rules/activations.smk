@@ -6,11 +6,10 @@ rule extract:
         weights=checkpoint_file,
         splits=splits_path("{dataset}"),
     output:
-        directory(
-            f"{RESULTS}/activations/{MODEL_ID}/{{checkpoint}}/{{inputs}}.zarr"
-        ),
+        directory(f"{RESULTS}/activations/{MODEL_ID}/{{checkpoint}}/{{inputs}}.zarr"),
     log:
         f"{RESULTS}/logs/extract/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
+    threads: config["threads"]["extract"]
     params:
         layers=ACT["layers"],
         n_examples=ACT["n_examples"],
@@ -23,6 +22,5 @@ rule extract:
         batch_size=ACT["batch_size"],
         attack=evaluation_attack(),
         device=config["device"],
-    threads: config["threads"]["extract"]
     script:
         "../workflow_scripts/extract.py"

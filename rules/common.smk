@@ -9,7 +9,6 @@ from robrep import config as rcfg
 from robrep.data import DATASETS
 from robrep.models import check_architecture
 
-
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
     rcfg.check_unknown_keys(config, yaml.safe_load(SCHEMA_PATH.read_text()))
@@ -20,38 +19,24 @@ validate(config, "../config/schema.yaml")
 
 RESULTS = "results"
 ID = "[A-Za-z0-9._-]+"
+ANALYSES = [
+    "cross_layer",
+    "robust_vs_standard",
+    "benign_vs_adversarial",
+    "epochs",
+    "threat_models",
+    "seeds",
+    "width_depth",
+]
 METHODS = {m["id"]: m for m in map(rcfg.resolve_method, config["methods"])}
 TRAINING = config["training"]
 CHECKPOINT_EPOCHS = [
-    e
-    for e in range(1, TRAINING["epochs"] + 1)
-    if e % TRAINING["checkpoint_every"] == 0
+    e for e in range(1, TRAINING["epochs"] + 1) if e % TRAINING["checkpoint_every"] == 0
 ]
 try:
     ACTIVATION_CHECKPOINTS = rcfg.activation_checkpoints(config)
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
-
-
-wildcard_constraints:
-    dataset=ID,
-    arch=ID,
-    method_id=ID,
-    seed=r"\d+",
-    checkpoint=r"final|best|epoch\d+",
-    inputs="benign|pgd",
-    analysis="|".join(
-        [
-            "cross_layer",
-            "robust_vs_standard",
-            "benign_vs_adversarial",
-            "epochs",
-            "threat_models",
-            "seeds",
-            "width_depth",
-        ]
-    ),
-    pair=ID,
 
 
 def model_dir(dataset, arch, method_id, seed):
@@ -105,8 +90,6 @@ def evaluation_attack():
     return ev
 
 
-
-
 # ------------------------------------------------------------------------------------------
 # Activation stores and the comparisons each analysis asks for.
 
@@ -134,7 +117,9 @@ def store_path(s):
 
 
 def store_tag(s):
-    return f"{s['arch']}.{s['method_id']}.seed{s['seed']}.{s['checkpoint']}.{s['inputs']}"
+    return (
+        f"{s['arch']}.{s['method_id']}.seed{s['seed']}.{s['checkpoint']}.{s['inputs']}"
+    )
 
 
 def arch_family(arch):
@@ -191,11 +176,9 @@ def comparisons():
                     add("seeds", store(m), store(dict(m, seed=s)))
         if "width_depth" in analyses:
             for arch in config["architectures"]:
-                if (
-                    arch_family(arch) == arch_family(m["arch"])
-                    and config["architectures"].index(arch)
-                    > config["architectures"].index(m["arch"])
-                ):
+                if arch_family(arch) == arch_family(m["arch"]) and config[
+                    "architectures"
+                ].index(arch) > config["architectures"].index(m["arch"]):
                     add("width_depth", store(m), store(dict(m, arch=arch)))
     return out
 
@@ -213,7 +196,9 @@ def comparison_stores(wildcards):
 
 
 def checkpoint_file(wildcards):
-    base = model_dir(wildcards.dataset, wildcards.arch, wildcards.method_id, wildcards.seed)
+    base = model_dir(
+        wildcards.dataset, wildcards.arch, wildcards.method_id, wildcards.seed
+    )
     if wildcards.checkpoint == "final":
         return f"{base}/model.safetensors"
     if wildcards.checkpoint == "best":
@@ -222,7 +207,7 @@ def checkpoint_file(wildcards):
 
 
 def all_targets():
-    """Everything `rule all` builds: the summary dataset and every figure."""
+    """The default targets: the summary dataset, the accuracy table and every figure."""
     return [
         f"{RESULTS}/summary/similarity.zarr",
         f"{RESULTS}/summary/accuracy.csv",

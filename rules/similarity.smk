@@ -8,6 +8,7 @@ rule similarity:
         comparison_path("{analysis}", "{dataset}", "{pair}"),
     log:
         f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
+    threads: config["threads"]["similarity"]
     params:
         metrics=SIM["metrics"],
         batch_size=SIM["batch_size"],
@@ -15,6 +16,5 @@ rule similarity:
         seed=SIM["seed"],
         rbf_sigma=SIM["rbf_sigma"],
         svcca_variance=SIM["svcca_variance"],
-    threads: config["threads"]["similarity"]
     script:
         "../workflow_scripts/similarity.py"

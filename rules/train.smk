@@ -21,13 +21,15 @@ rule train:
     output:
         model=f"{MODEL_DIR}/model.safetensors",
         best=f"{MODEL_DIR}/best.safetensors",
-        checkpoints=[f"{MODEL_DIR}/checkpoints/epoch{e}.safetensors" for e in CHECKPOINT_EPOCHS],
+        checkpoints=[
+            f"{MODEL_DIR}/checkpoints/epoch{e}.safetensors" for e in CHECKPOINT_EPOCHS
+        ],
         metrics=f"{MODEL_DIR}/metrics.json",
     log:
         f"{RESULTS}/logs/train/{MODEL_ID}.log",
+    threads: config["threads"]["train"]
     params:
         settings=train_settings,
         device=config["device"],
-    threads: config["threads"]["train"]
     script:
         "../workflow_scripts/train.py"

@@ -12,7 +12,6 @@ import pytest
 import torch
 import xarray as xr
 import zarr
-
 from robrep.activation_store import (
     ActivationStore,
     IncompleteStoreError,
@@ -32,8 +31,17 @@ def extract(model, path, n=50, ids=None, **kw):
     ids = np.arange(100, 100 + n) if ids is None else ids
     layers = kw.pop("layers", model.probe_layers("blocks"))
     return extract_to_store(
-        model, x, np.arange(n) % 10, ids, path, layers, {"model_id": "m"}, chunk_rows=16,
-        batch_size=32, progress=False, **kw,
+        model,
+        x,
+        np.arange(n) % 10,
+        ids,
+        path,
+        layers,
+        {"model_id": "m"},
+        chunk_rows=16,
+        batch_size=32,
+        progress=False,
+        **kw,
     )
 
 
@@ -43,7 +51,9 @@ def test_values_equal_direct_forward(tiny_model, tmp_path):
     modules = dict(tiny_model.named_modules())
     want = {}
     hooks = [
-        modules[name].register_forward_hook(lambda m, a, o, n=name: want.__setitem__(n, o.detach().clone()))
+        modules[name].register_forward_hook(
+            lambda m, a, o, n=name: want.__setitem__(n, o.detach().clone())
+        )
         for name in store.layers
     ]
     with torch.no_grad():
@@ -105,7 +115,7 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
             return real(self, m, x)
         st.LayerRecorder.record = record
         x = np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32)
-        st.extract_to_store(model, x, np.zeros(200, int), np.arange(200), {str(tmp_path / 's.zarr')!r},
+        st.extract_to_store(model, x, np.zeros(200, int), np.arange(200), {str(tmp_path / "s.zarr")!r},
                             model.probe_layers("blocks"), {{}}, chunk_rows=16, batch_size=16,
                             progress=False)
         """
@@ -121,8 +131,18 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
 
     model = build_model("convnet", 1, 10, [0.3], [0.3]).eval()
     x = np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32)
-    extract_to_store(model, x, np.zeros(200, int), np.arange(200), tmp_path / "s.zarr",
-                     model.probe_layers("blocks"), {}, chunk_rows=16, batch_size=16, progress=False)
+    extract_to_store(
+        model,
+        x,
+        np.zeros(200, int),
+        np.arange(200),
+        tmp_path / "s.zarr",
+        model.probe_layers("blocks"),
+        {},
+        chunk_rows=16,
+        batch_size=16,
+        progress=False,
+    )
     assert ActivationStore(tmp_path / "s.zarr").attrs["robrep_complete"] is True
     assert not (tmp_path / ".s.zarr.partial").exists()
 
@@ -145,8 +165,14 @@ def test_unknown_layer_names(tiny_model, tmp_path):
 
 def test_options_dtype_pool_split_features(tiny_model, tmp_path):
     store = ActivationStore(
-        extract(tiny_model, tmp_path / "s.zarr", dtype="float16", pool=4, max_chunk_features=100,
-                compressor="blosc")
+        extract(
+            tiny_model,
+            tmp_path / "s.zarr",
+            dtype="float16",
+            pool=4,
+            max_chunk_features=100,
+            compressor="blosc",
+        )
     )
     arr = store.layer("stage1.0")
     assert arr.dtype == np.float16 and arr.shape == (50, 16 * 4 * 4) and arr.chunks == (16, 100)
@@ -180,7 +206,9 @@ def test_memory_flat_as_n_grows(tmp_path):
     for n in (512, 2048):
         out = subprocess.run(
             [sys.executable, "-c", PEAK_SCRIPT, str(n), str(tmp_path / f"s{n}.zarr")],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         growth[n] = int(out.stdout.strip().splitlines()[-1])
     stored = 2048 * 4 * (32 * 16 * 16 * 2 + 64 * 8 * 8 * 2 + 128 * 4 * 4 * 2 + 128 + 10)

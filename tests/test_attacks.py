@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from robrep.attacks import AttackSpec, accuracy, pgd
 
 
@@ -12,7 +11,9 @@ from robrep.attacks import AttackSpec, accuracy, pgd
 def test_bounds_and_valid_pixels(tiny_model, norm, eps):
     x = torch.rand(16, 1, 8, 8)
     y = torch.randint(0, 10, (16,))
-    adv = pgd(tiny_model, x, y, AttackSpec(norm, eps, 5, 2.5 * eps / 5), torch.Generator().manual_seed(0))
+    adv = pgd(
+        tiny_model, x, y, AttackSpec(norm, eps, 5, 2.5 * eps / 5), torch.Generator().manual_seed(0)
+    )
     delta = (adv - x).flatten(1)
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-6).all()

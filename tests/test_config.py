@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from robrep import config as rcfg
 from robrep.data import DATASETS
 from robrep.models import check_architecture
@@ -73,16 +72,48 @@ def mutate(path, value):
 @pytest.mark.parametrize(
     "path, value, pattern",
     [
-        (["datasets"], ["mnist"], r"datasets\[0\]: unknown dataset 'mnist'.*valid: digits, cifar10"),
-        (["architectures"], ["resnet50"], r"architectures\[0\]: unknown architecture 'resnet50'; valid: convnet"),
-        (["architectures"], ["wrn-27-2"], r"architectures\[0\]: 'wrn-27-2': WRN depth must be 6n \+ 4"),
-        (["methods"], [{"method": "pgd", "norm": "linf", "eps": -0.1}], r"methods\[0\]\.eps: -0\.1 must be a finite number >= 0"),
-        (["methods"], [{"method": "standard", "eps": 0.1}], r"methods\[0\]\.eps: 0\.1 given for method 'standard'"),
-        (["methods"], [{"method": "fgsm"}], r"methods\[0\]\.method: 'fgsm' is not one of standard, pgd, trades"),
-        (["methods"], [{"method": "pgd", "norm": "l1", "eps": 1}], r"methods\[0\]\.norm: 'l1' is not one of linf, l2"),
+        (
+            ["datasets"],
+            ["mnist"],
+            r"datasets\[0\]: unknown dataset 'mnist'.*valid: digits, cifar10",
+        ),
+        (
+            ["architectures"],
+            ["resnet50"],
+            r"architectures\[0\]: unknown architecture 'resnet50'; valid: convnet",
+        ),
+        (
+            ["architectures"],
+            ["wrn-27-2"],
+            r"architectures\[0\]: 'wrn-27-2': WRN depth must be 6n \+ 4",
+        ),
+        (
+            ["methods"],
+            [{"method": "pgd", "norm": "linf", "eps": -0.1}],
+            r"methods\[0\]\.eps: -0\.1 must be a finite number >= 0",
+        ),
+        (
+            ["methods"],
+            [{"method": "standard", "eps": 0.1}],
+            r"methods\[0\]\.eps: 0\.1 given for method 'standard'",
+        ),
+        (
+            ["methods"],
+            [{"method": "fgsm"}],
+            r"methods\[0\]\.method: 'fgsm' is not one of standard, pgd, trades",
+        ),
+        (
+            ["methods"],
+            [{"method": "pgd", "norm": "l1", "eps": 1}],
+            r"methods\[0\]\.norm: 'l1' is not one of linf, l2",
+        ),
         (["methods"], [{"method": "pgd", "norm": "linf", "eps": 0}], r"use method 'standard'"),
         (["methods"], [{"method": "standard"}, {"method": "standard"}], r"repeats methods\[0\]"),
-        (["training", "epoch"], 3, r"unknown config key 'training\.epoch' \(did you mean 'epochs'\?\); valid keys under 'training': augment, batch_size"),
+        (
+            ["training", "epoch"],
+            3,
+            r"unknown config key 'training\.epoch' \(did you mean 'epochs'\?\); valid keys under 'training': augment, batch_size",
+        ),
         (["datsets"], ["digits"], r"unknown config key 'datsets' \(did you mean 'datasets'\?\)"),
         (["architectures"], ["../etc"], r"architectures\[0\]: '\.\./etc' cannot be used in a path"),
         (["datasets"], ["a/b"], r"datasets\[0\]: 'a/b' cannot be used in a path"),
@@ -102,5 +133,7 @@ def test_activation_checkpoints_default_and_errors():
     cfg["activations"] = {"checkpoints": [4, "final"]}
     assert rcfg.activation_checkpoints(cfg) == ["epoch4", "final"]
     cfg["activations"] = {"checkpoints": [3]}
-    with pytest.raises(rcfg.ConfigError, match=r"epoch 3 is not saved by training.*saved epochs: \[2, 4, 6\]"):
+    with pytest.raises(
+        rcfg.ConfigError, match=r"epoch 3 is not saved by training.*saved epochs: \[2, 4, 6\]"
+    ):
         rcfg.activation_checkpoints(cfg)

@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
-
 from robrep.data import (
     DatasetMissingError,
     evaluation_subset,
@@ -33,8 +32,12 @@ def write_cifar10(root, per_batch=20, test=30, seed=0):
         labels = [int(v) for v in rng.integers(0, 10, n)]
         with open(folder / name, "wb") as fh:
             pickle.dump(
-                {"batch_label": name, "labels": labels, "data": data,
-                 "filenames": [f"{i}.png" for i in range(n)]},
+                {
+                    "batch_label": name,
+                    "labels": labels,
+                    "data": data,
+                    "filenames": [f"{i}.png" for i in range(n)],
+                },
                 fh,
                 protocol=2,
             )
@@ -43,8 +46,15 @@ def write_cifar10(root, per_batch=20, test=30, seed=0):
     train = [batch(f"data_batch_{i}", per_batch) for i in range(1, 6)]
     test_data = batch("test_batch", test)
     with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)],
-                     "num_cases_per_batch": per_batch, "num_vis": 3072}, fh, protocol=2)
+        pickle.dump(
+            {
+                "label_names": [f"class{i}" for i in range(10)],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            fh,
+            protocol=2,
+        )
     return train, test_data
 
 
@@ -86,7 +96,9 @@ def test_imagefolder_tree(tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenette", "imagewoof"])
 def test_missing_dataset_names_path_and_remedy(tmp_path, name):
-    with pytest.raises(DatasetMissingError, match=f"dataset '{name}': .*{tmp_path}.*(download|unpack)"):
+    with pytest.raises(
+        DatasetMissingError, match=f"dataset '{name}': .*{tmp_path}.*(download|unpack)"
+    ):
         load_splits(name, tmp_path, {}, 0.1, 0)
 
 
@@ -109,5 +121,7 @@ def test_stratified_split_and_subset_are_seeded():
     labels = np.repeat(np.arange(4), 25)
     kept, held = stratified_split(labels, 0.2, 3)
     assert len(np.intersect1d(kept, held)) == 0 and np.bincount(labels[held]).tolist() == [5] * 4
-    np.testing.assert_array_equal(evaluation_subset(labels, 10, 1), evaluation_subset(labels, 10, 1))
+    np.testing.assert_array_equal(
+        evaluation_subset(labels, 10, 1), evaluation_subset(labels, 10, 1)
+    )
     assert len(evaluation_subset(labels, 500, 1)) == 100

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from robrep.models import REGISTRY, build_model, check_architecture
+from torch import nn
 
 ARCHS = ["convnet", "convnet-2", "resnet18", "preact_resnet18", "wrn-10-1", "wrn-16-2", "vgg16_bn"]
 
@@ -27,7 +26,9 @@ def test_builds_and_probes(arch):
     # Every probe fires exactly once per forward pass.
     counts = {name: 0 for name in every + blocks}
     handles = [
-        modules[name].register_forward_hook(lambda m, a, o, n=name: counts.__setitem__(n, counts[n] + 1))
+        modules[name].register_forward_hook(
+            lambda m, a, o, n=name: counts.__setitem__(n, counts[n] + 1)
+        )
         for name in counts
     ]
     model(x)

@@ -11,7 +11,6 @@ import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from robrep.similarity import (
     CKAResult,
     DegenerateLayerWarning,
@@ -199,7 +198,16 @@ def test_full_data_metrics_identities(rng):
     x, y = layers(rng, n=80, widths=(6, 9))
     q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     rot = (x @ q).astype(np.float32)
-    metrics = ["linear_cka", "linear_cka_debiased", "rbf_cka", "cca", "cca_squared", "svcca", "pwcca", "procrustes"]
+    metrics = [
+        "linear_cka",
+        "linear_cka_debiased",
+        "rbf_cka",
+        "cca",
+        "cca_squared",
+        "svcca",
+        "pwcca",
+        "procrustes",
+    ]
     same = full_data_similarity([x], [rot * 2.0 + 1.0], metrics)
     for m in metrics:
         want = 0.0 if m == "procrustes" else 1.0
@@ -268,7 +276,9 @@ def test_agrees_with_ckatorch_reference():
     y = (x[:, : ref["dy"]] + 0.7 * data.normal(size=(ref["n"], ref["dy"]))).astype(np.float32)
     mb = minibatch_cka([x], [y], batch_size=ref["batch_size"]).cka[0, 0]
     assert mb == pytest.approx(ref["cka_batch"], abs=1e-6)
-    full = full_data_similarity([x], [y], ["linear_cka", "linear_cka_debiased", "rbf_cka"], rbf_sigma=ref["rbf_threshold"])
+    full = full_data_similarity(
+        [x], [y], ["linear_cka", "linear_cka_debiased", "rbf_cka"], rbf_sigma=ref["rbf_threshold"]
+    )
     assert full["linear_cka"][0, 0] == pytest.approx(ref["cka_linear"], abs=1e-9)
     assert full["linear_cka_debiased"][0, 0] == pytest.approx(ref["cka_linear_unbiased"], abs=1e-9)
     # ckatorch takes torch.median (the lower middle value) of the squared distances where

@@ -4,10 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _log import redirect_to_log
-
 import torch
-
+from _log import redirect_to_log
 from robrep.activation_store import extract_to_store
 from robrep.data import evaluation_subset, read_splits
 from robrep.training import evaluation_spec, pick_device, software_versions

@@ -4,10 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _log import redirect_to_log
-
 import xarray as xr
-
+from _log import redirect_to_log
 from robrep.figures import FIGURES
 
 with redirect_to_log(snakemake):

@@ -5,7 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _log import redirect_to_log
-
 from robrep.data import load_splits, save_splits
 
 with redirect_to_log(snakemake):

@@ -139,7 +139,9 @@ def extract_to_store(
     group.create_array(
         "sample_ids", data=np.asarray(sample_ids, dtype=np.int64), dimension_names=("sample",)
     )
-    group.create_array("labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",))
+    group.create_array(
+        "labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",)
+    )
     arrays = {}
     for name in layers:
         d = int(np.prod(shapes[name]))
@@ -166,7 +168,9 @@ def extract_to_store(
                 x = pgd(model, x, y, attack, gen)
             outs = recorder.record(model, x)
             for name in layers:
-                arrays[name][start:stop] = outs[name].reshape(stop - start, -1).numpy().astype(dtype)
+                arrays[name][start:stop] = (
+                    outs[name].reshape(stop - start, -1).numpy().astype(dtype)
+                )
     finally:
         recorder.remove()
     group.attrs.update(

@@ -115,7 +115,9 @@ def block_structure_score(cka: np.ndarray, min_size: int = 2) -> float:
     c = np.asarray(cka, dtype=float)
     n = c.shape[0]
     if c.shape != (n, n) or n < min_size + 1:
-        raise ValueError(f"block score needs a square matrix with > {min_size} layers, got {c.shape}")
+        raise ValueError(
+            f"block score needs a square matrix with > {min_size} layers, got {c.shape}"
+        )
     best = -np.inf
     for start in range(n):
         for stop in range(start + min_size, n + 1):
@@ -207,7 +209,10 @@ def aggregate(
                 }
             )
             row.update(
-                {f"{k}{suffix}": v for k, v in _method_coords(row[f"method_id{suffix}"], methods).items()}
+                {
+                    f"{k}{suffix}": v
+                    for k, v in _method_coords(row[f"method_id{suffix}"], methods).items()
+                }
             )
         for key, value in row.items():
             coords.setdefault(key, []).append(value)
@@ -225,7 +230,9 @@ def aggregate(
     )
     summary, accuracy = model_summaries(ds, metrics_files, methods, metric)
     ds = xr.merge([ds, summary])
-    ds.attrs.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()})
+    ds.attrs.update(
+        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
+    )
     ds.attrs["summary_metric"] = metric
     return ds, accuracy
 

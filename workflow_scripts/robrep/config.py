@@ -89,7 +89,9 @@ def suggest(value: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], path: str = "") -> None:
+def check_unknown_keys(
+    config: Mapping[str, Any], schema: Mapping[str, Any], path: str = ""
+) -> None:
     """Raise on keys the schema does not declare, naming the key and the valid ones.
 
     jsonschema's own message for ``additionalProperties`` lists neither the valid keys nor a

@@ -141,7 +141,9 @@ def load_cifar(name: str, data_root: str | Path, download: bool = False):
         meta, meta_key = folder / "meta", "fine_label_names"
     missing = [str(p) for p in train_files + test_files + [meta] if not p.is_file()]
     if missing:
-        raise DatasetMissingError(f"dataset {name!r}: missing {', '.join(missing)}; {HOW_TO_GET[name]}")
+        raise DatasetMissingError(
+            f"dataset {name!r}: missing {', '.join(missing)}; {HOW_TO_GET[name]}"
+        )
 
     def read(files):
         batches = [_read_cifar_batch(p) for p in files]
@@ -156,7 +158,9 @@ def load_cifar(name: str, data_root: str | Path, download: bool = False):
     return x_train, y_train, x_test, y_test, classes
 
 
-def load_imagefolder(name: str, data_root: str | Path, image_size: int = 128, folder: str | None = None):
+def load_imagefolder(
+    name: str, data_root: str | Path, image_size: int = 128, folder: str | None = None
+):
     """Imagenette/Imagewoof `train/` and `val/` class folders: resize the short side, centre-crop."""
     from torchvision import datasets, transforms
 
@@ -234,7 +238,10 @@ def save_splits(splits: Splits, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(
         tmp,
-        **{k: getattr(splits, k) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")},
+        **{
+            k: getattr(splits, k)
+            for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        },
         classes=np.asarray(splits.classes),
         mean=np.asarray(splits.mean),
         std=np.asarray(splits.std),

@@ -45,7 +45,9 @@ def _methods(ds: xr.Dataset) -> list[str]:
     """Method ids ordered standard first, then by method kind, norm and eps."""
     ids = dict.fromkeys(ds.model_method_id.values.tolist())
     eps = dict(zip(ds.model_method_id.values.tolist(), ds.model_eps.values.tolist(), strict=True))
-    kind = dict(zip(ds.model_method_id.values.tolist(), ds.model_method.values.tolist(), strict=True))
+    kind = dict(
+        zip(ds.model_method_id.values.tolist(), ds.model_method.values.tolist(), strict=True)
+    )
     order = {"standard": 0, "pgd": 1, "trades": 2}
     return sorted(ids, key=lambda m: (order.get(kind[m], 3), m.split("-")[1:2], eps[m]))
 
@@ -180,16 +182,24 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         for c, method in enumerate(methods):
             ax = axes[r, c]
             idx = _select(ds, analysis="epochs", arch=arch, method_id=method)
-            epochs = sorted({int(ds.epoch.values[i]) for i in idx if ds.checkpoint.values[i] != "best"})
+            epochs = sorted(
+                {int(ds.epoch.values[i]) for i in idx if ds.checkpoint.values[i] != "best"}
+            )
             if not epochs:
                 ax.axis("off")
                 continue
             cols = []
             for e in epochs:
-                sub = [i for i in idx if int(ds.epoch.values[i]) == e and ds.checkpoint.values[i] != "best"]
+                sub = [
+                    i
+                    for i in idx
+                    if int(ds.epoch.values[i]) == e and ds.checkpoint.values[i] != "best"
+                ]
                 mat, names, _ = _mean_matrix(ds, np.asarray(sub), metric)
                 cols.append(np.diagonal(mat))
-            image = ax.imshow(np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            image = ax.imshow(
+                np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
+            )
             ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
             ax.set_yticks(range(len(names)), names, fontsize=5)
             ax.set_xlabel("epoch", fontsize=7)

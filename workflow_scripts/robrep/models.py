@@ -29,7 +29,9 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,10 +187,14 @@ class ResNet(ProbedNet):
             cin = width
         self.final = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU()) if preact else nn.Identity()
         self.head = Head(512, num_classes)
-        self.block_names = names + (["final"] if preact else []) + [
-            "head.penultimate",
-            "head.logits",
-        ]
+        self.block_names = (
+            names
+            + (["final"] if preact else [])
+            + [
+                "head.penultimate",
+                "head.logits",
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.normalize(x))

@@ -162,7 +162,11 @@ def _batch_rows(n: int, batch_size: int, shuffle_seed: int | None) -> list[slice
 
 
 def _check_models(models: Sequence[Sequence[Any]]) -> int:
-    sizes = {(k, _name(layer, f"layer{i}")): layer.shape[0] for k, m in enumerate(models) for i, layer in enumerate(m)}
+    sizes = {
+        (k, _name(layer, f"layer{i}")): layer.shape[0]
+        for k, m in enumerate(models)
+        for i, layer in enumerate(m)
+    }
     if not sizes:
         raise ValueError("no layers given")
     ns = set(sizes.values())
@@ -280,7 +284,9 @@ def minibatch_cka(
 ) -> CKAResult:
     """Minibatch linear CKA between layers `a` and `b` (`b=None`: `a` against itself)."""
     if b is None:
-        return minibatch_cka_multi([a], [(0, 0)], batch_size, shuffle_seed, device, progress)[(0, 0)]
+        return minibatch_cka_multi([a], [(0, 0)], batch_size, shuffle_seed, device, progress)[
+            (0, 0)
+        ]
     return minibatch_cka_multi([a, b], [(0, 1)], batch_size, shuffle_seed, device, progress)[(0, 1)]
 
 
@@ -354,9 +360,7 @@ def feature_space_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     y = y.reshape(len(y), -1).astype(np.float64)
     x = x - x.mean(0)
     y = y - y.mean(0)
-    return float(
-        np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
-    )
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
 def rbf_gram(gram: np.ndarray, sigma_fraction: float) -> np.ndarray:

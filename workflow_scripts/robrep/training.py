@@ -94,9 +94,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.stack(
-        [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]
-    )
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
     out[flip] = out[flip].flip(-1)
     return out
 
@@ -193,7 +191,11 @@ def model_metadata(settings: TrainSettings, splits: Splits, epoch: int) -> dict[
 def software_versions() -> dict[str, str]:
     import robrep
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "robrep": robrep.__version__}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "robrep": robrep.__version__,
+    }
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -281,7 +283,9 @@ def train(
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
+            )
         bar.close()
         val_clean, val_robust = evaluate(
             model,
@@ -345,7 +349,9 @@ def _finish(settings, splits, out_dir, work, model, history, best, device) -> di
         settings.eval_batch_size,
         epoch_generator(settings.seed, settings.epochs + 1, 2),
     )
-    save_weights(model, out_dir / "model.safetensors", model_metadata(settings, splits, settings.epochs))
+    save_weights(
+        model, out_dir / "model.safetensors", model_metadata(settings, splits, settings.epochs)
+    )
     os.replace(work / "best.safetensors", out_dir / "best.safetensors")
     (out_dir / "checkpoints").mkdir(exist_ok=True)
     for e in settings.checkpoint_epochs():

@@ -1,0 +1,151 @@
+"""Training: bitwise determinism on CPU, resume after a real kill, NaN detection, outputs on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from robrep.config import resolve_method
+from robrep.data import load_splits, save_splits
+from robrep.training import TrainingDiverged, TrainSettings, pick_device, train
+from robrep.weights import load_model, read_metadata
+from safetensors.numpy import load_file
+
+
+def settings(**overrides):
+    base = dict(
+        dataset="digits",
+        arch="convnet",
+        method=resolve_method({"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 2}),
+        seed=3,
+        epochs=3,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        checkpoint_every=1,
+        augment=True,
+        evaluation={"norm": "linf", "eps": 0.1, "steps": 3, "val_steps": 2},
+    )
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    s = load_splits("digits", "unused", {"image_size": 8}, 0.15, 0)
+    path = tmp_path_factory.mktemp("data") / "splits.npz"
+    save_splits(s, path)
+    return s, path
+
+
+def weights(path):
+    return load_file(str(path))
+
+
+def test_outputs_and_bitwise_determinism(splits, tmp_path):
+    s, _ = splits
+    m1 = train(settings(), s, tmp_path / "a", pick_device("cpu"), threads=1)
+    train(settings(), s, tmp_path / "b", pick_device("cpu"), threads=1)
+    for name in ("model.safetensors", "best.safetensors", "checkpoints/epoch2.safetensors"):
+        wa, wb = weights(tmp_path / "a" / name), weights(tmp_path / "b" / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert np.array_equal(wa[k], wb[k]), (name, k)
+    assert not (tmp_path / "a" / ".partial").exists()
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(m1))
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "val_clean_acc", "val_robust_acc"} <= metrics["history"][
+        0
+    ].keys()
+    assert metrics["test"]["robust_acc"] <= metrics["test"]["clean_acc"]
+    assert metrics["test"]["attack"]["steps"] == 3
+    meta = read_metadata(tmp_path / "a" / "model.safetensors")
+    assert (
+        meta["arch"] == "convnet"
+        and meta["method"]["id"] == "pgd-linf-eps0.1"
+        and meta["epoch"] == 3
+    )
+    model, _ = load_model(tmp_path / "a" / "best.safetensors")
+    assert not model.training
+
+
+RESUME_SCRIPT = """
+import sys
+from robrep.data import read_splits
+from robrep.training import TrainSettings, pick_device, train
+import json
+settings = TrainSettings(**json.loads(sys.argv[1]))
+train(settings, read_splits(sys.argv[2]), sys.argv[3], pick_device("cpu"), threads=1)
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted(splits, tmp_path):
+    s, split_path = splits
+    cfg = settings(epochs=4, checkpoint_every=2)
+    train(cfg, s, tmp_path / "whole", pick_device("cpu"), threads=1)
+    out = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-c",
+        RESUME_SCRIPT,
+        json.dumps(cfg.__dict__),
+        str(split_path),
+        str(out),
+    ]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    state = out / ".partial" / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    rerun = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "resuming after epoch" in rerun.stderr
+    for name in ("model.safetensors", "best.safetensors", "checkpoints/epoch2.safetensors"):
+        wa, wb = weights(tmp_path / "whole" / name), weights(out / name)
+        for k in wa:
+            assert np.array_equal(wa[k], wb[k]), (name, k)
+
+
+def test_changed_settings_do_not_resume(splits, tmp_path):
+    s, _ = splits
+    cfg = settings(epochs=2)
+    assert train(cfg, s, tmp_path / "m", pick_device("cpu"), threads=1, stop_after_epoch=1) == {
+        "stopped_after_epoch": 1
+    }
+    train(settings(epochs=2, lr=0.01), s, tmp_path / "m", pick_device("cpu"), threads=1)
+    fresh = tmp_path / "fresh"
+    train(settings(epochs=2, lr=0.01), s, fresh, pick_device("cpu"), threads=1)
+    wa, wb = weights(tmp_path / "m" / "model.safetensors"), weights(fresh / "model.safetensors")
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_with_message(splits, tmp_path):
+    s, _ = splits
+    bad = settings(lr=1e30, method=resolve_method({"method": "standard"}), epochs=2)
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf).*lower training.lr"):
+        train(bad, s, tmp_path / "nan", pick_device("cpu"), threads=1)
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_trades_and_step_schedule_run(splits, tmp_path):
+    s, _ = splits
+    cfg = settings(
+        method=resolve_method({"method": "trades", "norm": "l2", "eps": 0.5, "steps": 2}),
+        schedule="step",
+        epochs=1,
+        augment=False,
+    )
+    metrics = train(cfg, s, tmp_path / "t", pick_device("cpu"), threads=1)
+    assert np.isfinite(metrics["history"][0]["train_loss"])

@@ -1,0 +1,235 @@
+"""Integration: run the real Snakemake workflow on a tiny config in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+
+ROOT = Path(__file__).parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = {
+    "data_root": "data",
+    "datasets": ["digits"],
+    "dataset_options": {"digits": {"image_size": 8}},
+    "architectures": ["convnet"],
+    "methods": [{"method": "standard"}, {"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 2}],
+    "seeds": [0],
+    "training": {"epochs": 2, "batch_size": 128, "checkpoint_every": 1},
+    "evaluation": {"norm": "linf", "eps": 0.1, "steps": 3, "val_steps": 1},
+    "activations": {"n_examples": 64},
+    "similarity": {
+        "batch_size": 32,
+        "metrics": ["minibatch_cka", "linear_cka_debiased", "svcca"],
+        "bootstrap": 20,
+    },
+}
+
+pytestmark = pytest.mark.integration
+
+
+def make_workdir(path: Path, config: dict) -> Path:
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "report"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / name)
+    write_config(path, config)
+    return path
+
+
+def write_config(path: Path, config: dict) -> None:
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> count from Snakemake's 'Job stats' table."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory):
+    workdir = make_workdir(tmp_path_factory.mktemp("wf"), TINY)
+    snakemake(workdir)
+    return workdir
+
+
+def test_full_run_outputs(completed_run):
+    wd = completed_run
+    model = wd / "results/models/digits/convnet/pgd-linf-eps0.1/seed0"
+    for name in (
+        "model.safetensors",
+        "best.safetensors",
+        "checkpoints/epoch1.safetensors",
+        "metrics.json",
+    ):
+        assert (model / name).is_file(), name
+    assert (wd / "results/logs/train/digits/convnet/pgd-linf-eps0.1/seed0.log").stat().st_size > 0
+    store = wd / "results/activations/digits/convnet/pgd-linf-eps0.1/seed0/final/pgd.zarr"
+    assert store.is_dir()
+    ds = xr.open_zarr(wd / "results/summary/similarity.zarr", consolidated=False)
+    assert {"comparison", "metric", "layer_a", "layer_b", "model"} <= set(ds.dims)
+    for coord in (
+        "analysis",
+        "dataset",
+        "arch",
+        "method",
+        "norm",
+        "eps",
+        "seed",
+        "checkpoint",
+        "method_b",
+        "seed_b",
+        "layer_name_a",
+        "model_method_id",
+        "model_eps",
+    ):
+        assert coord in ds.coords, coord
+    assert list(ds.metric.values) == ["minibatch_cka", "linear_cka_debiased", "svcca"]
+    analyses = sorted(set(ds.analysis.values.tolist()))
+    assert analyses == ["benign_vs_adversarial", "cross_layer", "epochs", "robust_vs_standard"]
+    assert "config" in ds.attrs and "versions" in ds.attrs
+    for name in ("clean_acc", "robust_acc", "block_score", "best_final_drop"):
+        assert name in ds
+    nc = xr.load_dataset(wd / "results/summary/similarity.nc", engine="h5netcdf")
+    assert nc.sizes == ds.sizes
+    figures = sorted(p.name for p in (wd / "results/figures").glob("*.png"))
+    assert len(figures) == 6
+    for fig in (wd / "results/figures").glob("*.png"):
+        assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
+    csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
+    assert csv[0].startswith("id,dataset,arch") and len(csv) == 3
+
+
+def test_nothing_to_do_after_complete_run(completed_run):
+    out = snakemake(completed_run, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def planned_jobs(output: str) -> list[dict[str, str]]:
+    """Jobs of a dry run as {rule, input, output, wildcards} parsed from Snakemake's job blocks."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m:
+            continue
+        job = {"rule": m.group(1)}
+        for key in ("input", "output", "wildcards"):
+            found = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            job[key] = found.group(1) if found else ""
+        jobs.append(job)
+    return jobs
+
+
+def test_dag_pairs_for_each_analysis(completed_run):
+    """Each similarity job's inputs, read off the planned DAG, are the stores its analysis pairs."""
+    out = snakemake(completed_run, "-n", "--forceall").stdout
+    jobs = {}
+    for job in planned_jobs(out):
+        if job["rule"] != "similarity":
+            continue
+        analysis = re.search(r"analysis=(\w+)", job["wildcards"]).group(1)
+        stores = sorted(
+            "/".join(path.split("/")[4:]).removesuffix(".zarr").replace("/seed0", "")
+            for path in job["input"].split(", ")
+        )
+        jobs.setdefault(analysis, []).append(stores)
+    assert sorted(jobs["robust_vs_standard"]) == [
+        ["pgd-linf-eps0.1/final/benign", "standard/final/benign"]
+    ]
+    assert sorted(jobs["benign_vs_adversarial"]) == [
+        ["pgd-linf-eps0.1/final/benign", "pgd-linf-eps0.1/final/pgd"],
+        ["standard/final/benign", "standard/final/pgd"],
+    ]
+    assert sorted(jobs["cross_layer"]) == [
+        ["pgd-linf-eps0.1/final/benign"] * 2,
+        ["pgd-linf-eps0.1/final/pgd"] * 2,
+        ["standard/final/benign"] * 2,
+        ["standard/final/pgd"] * 2,
+    ]
+    assert sorted(jobs["epochs"]) == [
+        ["pgd-linf-eps0.1/best/benign", "pgd-linf-eps0.1/final/benign"],
+        ["pgd-linf-eps0.1/epoch1/benign", "pgd-linf-eps0.1/final/benign"],
+        ["standard/best/benign", "standard/final/benign"],
+        ["standard/epoch1/benign", "standard/final/benign"],
+    ]
+    assert "seeds" not in jobs and "threat_models" not in jobs
+
+
+def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
+    wd = completed_run
+    config = dict(TINY, seeds=[0, 1])
+    write_config(wd, config)
+    try:
+        out = snakemake(wd, "-n")
+    finally:
+        write_config(wd, TINY)
+    counts = job_counts(out.stdout)
+    assert counts["train"] == 2 and "prepare_data" not in counts
+    assert counts["extract"] == 8  # 2 new models x (final benign, final pgd, epoch1, best)
+    # cross_layer 4 + benign_vs_adversarial 2 + epochs 4 + robust_vs_standard 1 + seeds 2
+    assert counts["similarity"] == 13
+    assert counts["aggregate"] == 1 and counts["figures"] == 1
+    assert "seed1" in out.stdout
+    jobs = planned_jobs(out.stdout)
+    for job in jobs:
+        if job["rule"] in ("train", "extract"):
+            assert "seed=1" in job["wildcards"], job
+        if job["rule"] == "similarity":
+            assert "seed1" in job["wildcards"], job
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"datasets": ["mnist"]}, r"datasets\[0\]: unknown dataset 'mnist'.*valid: digits"),
+        ({"architectures": ["resnet50"]}, r"unknown architecture 'resnet50'; valid: convnet"),
+        (
+            {"methods": [{"method": "pgd", "norm": "linf", "eps": -1}]},
+            r"methods\[0\]\.eps: -1 must be a finite number >= 0",
+        ),
+        (
+            {"methods": [{"method": "standard", "eps": 0.1}]},
+            r"methods\[0\]\.eps: 0\.1 given for method 'standard'",
+        ),
+        ({"trainig": {}}, r"unknown config key 'trainig' \(did you mean 'training'\?\)"),
+        ({"architectures": ["../x"]}, r"architectures\[0\]: '\.\./x' cannot be used in a path"),
+        (
+            {"training": {"epochs": 2, "checkpoint_every": 1, "schedule": "linear"}},
+            r"'linear' is not one of \['cosine', 'step', 'constant'\]",
+        ),
+        ({"activations": {"checkpoints": [5]}}, r"epoch 5 is not saved by training"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, change, pattern):
+    wd = make_workdir(tmp_path, dict(TINY, **change))
+    out = snakemake(wd, "-n", check=False)
+    assert out.returncode != 0
+    assert re.search(pattern, out.stdout + out.stderr, re.S), (out.stdout + out.stderr)[-3000:]
+    assert not (wd / "results").exists()
