@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test lint report dryrun clean-results
+.PHONY: run test lint report dryrun bench-env bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,16 @@ lint: $(STAMP)
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)
+
+# The competitors of benchmarks/bench_cka.py, kept out of the project's venv.
+BENCH_ENV := benchmarks/.env
+$(BENCH_ENV)/.installed: $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --target $(BENCH_ENV) torch-cka==0.21 ckatorch==1.0.3 seaborn==0.13.2
+	touch $@
+
+bench-env: $(BENCH_ENV)/.installed
+
+bench: bench-env
+	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_extract.py --pool 8
+	$(BIN)/python benchmarks/bench_cka.py --limit-batches 2

@@ -285,3 +285,11 @@ def test_agrees_with_ckatorch_reference():
     # Kornblith's notebook, which robrep follows, takes np.median (the mean of the two middle
     # values); the bandwidths differ in the 7th digit.
     assert full["rbf_cka"][0, 0] == pytest.approx(ref["cka_rbf"], abs=1e-6)
+
+
+def test_inputs_are_not_modified(rng):
+    a = [x + 5.0 for x in layers(rng, n=64)]
+    before = [x.copy() for x in a]
+    minibatch_cka(a, batch_size=16)
+    for x, y in zip(a, before, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -233,3 +233,13 @@ def test_bad_config_stops_before_any_job(tmp_path, change, pattern):
     assert out.returncode != 0
     assert re.search(pattern, out.stdout + out.stderr, re.S), (out.stdout + out.stderr)[-3000:]
     assert not (wd / "results").exists()
+
+
+def test_report_has_every_figure(completed_run):
+    snakemake(completed_run, "--report", "results/report.zip")
+    import zipfile
+
+    with zipfile.ZipFile(completed_run / "results/report.zip") as report:
+        names = report.namelist()
+    for figure in ("cross_layer_heatmaps", "block_score_vs_eps", "accuracy_vs_eps"):
+        assert any(name.endswith(f"{figure}.png") for name in names), figure

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ class MismatchedStoresError(ValueError):
 
 def _codec(compressor: str):
     if compressor == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
+        return [zarr.codecs.ZstdCodec(level=1)]
     if compressor == "blosc":
         return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
     if compressor == "none":
@@ -65,9 +67,11 @@ class LayerRecorder:
             if name in self.outputs:
                 raise RuntimeError(f"layer {name!r} fired twice in one forward pass")
             out = output.detach()
+            fresh = False
             if self.pool and out.dim() == 4 and max(out.shape[-2:]) > self.pool:
-                out = F.adaptive_avg_pool2d(out, self.pool)
-            self.outputs[name] = out.to("cpu", torch.float32, copy=True)
+                out, fresh = F.adaptive_avg_pool2d(out, self.pool), True  # a new tensor
+            # Copy unless pooling already made a tensor nothing else refers to.
+            self.outputs[name] = out.to("cpu", torch.float32, copy=not fresh)
 
         return hook
 
@@ -156,23 +160,37 @@ def extract_to_store(
         )
     step = max(1, batch_size // chunk_rows) * chunk_rows  # whole chunks per write
     recorder = LayerRecorder(model, layers, pool)
-    try:
-        for start in tqdm(
-            range(0, n, step), desc=path.name, file=sys.stderr, disable=not progress, mininterval=5
-        ):
-            stop = min(start + step, n)
-            x = to_float(images[start:stop]).to(device)
-            if attack is not None:
-                y = torch.as_tensor(labels[start:stop]).to(device)
-                gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
-                x = pgd(model, x, y, attack, gen)
-            outs = recorder.record(model, x)
-            for name in layers:
-                arrays[name][start:stop] = (
-                    outs[name].reshape(stop - start, -1).numpy().astype(dtype)
-                )
-    finally:
-        recorder.remove()
+
+    def write(start: int, stop: int, outs: dict[str, torch.Tensor]) -> None:
+        for name in layers:
+            arrays[name][start:stop] = outs[name].reshape(stop - start, -1).numpy().astype(dtype, copy=False)
+
+    # Compressing and writing batch t overlaps the forward pass of batch t + 1; at most two
+    # batches of activations are alive at once, whatever N is.
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        try:
+            for start in tqdm(
+                range(0, n, step),
+                desc=path.name,
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=5,
+            ):
+                stop = min(start + step, n)
+                x = to_float(images[start:stop]).to(device)
+                if attack is not None:
+                    y = torch.as_tensor(labels[start:stop]).to(device)
+                    gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
+                    x = pgd(model, x, y, attack, gen)
+                outs = recorder.record(model, x)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(write, start, stop, outs)
+            if pending is not None:
+                pending.result()
+        finally:
+            recorder.remove()
     group.attrs.update(
         {
             **attrs,
@@ -217,7 +235,10 @@ class ActivationStore:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"activation store {self.path} does not exist")
-        self.group = zarr.open_group(str(self.path), mode="r")
+        with warnings.catch_warnings():
+            # Snakemake drops a .snakemake_timestamp file into directory outputs.
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            self.group = zarr.open_group(str(self.path), mode="r")
         if self.group.attrs.get(COMPLETE) is not True:
             raise IncompleteStoreError(
                 f"activation store {self.path} is incomplete (interrupted extraction); rebuild it"

@@ -68,7 +68,11 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     methods = _methods(ds)
     fig, axes = plt.subplots(
-        len(archs), len(methods), figsize=(2.6 * len(methods) + 1, 2.6 * len(archs)), squeeze=False
+        len(archs),
+        len(methods),
+        figsize=(2.6 * len(methods) + 1.5, 2.8 * len(archs) + 0.5),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
     for r, arch in enumerate(archs):
@@ -81,7 +85,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             mat, names, _ = _mean_matrix(ds, idx, metric)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
-            ax.set_yticks(range(len(names)), names, fontsize=5)
+            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
             ax.set_title(f"{arch}\n{method}", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label=f"{metric} (mean over seeds)")
@@ -174,8 +178,9 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
     fig, axes = plt.subplots(
         len(archs) + 1,
         len(methods),
-        figsize=(2.8 * len(methods) + 1, 2.8 * (len(archs) + 1)),
+        figsize=(2.8 * len(methods) + 1.5, 2.9 * (len(archs) + 1)),
         squeeze=False,
+        layout="constrained",
     )
     image = None
     for r, arch in enumerate(archs):
@@ -201,16 +206,17 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                 np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
             )
             ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
-            ax.set_yticks(range(len(names)), names, fontsize=5)
+            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
             ax.set_xlabel("epoch", fontsize=7)
             ax.set_title(f"{arch}\n{method}", fontsize=7)
     for c, method in enumerate(methods):
         ax = axes[-1, c]
         for arch in archs:
             sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
-            drop = np.nanmean(ds.best_final_drop.values[sel], axis=0)
-            if np.all(np.isnan(drop)):
+            rows = ds.best_final_drop.values[sel]
+            if np.all(np.isnan(rows)):
                 continue
+            drop = np.nanmean(rows, axis=0)
             n = int(np.sum(~np.isnan(drop)))
             ax.plot(np.linspace(0, 1, n), drop[:n], marker=".", label=arch)
         ax.set_title(f"best vs final drop\n{method}", fontsize=7)

@@ -14,6 +14,7 @@ thousand examples (N = 5000: 200 MB per Gram).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
+from zarr.core.buffer.cpu import NDBuffer
 
 MIN_BATCH = 4  # HSIC_1 divides by n (n - 3)
 
@@ -30,8 +33,20 @@ class DegenerateLayerWarning(UserWarning):
     """A layer has zero self-similarity (e.g. constant); its CKA rows are NaN."""
 
 
-def _rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
-    """Rows of a numpy/zarr/store array as a 2-D float32 numpy array (features flattened)."""
+def _rows_into(array: Any, rows: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Read rows of a numpy/zarr/store array into `out` (a float32 (b, D) view we own).
+
+    Zarr arrays decode straight into `out`; reusing the same two buffers for every block keeps
+    memory flat (fresh multi-MB blocks per read fragment the heap and grow RSS with N).
+    """
+    backing = getattr(array, "array", array)  # an activation store's LayerArray wraps zarr
+    if isinstance(backing, zarr.Array) and backing.ndim == 2 and backing.dtype == np.float32:
+        target = NDBuffer.from_numpy_array(out)
+        if isinstance(rows, slice):
+            backing.get_basic_selection((rows,), out=target)
+        else:
+            backing.get_orthogonal_selection((rows,), out=target)
+        return out
     if isinstance(rows, slice):
         block = array[rows]
     elif hasattr(array, "oindex"):
@@ -39,7 +54,12 @@ def _rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
     else:
         block = array[rows]
     block = np.asarray(block)
-    return block.reshape(block.shape[0], -1).astype(np.float32, copy=False)
+    np.copyto(out, block.reshape(block.shape[0], -1), casting="same_kind")
+    return out
+
+
+def _size(rows: slice | np.ndarray) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
 
 
 def _name(array: Any, default: str) -> str:
@@ -191,11 +211,9 @@ def minibatch_cka_multi(
     """Minibatch CKA for every requested model pair (i, j), reading each row-chunk once.
 
     `models[k]` is a sequence of layer arrays of shape (N, ...). `pairs` defaults to every
-    (i, j) with i <= j. `timings`, when given, receives seconds spent reading and in the Gram
-    phase (the Gram products), for benchmarks.
+    (i, j) with i <= j. `timings`, when given, receives seconds spent reading (in a reader
+    thread that overlaps the Gram work and also subtracts the offsets) and in the Gram phase.
     """
-    import time
-
     n = _check_models(models)
     if pairs is None:
         pairs = [(i, j) for i in range(len(models)) for j in range(i, len(models))]
@@ -209,33 +227,42 @@ def minibatch_cka_multi(
     sizes = []
     t_read = t_gram = 0.0
 
-    def read(job_index: int):
+    widths = {(k, i): math.prod(models[k][i].shape[1:]) for k, i in jobs}
+    largest = max(_size(rows) for rows in batches) * max(widths.values(), default=0)
+    buffers = [np.empty(largest, np.float32), np.empty(largest, np.float32)]
+
+    def read(job_index: int) -> tuple[torch.Tensor, float]:
+        """Rows of one layer, minus its fixed offset (the first batch's mean), in the reader.
+
+        Reads alternate between two buffers: when block j + 2 is read, block j is done with.
+        """
         t, idx = divmod(job_index, len(jobs))
         k, i = jobs[idx]
         start = time.perf_counter()
-        block = _rows(models[k][i], batches[t])
-        return block, time.perf_counter() - start
+        n_rows = _size(batches[t])
+        out = buffers[job_index % 2][: n_rows * widths[(k, i)]].reshape(n_rows, -1)
+        x = torch.from_numpy(_rows_into(models[k][i], batches[t], out))
+        if (k, i) not in offsets:
+            offsets[(k, i)] = x.mean(0, keepdim=True)
+        x.sub_(offsets[(k, i)])
+        return x, time.perf_counter() - start
 
     total = len(batches) * len(jobs)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, 0) if total else None
         for t, rows in enumerate(batches):
-            b = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+            b = _size(rows)
             sizes.append(b)
             vectors: dict[int, list[torch.Tensor]] = {k: [] for k in used}
-            for j, (k, i) in enumerate(jobs):
-                block, seconds = pending.result()
+            for j, (k, _layer) in enumerate(jobs):
+                x, seconds = pending.result()
                 t_read += seconds
                 flat = t * len(jobs) + j
                 pending = pool.submit(read, flat + 1) if flat + 1 < total else None
                 start = time.perf_counter()
-                x = torch.from_numpy(block).to(device)
-                if (k, i) not in offsets:
-                    offsets[(k, i)] = x.mean(0, keepdim=True)
-                x = x - offsets[(k, i)]
-                vectors[k].append(ucentered_gram(x).reshape(-1))
+                vectors[k].append(ucentered_gram(x.to(device)).reshape(-1))
                 t_gram += time.perf_counter() - start
-                del x, block
+                del x
             scale = 1.0 / (b * (b - 3))
             stacked = {k: torch.stack(v) for k, v in vectors.items()}
             for k, u in stacked.items():
