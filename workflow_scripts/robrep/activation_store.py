@@ -163,7 +163,9 @@ def extract_to_store(
 
     def write(start: int, stop: int, outs: dict[str, torch.Tensor]) -> None:
         for name in layers:
-            arrays[name][start:stop] = outs[name].reshape(stop - start, -1).numpy().astype(dtype, copy=False)
+            arrays[name][start:stop] = (
+                outs[name].reshape(stop - start, -1).numpy().astype(dtype, copy=False)
+            )
 
     # Compressing and writing batch t overlaps the forward pass of batch t + 1; at most two
     # batches of activations are alive at once, whatever N is.
