@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from robrep.activation_store import extract_to_store
 from robrep.models import build_model
 

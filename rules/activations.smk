@@ -10,6 +10,10 @@ rule extract:
     log:
         f"{RESULTS}/logs/extract/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
     threads: config["threads"]["extract"]
+    resources:
+        mem_mb=extract_resource("mem_mb"),
+        runtime=extract_resource("runtime"),
+        gpu=GPU,
     params:
         layers=ACT["layers"],
         n_examples=ACT["n_examples"],

@@ -207,8 +207,71 @@ def checkpoint_file(wildcards):
 
 
 def all_targets():
-    """The default targets: the summary dataset, the accuracy table and every figure."""
-    return [
-        f"{RESULTS}/summary/similarity.zarr",
-        f"{RESULTS}/summary/accuracy.csv",
-    ] + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
+    """The default targets: the summary dataset, the accuracy table, every figure, and every
+    activation store (kept as data: a deleted store is rebuilt, and with it its comparisons).
+    """
+    stores = sorted({store_path(s) for pair in COMPARISONS.values() for s in pair})
+    return (
+        [f"{RESULTS}/summary/similarity.zarr", f"{RESULTS}/summary/accuracy.csv"]
+        + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
+        + stores
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Resources for schedulers, derived from the config (see robrep.resources); retries scale them.
+
+from robrep import resources as rres
+
+GFLOPS = config["resources"]["gflops"]
+GPU = 1 if config["device"] == "cuda" else 0
+
+
+def _cost(dataset, arch):
+    geo = rres.dataset_geometry(dataset, config["dataset_options"].get(dataset, {}))
+    layers = ACT["layers"] if isinstance(ACT["layers"], str) else "all"
+    return geo, rres.model_cost(arch, geo.channels, geo.size, geo.classes, layers)
+
+
+def train_resource(key):
+    def value(wildcards, attempt):
+        geo, cost = _cost(wildcards.dataset, wildcards.arch)
+        est = rres.train_resources(
+            geo,
+            cost,
+            TRAINING["epochs"],
+            TRAINING["batch_size"],
+            METHODS[wildcards.method_id]["steps"],
+            config["evaluation"]["val_steps"],
+            GFLOPS,
+            TRAINING["val_fraction"],
+        )
+        return est[key] * attempt
+
+    return value
+
+
+def extract_resource(key):
+    def value(wildcards, attempt):
+        geo, cost = _cost(wildcards.dataset, wildcards.arch)
+        steps = config["evaluation"]["steps"] if wildcards.inputs == "pgd" else 0
+        est = rres.extract_resources(
+            geo, cost, ACT["n_examples"], ACT["batch_size"], steps, GFLOPS
+        )
+        return est[key] * attempt
+
+    return value
+
+
+def similarity_resource(key):
+    def value(wildcards, attempt):
+        a, b = COMPARISONS[(wildcards.analysis, wildcards.dataset, wildcards.pair)]
+        _, cost_a = _cost(a["dataset"], a["arch"])
+        _, cost_b = _cost(b["dataset"], b["arch"])
+        full = any(m != "minibatch_cka" for m in SIM["metrics"])
+        est = rres.similarity_resources(
+            cost_a, cost_b, ACT["n_examples"], SIM["batch_size"], full, GFLOPS
+        )
+        return est[key] * attempt
+
+    return value

@@ -9,6 +9,9 @@ rule similarity:
     log:
         f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
     threads: config["threads"]["similarity"]
+    resources:
+        mem_mb=similarity_resource("mem_mb"),
+        runtime=similarity_resource("runtime"),
     params:
         metrics=SIM["metrics"],
         batch_size=SIM["batch_size"],

@@ -28,6 +28,10 @@ rule train:
     log:
         f"{RESULTS}/logs/train/{MODEL_ID}.log",
     threads: config["threads"]["train"]
+    resources:
+        mem_mb=train_resource("mem_mb"),
+        runtime=train_resource("runtime"),
+        gpu=GPU,
     params:
         settings=train_settings,
         device=config["device"],

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from robrep.models import build_model
+
+from workflow_helpers import TINY, make_workdir, snakemake
 
 
 @pytest.fixture
@@ -24,3 +27,11 @@ def tiny_model():
         for _ in range(3):
             model(torch.rand(32, 1, 8, 8))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def completed_run(tmp_path_factory):
+    """The tiny config run to completion once, locally; tests may read it and dry-run on it."""
+    workdir = make_workdir(tmp_path_factory.mktemp("wf"), TINY)
+    snakemake(workdir)
+    return workdir

@@ -12,6 +12,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+
 from robrep.activation_store import (
     ActivationStore,
     IncompleteStoreError,

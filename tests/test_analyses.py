@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from robrep.analyses import block_structure_score, depth_below, diagonal
 
 

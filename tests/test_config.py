@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from robrep import config as rcfg
 from robrep.data import DATASETS
 from robrep.models import check_architecture

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+
 from robrep.data import (
     DatasetMissingError,
     evaluation_subset,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from robrep.models import REGISTRY, build_model, check_architecture
 from torch import nn
+
+from robrep.models import REGISTRY, build_model, check_architecture
 
 ARCHS = ["convnet", "convnet-2", "resnet18", "preact_resnet18", "wrn-10-1", "wrn-16-2", "vgg16_bn"]
 

@@ -11,6 +11,7 @@ import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from robrep.similarity import (
     CKAResult,
     DegenerateLayerWarning,

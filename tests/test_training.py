@@ -11,11 +11,12 @@ import time
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+
 from robrep.config import resolve_method
 from robrep.data import load_splits, save_splits
 from robrep.training import TrainingDiverged, TrainSettings, pick_device, train
 from robrep.weights import load_model, read_metadata
-from safetensors.numpy import load_file
 
 
 def settings(**overrides):

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _log import redirect_to_log
 from robrep.analyses import aggregate, write_netcdf, write_zarr
 from robrep.training import software_versions
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     p = snakemake.params

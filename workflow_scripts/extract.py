@@ -5,11 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
-from _log import redirect_to_log
+
 from robrep.activation_store import extract_to_store
 from robrep.data import evaluation_subset, read_splits
 from robrep.training import evaluation_spec, pick_device, software_versions
 from robrep.weights import load_model
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     p, wc = snakemake.params, snakemake.wildcards

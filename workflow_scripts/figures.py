@@ -5,8 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import xarray as xr
-from _log import redirect_to_log
+
 from robrep.figures import FIGURES
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     ds = xr.load_dataset(snakemake.input.summary, engine="h5netcdf")

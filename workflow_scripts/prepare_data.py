@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _log import redirect_to_log
 from robrep.data import load_splits, save_splits
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     p = snakemake.params

@@ -5,8 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
-from _log import redirect_to_log
+
 from robrep.analyses import compare_stores, write_netcdf
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     p, wc = snakemake.params, snakemake.wildcards

@@ -4,9 +4,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _log import redirect_to_log
 from robrep.data import read_splits
 from robrep.training import TrainSettings, pick_device, train
+
+from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     settings = TrainSettings(**snakemake.params.settings)

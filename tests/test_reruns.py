@@ -1,0 +1,102 @@
+"""Incremental reruns: what a config change, a deleted store or a killed run schedules again."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def summaries_equal(a, b) -> None:
+    """Final results of two runs agree exactly: metrics files and every similarity value."""
+    models = sorted((a / "results/models").rglob("metrics.json"))
+    assert models
+    for path in models:
+        other = b / path.relative_to(a)
+        want = path.read_text().replace(str(a), "")
+        assert other.read_text().replace(str(b), "") == want, path
+    sa = xr.load_dataset(a / "results/summary/similarity.nc", engine="h5netcdf")
+    sb = xr.load_dataset(b / "results/summary/similarity.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(sa.similarity.values, sb.similarity.values)
+    np.testing.assert_array_equal(sa.analysis.values, sb.analysis.values)
+
+
+def test_changed_method_parameters_rerun_only_that_method(completed_run):
+    config = copy.deepcopy(TINY)
+    config["methods"][1]["steps"] = 3  # same id pgd-linf-eps0.1, other training
+    write_config(completed_run, config)
+    try:
+        out = snakemake(completed_run, "-n").stdout
+    finally:
+        write_config(completed_run, TINY)
+    counts = job_counts(out)
+    assert counts == {
+        "train": 1,
+        "extract": 4,
+        # cross_layer 2 + benign_vs_adversarial 1 + epochs 2 + robust_vs_standard 1
+        "similarity": 6,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
+    }
+    for job in planned_jobs(out):
+        if job["rule"] in ("train", "extract"):
+            assert "method_id=pgd-linf-eps0.1" in job["wildcards"], job
+        if job["rule"] == "similarity":
+            assert "pgd-linf-eps0.1" in job["wildcards"], job
+
+
+def test_deleted_store_rebuilds_it_and_its_comparisons(completed_run):
+    store = "results/activations/digits/convnet/standard/seed0/final/pgd.zarr"
+    backup = completed_run / "pgd.zarr.bak"
+    shutil.move(completed_run / store, backup)
+    try:
+        out = snakemake(completed_run, "-n").stdout
+    finally:
+        shutil.move(backup, completed_run / store)
+    counts = job_counts(out)
+    assert counts == {"extract": 1, "similarity": 2, "aggregate": 1, "figures": 1, "all": 1}
+    similarity = [j["output"] for j in planned_jobs(out) if j["rule"] == "similarity"]
+    assert all("standard.seed0.final.pgd" in path for path in similarity)
+
+
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(completed_run, tmp_path):
+    """Kill Snakemake and its jobs with SIGKILL while training runs; the rerun completes and its
+    final results equal the uninterrupted run's."""
+    workdir = make_workdir(tmp_path, TINY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        partial = list(workdir.glob("results/models/*/*/*/*/.partial/state.pt"))
+        if partial:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial, "no training job reached its first epoch"
+    assert not (workdir / "results/summary/similarity.nc").exists()
+    # A model whose training was killed has resume state but no metrics.json.
+    assert any(not (state.parents[1] / "metrics.json").exists() for state in partial)
+    snakemake(workdir, "--unlock")  # a SIGKILLed Snakemake leaves its lock behind
+    snakemake(workdir, "--rerun-incomplete")
+    summaries_equal(completed_run, workdir)
+    out = snakemake(workdir, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr

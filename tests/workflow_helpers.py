@@ -1,0 +1,84 @@
+"""Helpers for tests that run the real Snakemake workflow on a tiny config in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = {
+    "data_root": "data",
+    "datasets": ["digits"],
+    "dataset_options": {"digits": {"image_size": 8}},
+    "architectures": ["convnet"],
+    "methods": [{"method": "standard"}, {"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 2}],
+    "seeds": [0],
+    "training": {"epochs": 2, "batch_size": 128, "checkpoint_every": 1},
+    "evaluation": {"norm": "linf", "eps": 0.1, "steps": 3, "val_steps": 1},
+    "activations": {"n_examples": 64},
+    "similarity": {
+        "batch_size": 32,
+        "metrics": ["minibatch_cka", "linear_cka_debiased", "svcca"],
+        "bootstrap": 20,
+    },
+}
+
+
+def make_workdir(path: Path, config: dict) -> Path:
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "report", "profiles"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / name)
+    write_config(path, config)
+    return path
+
+
+def write_config(path: Path, config: dict) -> None:
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> count from Snakemake's 'Job stats' table."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def planned_jobs(output: str) -> list[dict[str, str]]:
+    """Jobs of a dry run as {rule, input, output, wildcards} parsed from Snakemake's job blocks."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m:
+            continue
+        job = {"rule": m.group(1)}
+        for key in ("input", "output", "wildcards"):
+            found = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            job[key] = found.group(1) if found else ""
+        jobs.append(job)
+    return jobs
