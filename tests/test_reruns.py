@@ -100,3 +100,24 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(completed_run, tmp_pat
     summaries_equal(completed_run, workdir)
     out = snakemake(workdir, "-n")
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_adding_an_epsilon_schedules_only_its_jobs(completed_run):
+    config = copy.deepcopy(TINY)
+    config["methods"].append({"method": "pgd", "norm": "linf", "eps": "1/5", "steps": 2})
+    write_config(completed_run, config)
+    try:
+        out = snakemake(completed_run, "-n").stdout
+    finally:
+        write_config(completed_run, TINY)
+    assert job_counts(out) == {
+        "train": 1,
+        "extract": 4,
+        "similarity": 6,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
+    }
+    for job in planned_jobs(out):
+        if job["rule"] in ("train", "extract"):
+            assert "method_id=pgd-linf-eps1_5" in job["wildcards"], job
