@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
+from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,7 @@ def summaries_equal(a, b) -> None:
 def test_changed_method_parameters_rerun_only_that_method(completed_run):
     config = copy.deepcopy(TINY)
     config["methods"][1]["steps"] = 3  # same id pgd-linf-eps0.1, other training
-    write_config(completed_run, config)
-    try:
-        out = snakemake(completed_run, "-n").stdout
-    finally:
-        write_config(completed_run, TINY)
+    out = dry_run_with(completed_run, config)
     counts = job_counts(out)
     assert counts == {
         "train": 1,
@@ -105,11 +101,7 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(completed_run, tmp_pat
 def test_adding_an_epsilon_schedules_only_its_jobs(completed_run):
     config = copy.deepcopy(TINY)
     config["methods"].append({"method": "pgd", "norm": "linf", "eps": "1/5", "steps": 2})
-    write_config(completed_run, config)
-    try:
-        out = snakemake(completed_run, "-n").stdout
-    finally:
-        write_config(completed_run, TINY)
+    out = dry_run_with(completed_run, config)
     assert job_counts(out) == {
         "train": 1,
         "extract": 4,

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robrep.similarity import (
+    FULL_METRICS,
     CKAResult,
     DegenerateLayerWarning,
     accumulate_gram,
@@ -199,16 +200,7 @@ def test_full_data_metrics_identities(rng):
     x, y = layers(rng, n=80, widths=(6, 9))
     q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     rot = (x @ q).astype(np.float32)
-    metrics = [
-        "linear_cka",
-        "linear_cka_debiased",
-        "rbf_cka",
-        "cca",
-        "cca_squared",
-        "svcca",
-        "pwcca",
-        "procrustes",
-    ]
+    metrics = list(FULL_METRICS)
     same = full_data_similarity([x], [rot * 2.0 + 1.0], metrics)
     for m in metrics:
         want = 0.0 if m == "procrustes" else 1.0

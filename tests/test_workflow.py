@@ -7,7 +7,7 @@ import re
 import pytest
 import xarray as xr
 
-from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
+from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
 
@@ -101,20 +101,15 @@ def test_dag_pairs_for_each_analysis(completed_run):
 
 def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
     wd = completed_run
-    config = dict(TINY, seeds=[0, 1])
-    write_config(wd, config)
-    try:
-        out = snakemake(wd, "-n")
-    finally:
-        write_config(wd, TINY)
-    counts = job_counts(out.stdout)
+    out = dry_run_with(wd, dict(TINY, seeds=[0, 1]))
+    counts = job_counts(out)
     assert counts["train"] == 2 and "prepare_data" not in counts
     assert counts["extract"] == 8  # 2 new models x (final benign, final pgd, epoch1, best)
     # cross_layer 4 + benign_vs_adversarial 2 + epochs 4 + robust_vs_standard 1 + seeds 2
     assert counts["similarity"] == 13
     assert counts["aggregate"] == 1 and counts["figures"] == 1
-    assert "seed1" in out.stdout
-    jobs = planned_jobs(out.stdout)
+    assert "seed1" in out
+    jobs = planned_jobs(out)
     for job in jobs:
         if job["rule"] in ("train", "extract"):
             assert "seed=1" in job["wildcards"], job
@@ -160,3 +155,39 @@ def test_report_has_every_figure(completed_run):
         names = report.namelist()
     for figure in ("cross_layer_heatmaps", "block_score_vs_eps", "accuracy_vs_eps"):
         assert any(name.endswith(f"{figure}.png") for name in names), figure
+
+
+def test_dag_pairs_for_threat_models_seeds_and_width_depth(tmp_path):
+    """A config with L2 and Linf models, two seeds and two WRN widths: the pairs of the
+    remaining analyses, read off the planned DAG."""
+    config = dict(
+        TINY,
+        architectures=["wrn-10-1", "wrn-10-2"],
+        methods=[
+            {"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 1},
+            {"method": "pgd", "norm": "l2", "eps": 0.5, "steps": 1},
+        ],
+        seeds=[0, 1],
+        analyses=["threat_models", "seeds", "width_depth"],
+    )
+    workdir = make_workdir(tmp_path, config)
+    jobs = {}
+    for job in planned_jobs(snakemake(workdir, "-n").stdout):
+        if job["rule"] == "similarity":
+            analysis = re.search(r"analysis=(\w+)", job["wildcards"]).group(1)
+            stores = tuple("/".join(path.split("/")[3:6]) for path in job["input"].split(", "))
+            jobs.setdefault(analysis, set()).add(stores)
+    linf, l2 = "pgd-linf-eps0.1", "pgd-l2-eps0.5"
+    assert jobs["threat_models"] == {
+        (f"{arch}/{linf}/seed{s}", f"{arch}/{l2}/seed{s}")
+        for arch in ("wrn-10-1", "wrn-10-2")
+        for s in (0, 1)
+    }
+    assert jobs["seeds"] == {
+        (f"{arch}/{m}/seed0", f"{arch}/{m}/seed1")
+        for arch in ("wrn-10-1", "wrn-10-2")
+        for m in (linf, l2)
+    }
+    assert jobs["width_depth"] == {
+        (f"wrn-10-1/{m}/seed{s}", f"wrn-10-2/{m}/seed{s}") for m in (linf, l2) for s in (0, 1)
+    }

@@ -82,3 +82,12 @@ def planned_jobs(output: str) -> list[dict[str, str]]:
             job[key] = found.group(1) if found else ""
         jobs.append(job)
     return jobs
+
+
+def dry_run_with(workdir: Path, config: dict) -> str:
+    """Dry-run `workdir` under another config, then restore the tiny one; returns the plan."""
+    write_config(workdir, config)
+    try:
+        return snakemake(workdir, "-n").stdout
+    finally:
+        write_config(workdir, TINY)
