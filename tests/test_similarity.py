@@ -108,6 +108,8 @@ def test_feature_blocks_do_not_change_gram(rng):
     whole = accumulate_gram(x)
     blocked = accumulate_gram(x, block_bytes=8 * 30 * 7)  # 7 columns per block
     np.testing.assert_allclose(whole, blocked, atol=1e-10)
+    maps = accumulate_gram(x.reshape(30, 5, 10), block_bytes=8 * 30 * 7)  # (N, C, W) layers
+    np.testing.assert_allclose(whole, maps, atol=1e-10)
 
 
 def test_cross_model_equals_concatenated_self(rng):

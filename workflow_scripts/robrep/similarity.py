@@ -334,12 +334,9 @@ def accumulate_gram(
     d = math.prod(array.shape[1:])
     width = _feature_block(array, n, block_bytes)
     gram = np.zeros((n, n))
-    flat = array if array.ndim == 2 else None
+    flat = array if array.ndim == 2 else np.asarray(array[:]).reshape(n, -1)  # in memory already
     for start in range(0, d, width):
-        if flat is not None:
-            block = np.asarray(flat[:, start : start + width], dtype=np.float64)
-        else:
-            block = np.asarray(array[:], dtype=np.float64).reshape(n, -1)[:, start : start + width]
+        block = np.asarray(flat[:, start : start + width], dtype=np.float64)
         block = block - block.mean(0)
         gram += block @ block.T
         if on_block is not None:
