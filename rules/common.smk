@@ -30,9 +30,7 @@ ANALYSES = [
 ]
 METHODS = {m["id"]: m for m in map(rcfg.resolve_method, config["methods"])}
 TRAINING = config["training"]
-CHECKPOINT_EPOCHS = [
-    e for e in range(1, TRAINING["epochs"] + 1) if e % TRAINING["checkpoint_every"] == 0
-]
+CHECKPOINT_EPOCHS = rcfg.saved_epochs(TRAINING["epochs"], TRAINING["checkpoint_every"])
 try:
     ACTIVATION_CHECKPOINTS = rcfg.activation_checkpoints(config)
 except rcfg.ConfigError as err:

@@ -195,10 +195,15 @@ def check_config(config: Mapping[str, Any], datasets: list[str], architecture_ok
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
 
 
+def saved_epochs(epochs: int, checkpoint_every: int) -> list[int]:
+    """Epochs whose weights training saves as checkpoints/epoch{e}.safetensors."""
+    return [e for e in range(1, epochs + 1) if checkpoint_every and e % checkpoint_every == 0]
+
+
 def activation_checkpoints(config: Mapping[str, Any]) -> list[str]:
     """Checkpoint names to extract: `final`, `best`, `epoch{e}`; epochs must be saved by training."""
     training = config["training"]
-    saved = [e for e in range(1, training["epochs"] + 1) if e % training["checkpoint_every"] == 0]
+    saved = saved_epochs(training["epochs"], training["checkpoint_every"])
     wanted = config["activations"].get("checkpoints")
     if wanted is None:
         return [f"epoch{e}" for e in saved if e != training["epochs"]] + ["final", "best"]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attacks import AttackSpec, pgd
+from .config import saved_epochs
 from .data import Splits, to_float
 from .models import ProbedNet, build_model
 from .weights import atomic_path, save_weights
@@ -58,8 +59,7 @@ class TrainSettings:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def checkpoint_epochs(self) -> list[int]:
-        k = self.checkpoint_every
-        return [e for e in range(1, self.epochs + 1) if k and e % k == 0]
+        return saved_epochs(self.epochs, self.checkpoint_every)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
