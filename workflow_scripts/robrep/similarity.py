@@ -72,8 +72,12 @@ def ucentered_gram(x: torch.Tensor) -> torch.Tensor:
     ⟨ucentred(K), ucentred(L)⟩ / (n (n - 3)) is the unbiased HSIC_1 estimator of Song et al. (2012).
     The Gram product is float32; centring and everything after it is float64.
     """
-    n = x.shape[0]
-    gram = (x @ x.T).double()
+    return _ucenter_((x @ x.T).double())
+
+
+def _ucenter_(gram: torch.Tensor) -> torch.Tensor:
+    """U-centre a float64 Gram in place (zero diagonal) and return it."""
+    n = gram.shape[0]
     gram.fill_diagonal_(0.0)
     means = gram.sum(0) / (n - 2)
     means -= means.sum() / (2 * (n - 1))
@@ -359,16 +363,8 @@ def center(gram: np.ndarray) -> np.ndarray:
 
 
 def ucenter(gram: np.ndarray) -> np.ndarray:
-    """U-centring of an N x N Gram (zero diagonal), the numpy twin of `ucentered_gram`."""
-    n = gram.shape[0]
-    g = gram.astype(np.float64, copy=True)
-    np.fill_diagonal(g, 0.0)
-    means = g.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    g -= means[:, None]
-    g -= means[None, :]
-    np.fill_diagonal(g, 0.0)
-    return g
+    """U-centring of an N x N Gram (zero diagonal), for unbiased HSIC; a float64 copy."""
+    return _ucenter_(torch.tensor(gram, dtype=torch.float64)).numpy()
 
 
 def cka_from_grams(k: np.ndarray, l_: np.ndarray, debiased: bool = False) -> float:
