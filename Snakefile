@@ -13,8 +13,8 @@ wildcard_constraints:
     arch=ID,
     method_id=ID,
     seed=r"\d+",
-    checkpoint=r"final|best|epoch\d+",
-    inputs="benign|pgd",
+    checkpoint=CHECKPOINT_PATTERN,
+    inputs="|".join(INPUTS),
     analysis="|".join(ANALYSES),
     pair=ID,
 

@@ -58,8 +58,11 @@ def make_store(path: Path, n: int, widths: list[int], models: int, chunk: int, s
 
 
 def layers(path: Path, model: int, count: int):
+    """The layers as the store's read API offers them (`read_rows` fills reused buffers)."""
+    from robrep.activation_store import LayerArray
+
     group = zarr.open_group(str(path), mode="r")
-    return [group[f"m{model}/l{k}"] for k in range(count)]
+    return [LayerArray(group[f"m{model}/l{k}"], f"l{k}") for k in range(count)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +94,9 @@ class _Head:
 
     def __getitem__(self, key):
         return self.array[key]
+
+    def read_rows(self, rows, out):
+        return self.array.read_rows(rows, out)
 
 
 class StoreModel(torch.nn.Module):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robrep.activation_store import extract_to_store
+from robrep.activation_store import StoreLayout, extract_to_store
 from robrep.models import build_model
 
 
@@ -62,10 +62,7 @@ def extract(model, images, batch, path, compressor, pool=None):
         path,
         model.probe_layers("blocks"),
         {},
-        chunk_rows=batch,
-        batch_size=batch,
-        compressor=compressor,
-        pool=pool,
+        StoreLayout(chunk_rows=batch, batch_size=batch, compressor=compressor, pool=pool),
         progress=False,
     )
 

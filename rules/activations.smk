@@ -6,25 +6,20 @@ rule extract:
         weights=checkpoint_file,
         splits=splits_path("{dataset}"),
     output:
-        directory(f"{RESULTS}/activations/{MODEL_ID}/{{checkpoint}}/{{inputs}}.zarr"),
+        directory(StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").path(RESULTS)),
     log:
         f"{RESULTS}/logs/extract/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
     threads: config["threads"]["extract"]
     resources:
         mem_mb=extract_resource("mem_mb"),
         runtime=extract_resource("runtime"),
+        disk_mb=extract_resource("disk_mb"),
         gpu=GPU,
     params:
         layers=ACT["layers"],
         n_examples=ACT["n_examples"],
         subset_seed=config["split_seed"],
-        dtype=ACT["dtype"],
-        chunk_rows=CHUNK_ROWS,
-        max_chunk_features=ACT.get("max_chunk_features"),
-        pool=ACT.get("pool"),
-        compressor=ACT["compressor"],
-        batch_size=ACT["batch_size"],
+        layout=STORE_LAYOUT,
         attack=evaluation_attack(),
-        device=config["device"],
     script:
         "../workflow_scripts/extract.py"

@@ -3,8 +3,8 @@
 
 rule aggregate:
     input:
-        comparisons=[comparison_path(*key) for key in COMPARISONS],
-        metrics=[f"{model_dir(**m)}/metrics.json" for m in all_models()],
+        comparisons=[comparison_path(RESULTS, *key) for key in COMPARISONS],
+        metrics=[f"{m.dir(RESULTS)}/metrics.json" for m in STUDY.models],
     output:
         zarr=directory(f"{RESULTS}/summary/similarity.zarr"),
         netcdf=f"{RESULTS}/summary/similarity.nc",
@@ -12,21 +12,10 @@ rule aggregate:
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
-        model_ids=[MODEL_ID.format(**m) for m in all_models()],
-        methods=METHODS,
-        config=config,
+        # What the results depend on, recorded in the summary (not device/threads/resources).
+        settings=rcfg.study_settings(config),
     script:
         "../workflow_scripts/aggregate.py"
-
-
-FIGURES = {
-    "cross_layer_heatmaps": "cross_layer_heatmaps.rst",
-    "block_score_vs_eps": "block_score_vs_eps.rst",
-    "robust_vs_standard_diagonal": "robust_vs_standard_diagonal.rst",
-    "benign_vs_adversarial_diagonal": "benign_vs_adversarial_diagonal.rst",
-    "epochs_heatmaps": "epochs_heatmaps.rst",
-    "accuracy_vs_eps": "accuracy_vs_eps.rst",
-}
 
 
 rule figures:
@@ -36,10 +25,10 @@ rule figures:
         **{
             name: report(
                 f"{RESULTS}/figures/{name}.png",
-                caption=f"../report/{caption}",
+                caption=f"../report/{name}.rst",
                 category="Figures",
             )
-            for name, caption in FIGURES.items()
+            for name in FIGURES
         },
     log:
         f"{RESULTS}/logs/figures.log",

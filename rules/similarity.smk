@@ -5,7 +5,7 @@ rule similarity:
     input:
         unpack(comparison_stores),
     output:
-        comparison_path("{analysis}", "{dataset}", "{pair}"),
+        comparison_path(RESULTS, "{analysis}", "{dataset}", "{pair}"),
     log:
         f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
     threads: config["threads"]["similarity"]

@@ -8,7 +8,9 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
     params:
         data_root=config["data_root"],
-        options=lambda wc: config["dataset_options"].get(wc.dataset, {}),
+        options=lambda wc: dataset_options(
+            wc.dataset, config["dataset_options"].get(wc.dataset)
+        ),
         val_fraction=TRAINING["val_fraction"],
         split_seed=config["split_seed"],
     script:
@@ -34,6 +36,5 @@ rule train:
         gpu=GPU,
     params:
         settings=train_settings,
-        device=config["device"],
     script:
         "../workflow_scripts/train.py"

@@ -17,6 +17,7 @@ from robrep.activation_store import (
     ActivationStore,
     IncompleteStoreError,
     MismatchedStoresError,
+    StoreLayout,
     check_aligned,
     extract_to_store,
 )
@@ -31,6 +32,7 @@ def extract(model, path, n=50, ids=None, **kw):
     x = images(n)
     ids = np.arange(100, 100 + n) if ids is None else ids
     layers = kw.pop("layers", model.probe_layers("blocks"))
+    layout = {k: kw.pop(k) for k in list(kw) if k in StoreLayout.__dataclass_fields__}
     return extract_to_store(
         model,
         x,
@@ -39,8 +41,7 @@ def extract(model, path, n=50, ids=None, **kw):
         path,
         layers,
         {"model_id": "m"},
-        chunk_rows=16,
-        batch_size=32,
+        StoreLayout(chunk_rows=16, batch_size=32, **layout),
         progress=False,
         **kw,
     )
@@ -117,7 +118,7 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
         st.LayerRecorder.record = record
         x = np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32)
         st.extract_to_store(model, x, np.zeros(200, int), np.arange(200), {str(tmp_path / "s.zarr")!r},
-                            model.probe_layers("blocks"), {{}}, chunk_rows=16, batch_size=16,
+                            model.probe_layers("blocks"), {{}}, st.StoreLayout(16, 16),
                             progress=False)
         """
     )
@@ -140,8 +141,7 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
         tmp_path / "s.zarr",
         model.probe_layers("blocks"),
         {},
-        chunk_rows=16,
-        batch_size=16,
+        StoreLayout(chunk_rows=16, batch_size=16),
         progress=False,
     )
     assert ActivationStore(tmp_path / "s.zarr").attrs["robrep_complete"] is True
@@ -181,17 +181,50 @@ def test_options_dtype_pool_split_features(tiny_model, tmp_path):
     assert rows[0] == slice(0, 16) and rows[-1] == slice(48, 50)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_read_rows_fills_the_callers_buffer(tiny_model, tmp_path, dtype):
+    """The read API the similarity engine uses: rows (slice or index array) into a given buffer."""
+    layer = ActivationStore(extract(tiny_model, tmp_path / "s.zarr", dtype=dtype)).layer("stage1.0")
+    whole = layer[:].astype(np.float32)
+    buffer = np.full((20, whole.shape[1]), np.nan, np.float32)
+    assert layer.read_rows(slice(10, 30), buffer) is buffer
+    np.testing.assert_array_equal(buffer, whole[10:30])
+    rows = np.array([1, 7, 33, 49])
+    got = layer.read_rows(rows, buffer[:4])
+    assert np.shares_memory(got, buffer)
+    np.testing.assert_array_equal(got, whole[rows])
+
+
+def test_failed_extraction_removes_its_partial_store(tiny_model, tmp_path, monkeypatch):
+    """An error mid-way (a full disk, a bad layer) leaves neither the store nor its partial."""
+    from robrep import activation_store as st
+
+    calls = []
+
+    def record(self, model, x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, model, x)
+
+    real = st.LayerRecorder.record
+    monkeypatch.setattr(st.LayerRecorder, "record", record)
+    with pytest.raises(OSError, match="No space left"):
+        extract(tiny_model, tmp_path / "s.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 PEAK_SCRIPT = """
 import resource, sys, numpy as np, torch
 from robrep.models import build_model
-from robrep.activation_store import extract_to_store
+from robrep.activation_store import StoreLayout, extract_to_store
 torch.manual_seed(0)
 model = build_model("convnet-2", 1, 10, [0.3], [0.3]).eval()
 n = int(sys.argv[1])
 x = np.random.default_rng(0).random((n, 1, 16, 16), dtype=np.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 extract_to_store(model, x, np.zeros(n, int), np.arange(n), sys.argv[2], model.probe_layers("blocks"),
-                 {}, chunk_rows=64, batch_size=64, progress=False, compressor="none")
+                 {}, StoreLayout(64, 64, compressor="none"), progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print((peak - before) * 1024)
 """

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from robrep import config as rcfg
-from robrep.data import DATASETS
-from robrep.models import check_architecture
+from robrep.ids import SAFE_ID, method_id
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
@@ -19,7 +18,7 @@ DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 def check(cfg):
     rcfg.check_unknown_keys(cfg, SCHEMA)
-    rcfg.check_config(cfg, list(DATASETS), check_architecture)
+    rcfg.check_config(cfg)
 
 
 def test_default_and_paper_configs_pass():
@@ -51,8 +50,8 @@ def test_parse_eps_rejects(value):
     ],
 )
 def test_method_id(method, expected):
-    assert rcfg.method_id(method) == expected
-    assert rcfg.SAFE_ID.match(expected)
+    assert method_id(method) == expected
+    assert SAFE_ID.match(expected)
 
 
 def test_resolve_method_defaults():
@@ -119,6 +118,12 @@ def mutate(path, value):
         (["architectures"], ["../etc"], r"architectures\[0\]: '\.\./etc' cannot be used in a path"),
         (["datasets"], ["a/b"], r"datasets\[0\]: 'a/b' cannot be used in a path"),
         (["seeds"], [0, 0], r"seeds: \[0, 0\] repeats a seed"),
+        (
+            ["analyses"],
+            ["cross_layers"],
+            r"analyses\[0\]: unknown analysis 'cross_layers' \(did you mean 'cross_layer'\?\); "
+            r"valid: cross_layer, robust_vs_standard",
+        ),
     ],
 )
 def test_bad_config_messages(path, value, pattern):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
+from workflow_helpers import (
+    TINY,
+    dry_run_with,
+    job_counts,
+    make_workdir,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +115,41 @@ def test_adding_an_epsilon_schedules_only_its_jobs(completed_run):
     config["methods"].append({"method": "pgd", "norm": "linf", "eps": "1/5", "steps": 2})
     out = dry_run_with(completed_run, config)
     assert_only_one_model_planned(out, "pgd-linf-eps1_5")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("batch_size", 16),
+        ("metrics", ["minibatch_cka", "linear_cka_debiased", "svcca", "procrustes"]),
+        ("bootstrap", 50),
+        ("seed", 3),
+        ("rbf_sigma", 0.5),
+        ("svcca_variance", 0.9),
+    ],
+)
+def test_similarity_setting_plans_no_extraction(completed_run, key, value):
+    """A similarity setting reruns the comparisons and what follows them, never a store."""
+    config = copy.deepcopy(TINY)
+    config["similarity"][key] = value
+    counts = job_counts(dry_run_with(completed_run, config))
+    assert "extract" not in counts and "train" not in counts and "prepare_data" not in counts
+    assert counts["similarity"] == 11 and counts["aggregate"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"resources": {"gflops": 5000}},
+        {"threads": {"train": 2, "extract": 2, "similarity": 2}},
+        {"device": "cpu"},
+    ],
+)
+def test_execution_settings_plan_nothing(completed_run, change):
+    """Where and how fast jobs run (resources, threads, device) changes no output."""
+    write_config(completed_run, dict(copy.deepcopy(TINY), **change))
+    try:
+        out = snakemake(completed_run, "-n")
+    finally:
+        write_config(completed_run, TINY)
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-2000:]

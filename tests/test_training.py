@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 
 from robrep.config import resolve_method
 from robrep.data import load_splits, save_splits
-from robrep.training import TrainingDiverged, TrainSettings, pick_device, train
+from robrep.runtime import pick_device
+from robrep.training import TrainingDiverged, TrainSettings, train
 from robrep.weights import load_model, read_metadata
 
 
@@ -82,7 +83,8 @@ def test_outputs_and_bitwise_determinism(splits, tmp_path):
 RESUME_SCRIPT = """
 import sys
 from robrep.data import read_splits
-from robrep.training import TrainSettings, pick_device, train
+from robrep.runtime import pick_device
+from robrep.training import TrainSettings, train
 import json
 settings = TrainSettings(**json.loads(sys.argv[1]))
 train(settings, read_splits(sys.argv[2]), sys.argv[3], pick_device("cpu"), threads=1)

@@ -1,12 +1,18 @@
-"""Send a rule script's stdout/stderr to its Snakemake log file."""
+"""What every rule script does first: send its output to the job's log, ignore Snakemake's marks."""
 
 import contextlib
 import sys
+import warnings
 
 
 @contextlib.contextmanager
 def redirect_to_log(snakemake):
-    """Everything printed (tqdm included) goes to `snakemake.log[0]` when the rule has a log."""
+    """Everything printed (tqdm included) goes to `snakemake.log[0]` when the rule has a log.
+
+    Snakemake drops a `.snakemake_timestamp` file into directory outputs (the activation stores),
+    which zarr reports as an unknown object when it opens them: a Snakemake fact, ignored here.
+    """
+    warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
     if not snakemake.log:
         yield
         return

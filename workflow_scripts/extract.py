@@ -6,9 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.activation_store import extract_to_store
+from robrep.activation_store import StoreLayout, extract_to_store
+from robrep.attacks import AttackSpec
 from robrep.data import evaluation_subset, read_splits
-from robrep.training import evaluation_spec, pick_device, software_versions
+from robrep.ids import ModelKey
+from robrep.runtime import pick_device, software_versions
 from robrep.weights import load_model
 
 from _log import redirect_to_log
@@ -16,11 +18,12 @@ from _log import redirect_to_log
 with redirect_to_log(snakemake):
     p, wc = snakemake.params, snakemake.wildcards
     torch.set_num_threads(snakemake.threads)
-    device = pick_device(p.device)
+    device = pick_device(snakemake.config["device"])
     model, meta = load_model(snakemake.input.weights, device)
     splits = read_splits(snakemake.input.splits)
     idx = evaluation_subset(splits.y_test, p.n_examples, p.subset_seed)
-    attack = evaluation_spec(p.attack, "steps") if wc.inputs == "pgd" else None
+    attack = AttackSpec.from_evaluation(p.attack) if wc.inputs == "pgd" else None
+    key = ModelKey(meta["dataset"], meta["arch"], meta["method"]["id"], meta["seed"])
     extract_to_store(
         model,
         splits.x_test[idx],
@@ -29,25 +32,21 @@ with redirect_to_log(snakemake):
         snakemake.output[0],
         model.probe_layers(p.layers),
         attrs={
-            "model_id": f"{wc.dataset}/{wc.arch}/{wc.method_id}/seed{wc.seed}",
-            "dataset": wc.dataset,
-            "arch": wc.arch,
-            "method_id": wc.method_id,
-            "seed": int(wc.seed),
+            "model_id": key.id,
+            "dataset": key.dataset,
+            "arch": key.arch,
+            "method_id": key.method_id,
+            "method": meta["method"],
+            "seed": key.seed,
             "checkpoint": wc.checkpoint,
             "epoch": meta["epoch"],
             "inputs": wc.inputs,
             "split": "test",
             "versions": software_versions(),
         },
+        layout=StoreLayout(**p.layout),
         attack=attack,
-        attack_seed=int(wc.seed),
-        chunk_rows=p.chunk_rows,
-        batch_size=p.batch_size,
-        dtype=p.dtype,
-        compressor=p.compressor,
-        max_chunk_features=p.max_chunk_features,
-        pool=p.pool,
+        attack_seed=key.seed,
         device=device,
     )
     print(f"wrote {snakemake.output[0]}")

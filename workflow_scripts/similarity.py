@@ -6,7 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.analyses import compare_stores, write_netcdf
+from robrep.compare import compare_stores
+from robrep.runtime import pick_device
+from robrep.xrio import write_netcdf
 
 from _log import redirect_to_log
 
@@ -23,6 +25,7 @@ with redirect_to_log(snakemake):
         rbf_sigma=p.rbf_sigma,
         svcca_variance=p.svcca_variance,
         attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
+        device=pick_device(snakemake.config["device"]),
     )
     write_netcdf(ds, snakemake.output[0])
     print(ds)

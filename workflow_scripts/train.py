@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from robrep.data import read_splits
-from robrep.training import TrainSettings, pick_device, train
+from robrep.runtime import pick_device
+from robrep.training import TrainSettings, train
 
 from _log import redirect_to_log
 
@@ -15,7 +16,7 @@ with redirect_to_log(snakemake):
         settings,
         read_splits(snakemake.input.splits),
         Path(snakemake.output.model).parent,
-        pick_device(snakemake.params.device),
+        pick_device(snakemake.config["device"]),
         threads=snakemake.threads,
     )
     print(f"test: {metrics['test']}")

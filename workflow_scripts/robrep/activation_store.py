@@ -9,12 +9,10 @@ marked complete in its attributes, then renamed: nothing half-written ever looks
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,11 @@ import torch
 import torch.nn.functional as F
 import zarr
 from torch import nn
+from zarr.core.buffer.cpu import NDBuffer
 
 from .attacks import AttackSpec, pgd
 from .data import to_float
+from .runtime import atomic_output
 
 COMPLETE = "robrep_complete"
 FORMAT = "robrep.activations/1"
@@ -105,6 +105,37 @@ def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor,
     return {name: tuple(outs[name].shape[1:]) for name in layers}
 
 
+@dataclass(frozen=True)
+class StoreLayout:
+    """How a store is laid out and what it keeps (config `activations`): rows per chunk, forward
+    batch size, value type, compression, feature chunking and pooling."""
+
+    chunk_rows: int = 100
+    batch_size: int = 256
+    dtype: str = "float32"
+    compressor: str = "zstd"
+    max_chunk_features: int | None = None
+    pool: int | None = None
+
+
+def _create_arrays(
+    group: zarr.Group, shapes: dict[str, tuple[int, ...]], n: int, layout: StoreLayout
+) -> dict[str, zarr.Array]:
+    arrays = {}
+    for name, shape in shapes.items():
+        d = int(np.prod(shape))
+        arrays[name] = group.create_array(
+            name,
+            shape=(n, d),
+            chunks=(min(layout.chunk_rows, n), min(d, layout.max_chunk_features or d)),
+            dtype=layout.dtype,
+            compressors=_codec(layout.compressor),
+            dimension_names=("sample", f"{name}.feature"),
+            attributes={"shape": list(shape)},
+        )
+    return arrays
+
+
 def extract_to_store(
     model: nn.Module,
     images: np.ndarray,
@@ -113,68 +144,83 @@ def extract_to_store(
     path: str | Path,
     layers: Sequence[str],
     attrs: dict[str, Any],
+    layout: StoreLayout = StoreLayout(),
     attack: AttackSpec | None = None,
     attack_seed: int = 0,
-    chunk_rows: int = 100,
-    batch_size: int = 256,
-    dtype: str = "float32",
-    compressor: str = "zstd",
-    max_chunk_features: int | None = None,
-    pool: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Path:
     """Stream the activations of `layers` on `images` (or PGD versions of them) into a Zarr store.
 
-    Only one forward batch of activations is held in memory. The store appears at `path` only
+    Only two forward batches of activations are held in memory. The store appears at `path` only
     when complete.
+    """
+    path = Path(path)
+    model = model.to(device).eval()
+    n = len(sample_ids)
+    shapes = layer_shapes(model, layers, to_float(images[:1]).to(device), layout.pool)
+    with atomic_output(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.create_array(
+            "sample_ids", data=np.asarray(sample_ids, dtype=np.int64), dimension_names=("sample",)
+        )
+        group.create_array(
+            "labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",)
+        )
+        arrays = _create_arrays(group, shapes, n, layout)
+        _stream_batches(
+            model, images, labels, arrays, layout, attack, attack_seed, device, progress
+        )
+        group.attrs.update(
+            {
+                **attrs,
+                "format": FORMAT,
+                "layers": list(layers),
+                "layer_shapes": {k: list(v) for k, v in shapes.items()},
+                "n_examples": n,
+                "dtype": layout.dtype,
+                "attack": attack.as_dict() if attack is not None else None,
+                "pool": layout.pool,
+                COMPLETE: True,
+            }
+        )
+    return path
+
+
+def _stream_batches(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    arrays: dict[str, zarr.Array],
+    layout: StoreLayout,
+    attack: AttackSpec | None,
+    attack_seed: int,
+    device: str | torch.device,
+    progress: bool,
+) -> None:
+    """Forward (attacked) batches of whole chunks and write each layer's rows.
+
+    Compressing and writing batch t overlaps the forward pass of batch t + 1; at most two batches
+    of activations are alive at once, whatever N is.
     """
     from tqdm import tqdm
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    for stale in (tmp, path):
-        if stale.exists():
-            shutil.rmtree(stale)
-    model = model.to(device).eval()
-    n = len(sample_ids)
-    shapes = layer_shapes(model, layers, to_float(images[:1]).to(device), pool)
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    group.create_array(
-        "sample_ids", data=np.asarray(sample_ids, dtype=np.int64), dimension_names=("sample",)
-    )
-    group.create_array(
-        "labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",)
-    )
-    arrays = {}
-    for name in layers:
-        d = int(np.prod(shapes[name]))
-        arrays[name] = group.create_array(
-            name,
-            shape=(n, d),
-            chunks=(min(chunk_rows, n), min(d, max_chunk_features or d)),
-            dtype=dtype,
-            compressors=_codec(compressor),
-            dimension_names=("sample", f"{name}.feature"),
-            attributes={"shape": list(shapes[name])},
-        )
-    step = max(1, batch_size // chunk_rows) * chunk_rows  # whole chunks per write
-    recorder = LayerRecorder(model, layers, pool)
+    n = len(images)
+    step = max(1, layout.batch_size // layout.chunk_rows) * layout.chunk_rows  # whole chunks
+    recorder = LayerRecorder(model, list(arrays), layout.pool)
 
     def write(start: int, stop: int, outs: dict[str, torch.Tensor]) -> None:
-        for name in layers:
-            arrays[name][start:stop] = (
-                outs[name].reshape(stop - start, -1).numpy().astype(dtype, copy=False)
+        for name, array in arrays.items():
+            array[start:stop] = (
+                outs[name].reshape(stop - start, -1).numpy().astype(layout.dtype, copy=False)
             )
 
-    # Compressing and writing batch t overlaps the forward pass of batch t + 1; at most two
-    # batches of activations are alive at once, whatever N is.
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         try:
             for start in tqdm(
                 range(0, n, step),
-                desc=path.name,
+                desc=f"extract {n} examples",
                 file=sys.stderr,
                 disable=not progress,
                 mininterval=5,
@@ -193,21 +239,6 @@ def extract_to_store(
                 pending.result()
         finally:
             recorder.remove()
-    group.attrs.update(
-        {
-            **attrs,
-            "format": FORMAT,
-            "layers": list(layers),
-            "layer_shapes": {k: list(v) for k, v in shapes.items()},
-            "n_examples": n,
-            "dtype": dtype,
-            "attack": attack.as_dict() if attack is not None else None,
-            "pool": pool,
-            COMPLETE: True,
-        }
-    )
-    os.replace(tmp, path)
-    return path
 
 
 class LayerArray:
@@ -226,6 +257,23 @@ class LayerArray:
     def __getitem__(self, key):
         return self.array[key]
 
+    def read_rows(self, rows: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill `out` (float32, (rows, D)) with rows of this layer and return it.
+
+        float32 layers decode straight into `out`, so a caller that reuses its buffers reads
+        with flat memory; other types are read and converted.
+        """
+        if self.array.dtype == np.float32:
+            target = NDBuffer.from_numpy_array(out)
+            if isinstance(rows, slice):
+                self.array.get_basic_selection((rows,), out=target)
+            else:
+                self.array.get_orthogonal_selection((rows,), out=target)
+            return out
+        block = self.array[rows] if isinstance(rows, slice) else self.array.oindex[rows]
+        np.copyto(out, block, casting="same_kind")
+        return out
+
     def __len__(self) -> int:
         return self.shape[0]
 
@@ -237,10 +285,7 @@ class ActivationStore:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"activation store {self.path} does not exist")
-        with warnings.catch_warnings():
-            # Snakemake drops a .snakemake_timestamp file into directory outputs.
-            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
-            self.group = zarr.open_group(str(self.path), mode="r")
+        self.group = zarr.open_group(str(self.path), mode="r")
         if self.group.attrs.get(COMPLETE) is not True:
             raise IncompleteStoreError(
                 f"activation store {self.path} is incomplete (interrupted extraction); rebuild it"

@@ -1,107 +1,82 @@
-"""The paper's analyses as data: one comparison -> an xarray Dataset; many -> the summary Dataset.
+"""The paper's analyses as one registry: which store pairs each compares, what it summarises, which
+figures draw it.
 
-`compare_stores` computes the configured metrics between two activation stores. `aggregate` stacks
-every comparison along a `comparison` dimension (with analysis/dataset/arch/method/norm/eps/seed/
-checkpoint coordinates for both sides) and adds per-model scalar summaries and accuracies along a
-`model` dimension. The summaries are defined next to their functions below and in the README.
+An analysis is one `Analysis` entry in `ANALYSES`: a `pairs(study)` function that yields the
+(store a, store b) pairs it needs from the study's models, a `summarise(matrix, comparison)`
+function that turns one comparison's layer x layer similarity into per-model summary values (for
+the model of store a), the summary variables it declares, and the names of its figures. The
+workflow asks `comparisons()` for the pairs, the config check and the schema's documentation read
+the names, aggregation calls `summarise`, and the figure rule draws `figures`. Pure Python: no
+Snakemake, testable on its own.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from .activation_store import ActivationStore, check_aligned
-from .similarity import full_data_similarity, minibatch_cka
+from .config import activation_checkpoints, resolve_method
+from .ids import ModelKey, StoreKey, comparison_id
+from .models import arch_family
 
 ADV_THRESHOLD = 0.9
+Pair = tuple[StoreKey, StoreKey]
 
 
-def compare_stores(
-    path_a: str | Path,
-    path_b: str | Path,
-    metrics: Sequence[str],
-    batch_size: int = 100,
-    bootstrap: int = 200,
-    seed: int = 0,
-    rbf_sigma: float = 0.8,
-    svcca_variance: float = 0.99,
-    attrs: Mapping[str, Any] | None = None,
-) -> xr.Dataset:
-    """All layer pairs of two stores under every metric, with minibatch-CKA HSIC terms and CIs."""
-    same = Path(path_a).resolve() == Path(path_b).resolve()
-    sa = ActivationStore(path_a)
-    sb = sa if same else ActivationStore(path_b)
-    check_aligned([sa, sb])
-    la, lb = sa.select(), sb.select()
-    values: dict[str, np.ndarray] = {}
-    data_vars: dict[str, Any] = {}
-    if "minibatch_cka" in metrics:
-        res = minibatch_cka(la, None if same else lb, batch_size=batch_size)
-        values["minibatch_cka"] = res.cka
-        data_vars["hsic_cross"] = (("batch", "layer_a", "layer_b"), res.cross)
-        data_vars["hsic_a"] = (("batch", "layer_a"), res.self_a)
-        data_vars["hsic_b"] = (("batch", "layer_b"), res.self_b)
-        if bootstrap and res.n_batches >= 2:
-            low, high = res.bootstrap(bootstrap, seed)
-            data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
-            data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
-    full = [m for m in metrics if m != "minibatch_cka"]
-    if full:
-        values.update(
-            full_data_similarity(
-                la, None if same else lb, full, rbf_sigma=rbf_sigma, svcca_variance=svcca_variance
-            )
+@dataclass(frozen=True)
+class Study:
+    """The models of a study and the facts the pairings need, read from the config once."""
+
+    models: tuple[ModelKey, ...]
+    methods: Mapping[str, Mapping[str, Any]]  # resolved (`config.resolve_method`), by method id
+    checkpoints: tuple[str, ...]  # activation checkpoints: final, best, epoch{e}
+    adversarial_inputs: bool  # `pgd` stores are extracted
+    seeds: tuple[int, ...]
+    architectures: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Study:
+        methods = {m["id"]: m for m in map(resolve_method, config["methods"])}
+        return cls(
+            models=tuple(
+                ModelKey(d, a, m, s)
+                for d in config["datasets"]
+                for a in config["architectures"]
+                for m in methods
+                for s in config["seeds"]
+            ),
+            methods=methods,
+            checkpoints=tuple(activation_checkpoints(config)),
+            adversarial_inputs="pgd" in config["activations"]["inputs"],
+            seeds=tuple(config["seeds"]),
+            architectures=tuple(config["architectures"]),
         )
-    data_vars["similarity"] = (
-        ("metric", "layer_a", "layer_b"),
-        np.stack([values[m] for m in metrics]),
-    )
-    meta = {k: v for k, v in (attrs or {}).items()}
-    for side, store in (("a", sa), ("b", sb)):
-        for key in ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs"):
-            meta[f"{key}_{side}"] = store.attrs.get(key, "")
-        meta[f"store_{side}"] = str(store.path)
-        meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
-    meta["n_examples"] = len(sa)
-    meta["batch_size"] = batch_size
-    return xr.Dataset(
-        data_vars,
-        coords={"metric": list(metrics), "layer_a": sa.layers, "layer_b": sb.layers},
-        attrs=meta,
-    )
 
 
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
-    """Write `ds` to netCDF-4 (h5netcdf) under a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, path)
+Summarise = Callable[[np.ndarray, Mapping[str, Any]], dict[str, Any]]
 
 
-def write_zarr(ds: xr.Dataset, path: str | Path) -> None:
-    """Write `ds` to a Zarr store under a temporary name, then swap it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis: its pairs, its per-model summaries and its figures (see the module doc).
+
+    `summaries` maps each variable `summarise` may return to whether it is per layer (a vector
+    along the first model's layers) or a scalar.
+    """
+
+    name: str
+    compares: str
+    pairs: Callable[[Study], Iterable[Pair]]
+    summarise: Summarise
+    summaries: Mapping[str, bool]
+    figures: tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------------
-# Scalar summaries.
+# Scalar summaries of a similarity matrix.
 
 
 def block_structure_score(cka: np.ndarray, min_size: int = 2) -> float:
@@ -139,6 +114,16 @@ def diagonal(cka: np.ndarray) -> np.ndarray:
     return np.diagonal(c[: min(c.shape), : min(c.shape)])
 
 
+def depth_matched_diagonal(cka: np.ndarray) -> np.ndarray:
+    """For each layer of the first network, its similarity with the layer of the second at the
+    nearest relative depth (0 = first probed layer, 1 = last); the diagonal when both have the
+    same number of layers."""
+    c = np.asarray(cka)
+    la, lb = c.shape
+    cols = np.rint(np.arange(la) * (lb - 1) / max(la - 1, 1)).astype(int)
+    return c[np.arange(la), cols]
+
+
 def depth_below(diag: np.ndarray, threshold: float = ADV_THRESHOLD) -> float:
     """Relative depth (0 = first probed layer, 1 = last) where `diag` first falls below threshold.
 
@@ -151,170 +136,162 @@ def depth_below(diag: np.ndarray, threshold: float = ADV_THRESHOLD) -> float:
     return float(below[0] / max(len(d) - 1, 1))
 
 
+def _mean_diagonal(variable: str) -> Summarise:
+    return lambda m, comparison: {variable: float(np.nanmean(diagonal(m)))}
+
+
 # ----------------------------------------------------------------------------------------------
-# Aggregation.
+# The registry. Each `pairs` function yields pairs in model order.
 
 
-def _method_coords(method_id: str, methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    m = methods.get(method_id, {})
-    return {
-        "method": m.get("method", method_id),
-        "norm": m.get("norm") or "none",
-        "eps": float(m.get("eps", 0.0)),
-    }
+def _cross_layer_pairs(study: Study) -> Iterable[Pair]:
+    for m in study.models:
+        for inputs in ("benign", "pgd") if study.adversarial_inputs else ("benign",):
+            store = StoreKey(m, inputs=inputs)
+            yield store, store
 
 
-def aggregate(
-    comparison_files: Sequence[str | Path],
-    metrics_files: Mapping[str, str | Path],
-    methods: Mapping[str, Mapping[str, Any]],
-    metric: str = "minibatch_cka",
-    attrs: Mapping[str, Any] | None = None,
-) -> tuple[xr.Dataset, list[dict[str, Any]]]:
-    """Stack comparisons along `comparison`, add per-model summaries; also return accuracy rows.
-
-    `metrics_files` maps model ids (dataset/arch/method_id/seed{seed}) to metrics.json paths;
-    `metric` is the similarity used for the scalar summaries.
-    """
-    parts = [xr.load_dataset(f, engine="h5netcdf") for f in comparison_files]
-    if not parts:
-        raise ValueError("no comparisons to aggregate")
-    n_a = max(p.sizes["layer_a"] for p in parts)
-    n_b = max(p.sizes["layer_b"] for p in parts)
-    metric_names = list(parts[0].metric.values)
-    sim = np.full((len(parts), len(metric_names), n_a, n_b), np.nan)
-    names_a = np.full((len(parts), n_a), "", dtype=object)
-    names_b = np.full((len(parts), n_b), "", dtype=object)
-    coords: dict[str, list] = {}
-    for c, part in enumerate(parts):
-        la, lb = part.sizes["layer_a"], part.sizes["layer_b"]
-        sim[c, :, :la, :lb] = part["similarity"].sel(metric=metric_names).values
-        names_a[c, :la] = part.layer_a.values
-        names_b[c, :lb] = part.layer_b.values
-        row = {
-            "analysis": part.attrs["analysis"],
-            "dataset": part.attrs["dataset_a"],
-            "n_layers_a": la,
-            "n_layers_b": lb,
-        }
-        for side, suffix in (("a", ""), ("b", "_b")):
-            row.update(
-                {
-                    f"arch{suffix}": part.attrs[f"arch_{side}"],
-                    f"method_id{suffix}": part.attrs[f"method_id_{side}"],
-                    f"seed{suffix}": int(part.attrs[f"seed_{side}"]),
-                    f"checkpoint{suffix}": part.attrs[f"checkpoint_{side}"],
-                    f"epoch{suffix}": int(part.attrs[f"epoch_{side}"]),
-                    f"inputs{suffix}": part.attrs[f"inputs_{side}"],
-                }
-            )
-            row.update(
-                {
-                    f"{k}{suffix}": v
-                    for k, v in _method_coords(row[f"method_id{suffix}"], methods).items()
-                }
-            )
-        for key, value in row.items():
-            coords.setdefault(key, []).append(value)
-    ds = xr.Dataset(
-        {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)},
-        coords={
-            "comparison": np.arange(len(parts)),
-            "metric": metric_names,
-            "layer_a": np.arange(n_a),
-            "layer_b": np.arange(n_b),
-            "layer_name_a": (("comparison", "layer_a"), names_a.astype(str)),
-            "layer_name_b": (("comparison", "layer_b"), names_b.astype(str)),
-            **{k: ("comparison", np.asarray(v)) for k, v in coords.items()},
-        },
-    )
-    summary, accuracy = model_summaries(ds, metrics_files, methods, metric)
-    ds = xr.merge([ds, summary])
-    ds.attrs.update(
-        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
-    )
-    ds.attrs["summary_metric"] = metric
-    return ds, accuracy
+def _cross_layer_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    name = "block_score" if comparison["inputs"] == "benign" else "block_score_pgd"
+    return {name: block_structure_score(m)}
 
 
-def _matrix(ds: xr.Dataset, c: int, metric: str) -> np.ndarray:
-    la, lb = int(ds.n_layers_a[c]), int(ds.n_layers_b[c])
-    return ds["similarity"].sel(metric=metric).isel(comparison=c).values[:la, :lb]
+def _robust_vs_standard_pairs(study: Study) -> Iterable[Pair]:
+    if "standard" not in study.methods:
+        return
+    for m in study.models:
+        if m.method_id != "standard":
+            yield StoreKey(m), StoreKey(m.with_(method_id="standard"))
 
 
-def model_summaries(
-    ds: xr.Dataset,
-    metrics_files: Mapping[str, str | Path],
-    methods: Mapping[str, Mapping[str, Any]],
-    metric: str,
-) -> tuple[xr.Dataset, list[dict[str, Any]]]:
-    """Per-model block score, robust-vs-standard mean diagonal, adversarial depth, best-final drop."""
-    model_ids = list(metrics_files)
-    n_layer = ds.sizes["layer_a"]
-    block = np.full(len(model_ids), np.nan)
-    block_pgd = np.full(len(model_ids), np.nan)
-    rvs = np.full(len(model_ids), np.nan)
-    adv_depth = np.full(len(model_ids), np.nan)
-    drop = np.full((len(model_ids), n_layer), np.nan)
-    index = {mid: i for i, mid in enumerate(model_ids)}
-    use = metric if metric in ds.metric.values else str(ds.metric.values[0])
-    for c in range(ds.sizes["comparison"]):
-        mid = f"{ds.dataset.values[c]}/{ds.arch.values[c]}/{ds.method_id.values[c]}/seed{int(ds.seed.values[c])}"
-        if mid not in index:
+def _benign_vs_adversarial_pairs(study: Study) -> Iterable[Pair]:
+    if study.adversarial_inputs:
+        for m in study.models:
+            yield StoreKey(m), StoreKey(m, inputs="pgd")
+
+
+def _epochs_pairs(study: Study) -> Iterable[Pair]:
+    for m in study.models:
+        for checkpoint in study.checkpoints:
+            if checkpoint != "final":
+                yield StoreKey(m, checkpoint=checkpoint), StoreKey(m)
+
+
+def _epochs_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    if comparison["checkpoint"] != "best":
+        return {}
+    return {"best_final_drop": 1.0 - diagonal(m)}
+
+
+def _threat_models_pairs(study: Study) -> Iterable[Pair]:
+    for m in study.models:
+        method = study.methods[m.method_id]
+        if method["norm"] != "linf":
             continue
-        i = index[mid]
-        analysis = str(ds.analysis.values[c])
-        m = _matrix(ds, c, use)
-        if analysis == "cross_layer":
-            if str(ds.inputs.values[c]) == "benign":
-                block[i] = block_structure_score(m)
-            else:
-                block_pgd[i] = block_structure_score(m)
-        elif analysis == "robust_vs_standard":
-            rvs[i] = float(np.nanmean(diagonal(m)))
-        elif analysis == "benign_vs_adversarial":
-            adv_depth[i] = depth_below(diagonal(m))
-        elif analysis == "epochs" and str(ds.checkpoint.values[c]) == "best":
-            d = 1.0 - diagonal(m)
-            drop[i, : len(d)] = d
-    accuracy = []
-    clean = np.full(len(model_ids), np.nan)
-    robust = np.full(len(model_ids), np.nan)
-    coords: dict[str, list] = {}
-    for i, mid in enumerate(model_ids):
-        metrics = json.loads(Path(metrics_files[mid]).read_text())
-        clean[i], robust[i] = metrics["test"]["clean_acc"], metrics["test"]["robust_acc"]
-        dataset, arch, method_id, seed = mid.split("/")
-        row = {
-            "model_id": mid,
-            "model_dataset": dataset,
-            "model_arch": arch,
-            "model_method_id": method_id,
-            **{f"model_{k}": v for k, v in _method_coords(method_id, methods).items()},
-            "model_seed": int(seed.removeprefix("seed")),
-        }
-        for k, v in row.items():
-            coords.setdefault(k, []).append(v)
-        accuracy.append(
-            {
-                **{k.removeprefix("model_"): v for k, v in row.items()},
-                "clean_acc": clean[i],
-                "robust_acc": robust[i],
-                "best_epoch": metrics["best"]["epoch"],
-                "best_val_robust_acc": metrics["best"]["val_robust_acc"],
-                "attack": json.dumps(metrics["test"]["attack"]),
-            }
-        )
-    summary = xr.Dataset(
-        {
-            "block_score": ("model", block),
-            "block_score_pgd": ("model", block_pgd),
-            "robust_vs_standard_mean_diag": ("model", rvs),
-            "adversarial_depth_below_0.9": ("model", adv_depth),
-            "best_final_drop": (("model", "layer_a"), drop),
-            "clean_acc": ("model", clean),
-            "robust_acc": ("model", robust),
-        },
-        coords={"model": np.arange(len(model_ids)), **{k: ("model", v) for k, v in coords.items()}},
+        for other_id, other in study.methods.items():
+            if other["norm"] == "l2" and other["method"] == method["method"]:
+                yield StoreKey(m), StoreKey(m.with_(method_id=other_id))
+
+
+def _seeds_pairs(study: Study) -> Iterable[Pair]:
+    for m in study.models:
+        for seed in study.seeds:
+            if seed > m.seed:
+                yield StoreKey(m), StoreKey(m.with_(seed=seed))
+
+
+def _width_depth_pairs(study: Study) -> Iterable[Pair]:
+    archs = study.architectures
+    for m in study.models:
+        for arch in archs[archs.index(m.arch) + 1 :]:
+            if arch_family(arch) == arch_family(m.arch):
+                yield StoreKey(m), StoreKey(m.with_(arch=arch))
+
+
+ANALYSES: dict[str, Analysis] = {
+    a.name: a
+    for a in (
+        Analysis(
+            "cross_layer",
+            "each model's layers x its own layers, benign (and PGD) inputs",
+            _cross_layer_pairs,
+            _cross_layer_summary,
+            {"block_score": False, "block_score_pgd": False},
+            ("cross_layer_heatmaps", "block_score_vs_eps"),
+        ),
+        Analysis(
+            "robust_vs_standard",
+            "each robust model x the standard model, same dataset/arch/seed",
+            _robust_vs_standard_pairs,
+            _mean_diagonal("robust_vs_standard_mean_diag"),
+            {"robust_vs_standard_mean_diag": False},
+            ("robust_vs_standard_diagonal",),
+        ),
+        Analysis(
+            "benign_vs_adversarial",
+            "each model on benign x its own PGD inputs",
+            _benign_vs_adversarial_pairs,
+            lambda m, comparison: {
+                f"adversarial_depth_below_{ADV_THRESHOLD}": depth_below(diagonal(m))
+            },
+            {f"adversarial_depth_below_{ADV_THRESHOLD}": False},
+            ("benign_vs_adversarial_diagonal",),
+        ),
+        Analysis(
+            "epochs",
+            "each saved checkpoint and best x final, same model",
+            _epochs_pairs,
+            _epochs_summary,
+            {"best_final_drop": True},
+            ("epochs_heatmaps",),
+        ),
+        Analysis(
+            "threat_models",
+            "Linf- x L2-trained models of the same method, arch and seed",
+            _threat_models_pairs,
+            _mean_diagonal("threat_model_mean_diag"),
+            {"threat_model_mean_diag": False},
+            ("threat_models_diagonal",),
+        ),
+        Analysis(
+            "seeds",
+            "the same configuration at different seeds",
+            _seeds_pairs,
+            _mean_diagonal("seed_mean_diag"),
+            {"seed_mean_diag": False},
+            ("seeds_diagonal",),
+        ),
+        Analysis(
+            "width_depth",
+            "architectures of one family (wrn-*, convnet*), layers matched by relative depth",
+            _width_depth_pairs,
+            lambda m, comparison: {
+                "width_depth_mean_diag": float(np.nanmean(depth_matched_diagonal(m)))
+            },
+            {"width_depth_mean_diag": False},
+            ("width_depth_diagonal",),
+        ),
     )
-    return summary, accuracy
+}
+STUDY_FIGURES = ("accuracy_vs_eps",)  # drawn from the models' metrics, whatever the analyses
+
+
+def comparisons(study: Study, analyses: Sequence[str]) -> dict[tuple[str, str, str], Pair]:
+    """Every (analysis, dataset, pair id) -> (store a, store b) that `analyses` ask for, analysis
+    by analysis in registry order, each in model order.
+
+    Pairs grow with what each analysis needs (per model, per robust model, per seed pair, ...),
+    never as all models x all models.
+    """
+    out: dict[tuple[str, str, str], Pair] = {}
+    for name, analysis in ANALYSES.items():
+        if name in analyses:
+            for a, b in analysis.pairs(study):
+                out[(name, a.model.dataset, comparison_id(a, b))] = (a, b)
+    return out
+
+
+def figures(analyses: Iterable[str]) -> list[str]:
+    """The figures of `analyses` (those with at least one comparison), then the study's own."""
+    names = [f for name in ANALYSES if name in set(analyses) for f in ANALYSES[name].figures]
+    return names + list(STUDY_FIGURES)

@@ -7,11 +7,21 @@ adversarial forward passes, and restores the mode it found. All randomness comes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+DEFAULT_STEPS = 7
+STEP_FACTOR = 2.5  # default step size = 2.5 * eps / steps (Madry et al. 2018)
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """The step size used when none is configured: 2.5 * eps / steps (Madry et al. 2018)."""
+    return STEP_FACTOR * eps / max(steps, 1)
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,19 @@ class AttackSpec:
             raise ValueError(f"attack norm {self.norm!r} is not one of linf, l2")
         if self.eps < 0 or self.steps < 0 or self.step_size < 0:
             raise ValueError(f"attack eps/steps/step_size must be >= 0, got {self}")
+
+    @classmethod
+    def from_method(cls, method: Mapping[str, Any]) -> AttackSpec:
+        """The training attack of a resolved method (see `config.resolve_method`)."""
+        return cls(method["norm"], method["eps"], method["steps"], method["step_size"])
+
+    @classmethod
+    def from_evaluation(cls, evaluation: Mapping[str, Any], steps_key: str = "steps") -> AttackSpec:
+        """The evaluation attack of config `evaluation` with `steps_key` steps (steps or val_steps)."""
+        steps = int(evaluation[steps_key])
+        eps = float(evaluation["eps"])
+        step_size = evaluation.get("step_size") or default_step_size(eps, steps)
+        return cls(evaluation["norm"], eps, steps, float(step_size))
 
     def as_dict(self) -> dict:
         return {
@@ -103,16 +126,5 @@ def pgd(
                 delta = project(delta + spec.step_size * step, spec.norm, spec.eps)
                 delta = (x + delta).clamp(0, 1) - x
         return (x + delta).detach()
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of `x` classified as `y` (model put in eval mode, mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return (model(x).argmax(1) == y).float().mean().item()
     finally:
         model.train(was_training)

@@ -1,24 +1,25 @@
-"""Configuration semantics the JSON schema cannot express: eps parsing, method ids, cross-key checks.
+"""Configuration semantics the JSON schema cannot express: eps parsing, methods, cross-key checks.
 
 `config/schema.yaml` validates types and fills defaults; this module adds the checks that need
-code (the model registry, eps given for `standard`, duplicate ids) and the canonical `method_id`.
-Every error names the key, the bad value and the valid choices.
+code (the dataset, model and analysis registries, eps given for `standard`, duplicate ids) and
+resolves methods. Every error names the key, the bad value and the valid choices.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+from .attacks import DEFAULT_STEPS, default_step_size
+from .ids import SAFE_ID, method_id
+
 METHODS = ("standard", "pgd", "trades")
 NORMS = ("linf", "l2")
-DEFAULT_ATTACK_STEPS = 7
-DEFAULT_STEP_FACTOR = 2.5  # step size = 2.5 * eps / steps (Madry et al. 2018)
 DEFAULT_TRADES_BETA = 6.0
+# Settings of how and where jobs run, not of what they compute: no output depends on them.
+EXECUTION_KEYS = ("device", "threads", "resources")
 
 
 class ConfigError(ValueError):
@@ -46,22 +47,6 @@ def parse_eps(value: Any, key: str = "eps") -> float:
     return eps
 
 
-def eps_token(value: Any) -> str:
-    """Filesystem-safe spelling of an eps: ``8/255 -> 8_255``, ``0.1 -> 0.1``."""
-    if isinstance(value, str) and "/" in value:
-        num, den = (part.strip() for part in value.split("/", 1))
-        return f"{num}_{den}"
-    eps = parse_eps(value)
-    return f"{eps:g}" if eps == float(f"{eps:g}") else repr(eps)
-
-
-def method_id(method: Mapping[str, Any]) -> str:
-    """Canonical id of a training method: ``standard``, ``pgd-linf-eps8_255``, ``trades-l2-eps0.5``."""
-    if method["method"] == "standard":
-        return "standard"
-    return f"{method['method']}-{method['norm']}-eps{eps_token(method['eps'])}"
-
-
 def resolve_method(method: Mapping[str, Any]) -> dict[str, Any]:
     """A method mapping with eps parsed to float and attack defaults filled in."""
     out = dict(method)
@@ -70,13 +55,13 @@ def resolve_method(method: Mapping[str, Any]) -> dict[str, Any]:
         out.update(norm=None, eps=0.0, steps=0, step_size=0.0)
         return out
     eps = parse_eps(method["eps"], f"methods[{out['id']}].eps")
-    steps = int(method.get("steps") or DEFAULT_ATTACK_STEPS)
+    steps = int(method.get("steps") or DEFAULT_STEPS)
     step_size = method.get("step_size")
     out.update(
         eps=eps,
         eps_text=str(method["eps"]),
         steps=steps,
-        step_size=float(step_size) if step_size is not None else DEFAULT_STEP_FACTOR * eps / steps,
+        step_size=float(step_size) if step_size is not None else default_step_size(eps, steps),
     )
     if method["method"] == "trades":
         out["beta"] = float(method.get("beta", DEFAULT_TRADES_BETA))
@@ -128,13 +113,23 @@ def check_safe_name(value: Any, key: str) -> str:
     return text
 
 
-def check_config(config: Mapping[str, Any], datasets: list[str], architecture_ok) -> None:
+def check_config(config: Mapping[str, Any]) -> None:
     """Cross-key checks that need code; raises ConfigError naming key, value and choices.
 
     Runs before the schema validation, so it tolerates missing keys (the schema reports those).
-    ``datasets`` is the list of known dataset names; ``architecture_ok(name)`` raises a
-    ``ValueError`` listing the registry when a name is unknown.
+    Datasets, architectures and analyses are checked against their registries.
     """
+    from .analyses import ANALYSES
+    from .data import DATASETS as datasets
+    from .models import check_architecture as architecture_ok
+
+    for i, name in enumerate(config.get("analyses") or []):
+        if name not in ANALYSES:
+            raise ConfigError(
+                f"analyses[{i}]: unknown analysis {name!r}{suggest(str(name), list(ANALYSES))}; "
+                f"valid: {', '.join(ANALYSES)}"
+            )
+    datasets = list(datasets)
     for i, name in enumerate(config.get("datasets") or []):
         check_safe_name(name, f"datasets[{i}]")
         if name not in datasets:
@@ -193,6 +188,12 @@ def check_config(config: Mapping[str, Any], datasets: list[str], architecture_ok
         raise ConfigError(f"seeds: {list(seeds)!r} repeats a seed")
     if "eps" in (config.get("evaluation") or {}):
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
+
+
+def study_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without its execution settings (device, threads, resources): what the results
+    depend on, recorded in the summary's attributes."""
+    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
 
 
 def saved_epochs(epochs: int, checkpoint_every: int) -> list[int]:

@@ -7,7 +7,6 @@ so every model of a dataset sees the same split and the same evaluation examples
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenette", "imagewoof")
+from .runtime import atomic_output
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is before it is read: examples shipped (train + test), channels, default
+    image size, classes and bytes per stored pixel value."""
+
+    examples: int
+    channels: int
+    image_size: int
+    classes: int
+    pixel_bytes: int
+
+
+DATASET_INFO = {
+    "digits": DatasetInfo(1797, 1, 16, 10, 4),  # scikit-learn's bundled 8x8 digits, resized
+    "cifar10": DatasetInfo(60000, 3, 32, 10, 1),
+    "cifar100": DatasetInfo(60000, 3, 32, 100, 1),
+    "imagenette": DatasetInfo(13394, 3, 128, 10, 1),
+    "imagewoof": DatasetInfo(12954, 3, 128, 10, 1),
+}
+DATASETS = tuple(DATASET_INFO)
 IMAGEFOLDER_DIRS = {"imagenette": "imagenette2-160", "imagewoof": "imagewoof2-160"}
 CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 HOW_TO_GET = {
@@ -26,6 +47,27 @@ HOW_TO_GET = {
     "imagenette": "unpack imagenette2-160.tgz (github.com/fastai/imagenette) there",
     "imagewoof": "unpack imagewoof2-160.tgz (github.com/fastai/imagenette) there",
 }
+
+
+def dataset_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of dataset `name` (config `dataset_options.<name>`) with its defaults filled."""
+    if name not in DATASET_INFO:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    info = DATASET_INFO[name]
+    defaults: dict[str, Any] = {}
+    if name == "digits":
+        defaults = {"image_size": info.image_size, "channels": info.channels, "test_fraction": 0.2}
+    elif name in IMAGEFOLDER_DIRS:
+        defaults = {"image_size": info.image_size}
+    return {**defaults, **(options or {})}
+
+
+def input_geometry(name: str, options: dict[str, Any] | None = None) -> tuple[int, int]:
+    """(channels, image size) of the images a model of dataset `name` sees."""
+    resolved = dataset_options(name, options)
+    return resolved.get("channels", DATASET_INFO[name].channels), resolved.get(
+        "image_size", DATASET_INFO[name].image_size
+    )
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -77,7 +119,7 @@ def stratified_split(
     return kept, held_out
 
 
-def load_digits(image_size: int = 16, channels: int = 1, test_fraction: float = 0.2, seed: int = 0):
+def load_digits(image_size: int, channels: int, test_fraction: float, seed: int = 0):
     """scikit-learn's bundled 8x8 digits, scaled to [0,1], resized, optionally tiled to 3 channels."""
     from sklearn.datasets import load_digits as sk_digits
 
@@ -158,9 +200,7 @@ def load_cifar(name: str, data_root: str | Path, download: bool = False):
     return x_train, y_train, x_test, y_test, classes
 
 
-def load_imagefolder(
-    name: str, data_root: str | Path, image_size: int = 128, folder: str | None = None
-):
+def load_imagefolder(name: str, data_root: str | Path, image_size: int, folder: str | None = None):
     """Imagenette/Imagewoof `train/` and `val/` class folders: resize the short side, centre-crop."""
     from torchvision import datasets, transforms
 
@@ -208,21 +248,15 @@ def load_splits(
     name: str, data_root: str | Path, options: dict[str, Any], val_fraction: float, split_seed: int
 ) -> Splits:
     """Load dataset `name` and hold out a stratified validation split from its training data."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    options = dataset_options(name, options)
     if name == "digits":
         raw = load_digits(
-            image_size=options.get("image_size", 16),
-            channels=options.get("channels", 1),
-            test_fraction=options.get("test_fraction", 0.2),
-            seed=split_seed,
+            options["image_size"], options["channels"], options["test_fraction"], seed=split_seed
         )
     elif name in CIFAR_DIRS:
         raw = load_cifar(name, data_root, download=options.get("download", False))
     else:
-        raw = load_imagefolder(
-            name, data_root, image_size=options.get("image_size", 128), folder=options.get("folder")
-        )
+        raw = load_imagefolder(name, data_root, options["image_size"], options.get("folder"))
     x_all, y_all, x_test, y_test, classes = raw
     train, val = stratified_split(y_all, val_fraction, split_seed + 1)
     mean, std = channel_stats(x_all[train])
@@ -233,20 +267,17 @@ def load_splits(
 
 def save_splits(splits: Splits, path: str | Path) -> None:
     """Write splits to `path` (.npz) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(
-        tmp,
-        **{
-            k: getattr(splits, k)
-            for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-        },
-        classes=np.asarray(splits.classes),
-        mean=np.asarray(splits.mean),
-        std=np.asarray(splits.std),
-    )
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            **{
+                k: getattr(splits, k)
+                for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+            },
+            classes=np.asarray(splits.classes),
+            mean=np.asarray(splits.mean),
+            std=np.asarray(splits.std),
+        )
 
 
 def read_splits(path: str | Path) -> Splits:

@@ -1,4 +1,7 @@
-"""Figures of the summary Dataset (see `analyses.aggregate`), one function per figure, PNG out.
+"""Figures of the summary Dataset (see `summary.aggregate`), one function per figure, PNG out.
+
+`FIGURES` maps each figure name an analysis declares (`analyses.ANALYSES[...].figures`) to the
+function that draws it; `report/<name>.rst` is its caption.
 
 Seeds are averaged where a figure shows one curve or matrix per model configuration; a figure
 that shows spread draws the seed range as a band.
@@ -6,7 +9,6 @@ that shows spread draws the seed range as a band.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,16 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-METRIC = "minibatch_cka"
+from .analyses import depth_matched_diagonal  # noqa: E402
+from .runtime import atomic_output  # noqa: E402
+from .summary import SUMMARY_METRIC as METRIC  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _metric(ds: xr.Dataset) -> str:
@@ -43,13 +44,19 @@ def _select(ds: xr.Dataset, **coords) -> np.ndarray:
 
 def _methods(ds: xr.Dataset) -> list[str]:
     """Method ids ordered standard first, then by method kind, norm and eps."""
-    ids = dict.fromkeys(ds.model_method_id.values.tolist())
-    eps = dict(zip(ds.model_method_id.values.tolist(), ds.model_eps.values.tolist(), strict=True))
-    kind = dict(
-        zip(ds.model_method_id.values.tolist(), ds.model_method.values.tolist(), strict=True)
-    )
+    ids = ds.model_method_id.values.tolist()
+    key = {
+        m: (kind, [] if norm == "none" else [norm], eps)
+        for m, kind, norm, eps in zip(
+            ids,
+            ds.model_method.values.tolist(),
+            ds.model_norm.values.tolist(),
+            ds.model_eps.values.tolist(),
+            strict=True,
+        )
+    }
     order = {"standard": 0, "pgd": 1, "trades": 2}
-    return sorted(ids, key=lambda m: (order.get(kind[m], 3), m.split("-")[1:2], eps[m]))
+    return sorted(dict.fromkeys(ids), key=lambda m: (order.get(key[m][0], 3), *key[m][1:]))
 
 
 def _mean_matrix(ds: xr.Dataset, idx: np.ndarray, metric: str) -> tuple[np.ndarray, list, list]:
@@ -128,17 +135,20 @@ def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
 def _diagonal_panels(
     ds: xr.Dataset, path: str | Path, analysis: str, title: str, ylabel: str
 ) -> None:
+    """A panel per architecture, a line per method (and second architecture where it differs):
+    each layer's similarity with the layer at the same relative depth, mean over seeds."""
     metric = _metric(ds)
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         for method in _methods(ds):
             idx = _select(ds, analysis=analysis, arch=arch, method_id=method)
-            if len(idx) == 0:
-                continue
-            mat, names, _ = _mean_matrix(ds, idx, metric)
-            diag = np.diagonal(mat)
-            ax.plot(np.linspace(0, 1, len(diag)), diag, marker=".", label=method)
+            for arch_b in dict.fromkeys(ds.arch_b.values[idx].tolist()):
+                sub = idx[ds.arch_b.values[idx] == arch_b]
+                mat, names, _ = _mean_matrix(ds, sub, metric)
+                diag = depth_matched_diagonal(mat)
+                label = method if arch_b == arch else f"{method} vs {arch_b}"
+                ax.plot(np.linspace(0, 1, len(diag)), diag, marker=".", label=label)
         ax.set_title(arch)
         ax.set_xlabel("relative depth of layer")
         ax.set_ylabel(ylabel)
@@ -167,6 +177,35 @@ def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         "benign_vs_adversarial",
         "Benign vs adversarial inputs, same layer",
         f"{_metric(ds)}(benign, PGD)",
+    )
+
+
+def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer of an Linf-trained model to the same layer of the L2-trained one."""
+    _diagonal_panels(
+        ds,
+        path,
+        "threat_models",
+        "Linf- vs L2-trained model, same layer",
+        f"{_metric(ds)}(Linf, L2)",
+    )
+
+
+def seeds_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer to the same layer of the same configuration at another seed."""
+    _diagonal_panels(
+        ds, path, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
+    )
+
+
+def width_depth_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer to the layer at the same relative depth of a wider/deeper sibling."""
+    _diagonal_panels(
+        ds,
+        path,
+        "width_depth",
+        "Across widths and depths, layers matched by relative depth",
+        f"{_metric(ds)}(arch, sibling)",
     )
 
 
@@ -239,10 +278,16 @@ def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
 
 
 FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
-    "cross_layer_heatmaps": cross_layer_heatmaps,
-    "block_score_vs_eps": block_score_vs_eps,
-    "robust_vs_standard_diagonal": robust_vs_standard_diagonal,
-    "benign_vs_adversarial_diagonal": benign_vs_adversarial_diagonal,
-    "epochs_heatmaps": epochs_heatmaps,
-    "accuracy_vs_eps": accuracy_vs_eps,
+    draw.__name__: draw
+    for draw in (
+        cross_layer_heatmaps,
+        block_score_vs_eps,
+        robust_vs_standard_diagonal,
+        benign_vs_adversarial_diagonal,
+        epochs_heatmaps,
+        threat_models_diagonal,
+        seeds_diagonal,
+        width_depth_diagonal,
+        accuracy_vs_eps,
+    )
 }

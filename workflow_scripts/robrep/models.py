@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -254,44 +255,68 @@ class VGG16BN(ProbedNet):
         return self.head(self.features(self.normalize(x)))
 
 
-PATTERNS: list[tuple[re.Pattern[str], str, Callable[..., ProbedNet]]] = [
-    (
+@dataclass(frozen=True)
+class Architecture:
+    """One registry entry: the name pattern, how to describe it, its family (architectures of a
+    family differ only in width/depth: the width_depth analysis compares them) and its builder."""
+
+    pattern: re.Pattern[str]
+    description: str
+    family: str
+    build: Callable[..., ProbedNet]
+
+
+ARCHITECTURES = [
+    Architecture(
         re.compile(r"^convnet(?:-(\d+))?$"),
         "convnet or convnet-{width}",
+        "convnet",
         lambda m, **kw: ConvNet(width=int(m.group(1) or 1), **kw),
     ),
-    (re.compile(r"^resnet18$"), "resnet18", lambda m, **kw: ResNet(**kw)),
-    (
+    Architecture(re.compile(r"^resnet18$"), "resnet18", "resnet18", lambda m, **kw: ResNet(**kw)),
+    Architecture(
         re.compile(r"^preact_resnet18$"),
+        "preact_resnet18",
         "preact_resnet18",
         lambda m, **kw: ResNet(preact=True, **kw),
     ),
-    (
+    Architecture(
         re.compile(r"^wrn-(\d+)-(\d+)$"),
         "wrn-{depth}-{width} (depth = 6n + 4, e.g. wrn-28-10)",
+        "wrn",
         lambda m, **kw: WideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
     ),
-    (re.compile(r"^vgg16_bn$"), "vgg16_bn", lambda m, **kw: VGG16BN(**kw)),
+    Architecture(re.compile(r"^vgg16_bn$"), "vgg16_bn", "vgg16_bn", lambda m, **kw: VGG16BN(**kw)),
 ]
-REGISTRY = [description for _, description, _ in PATTERNS]
+REGISTRY = [a.description for a in ARCHITECTURES]
 
 
-def check_architecture(name: str) -> None:
-    """Raise ValueError naming the registry when `name` is not a buildable architecture."""
-    for pattern, _, _ in PATTERNS:
-        match = pattern.match(name)
+def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
+    """The registry entry of `name` and its match; ValueError naming the registry otherwise."""
+    for arch in ARCHITECTURES:
+        match = arch.pattern.match(name)
         if match:
-            if name.startswith("wrn-"):
+            if arch.family == "wrn":
                 depth, width = int(match.group(1)), int(match.group(2))
                 if depth < 10 or (depth - 4) % 6 or width < 1:
                     raise ValueError(
                         f"{name!r}: WRN depth must be 6n + 4 >= 10 and width >= 1 "
                         f"(e.g. wrn-10-1, wrn-16-4, wrn-28-10)"
                     )
-            if name.startswith("convnet") and match.group(1) and int(match.group(1)) < 1:
+            if arch.family == "convnet" and match.group(1) and int(match.group(1)) < 1:
                 raise ValueError(f"{name!r}: convnet width must be >= 1")
-            return
+            return arch, match
     raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+
+
+def check_architecture(name: str) -> None:
+    """Raise ValueError naming the registry when `name` is not a buildable architecture."""
+    _entry(name)
+
+
+def arch_family(name: str) -> str:
+    """The family of architecture `name` (``wrn-28-4`` -> ``wrn``)."""
+    return _entry(name)[0].family
 
 
 def build_model(
@@ -302,11 +327,5 @@ def build_model(
     std: Sequence[float],
 ) -> ProbedNet:
     """Build architecture `name` (see REGISTRY) for the given input channels and classes."""
-    check_architecture(name)
-    for pattern, _, factory in PATTERNS:
-        match = pattern.match(name)
-        if match:
-            return factory(
-                match, in_channels=in_channels, num_classes=num_classes, mean=mean, std=std
-            )
-    raise AssertionError("unreachable")  # check_architecture raised already
+    arch, match = _entry(name)
+    return arch.build(match, in_channels=in_channels, num_classes=num_classes, mean=mean, std=std)

@@ -15,17 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import DATASET_INFO, input_geometry
 from .models import build_model
 
 MB = 2**20
-# Examples per dataset (train + test) as shipped; digits is scikit-learn's 1797.
-DATASET_SIZES = {
-    "digits": 1797,
-    "cifar10": 60000,
-    "cifar100": 60000,
-    "imagenette": 13394,
-    "imagewoof": 12954,
-}
 
 
 @dataclass(frozen=True)
@@ -43,13 +36,9 @@ class DatasetGeometry:
 
 def dataset_geometry(name: str, options: dict) -> DatasetGeometry:
     """Examples, channels, image size and storage type of a configured dataset."""
-    if name == "digits":
-        return DatasetGeometry(
-            1797, options.get("channels", 1), options.get("image_size", 16), 4, 10
-        )
-    if name in ("cifar10", "cifar100"):
-        return DatasetGeometry(60000, 3, 32, 1, 10 if name == "cifar10" else 100)
-    return DatasetGeometry(DATASET_SIZES[name], 3, options.get("image_size", 128), 1, 10)
+    info = DATASET_INFO[name]
+    channels, size = input_geometry(name, options)
+    return DatasetGeometry(info.examples, channels, size, info.pixel_bytes, info.classes)
 
 
 @dataclass(frozen=True)
@@ -58,14 +47,31 @@ class ModelCost:
     flops_per_image: float  # forward pass
     activation_values_per_image: int  # every module's output, what backward keeps
     probe_layers: int
-    widest_probe: int  # largest flattened probe layer
+    widest_probe: int  # largest flattened probe layer as stored (after pooling)
+    probe_values: int  # values stored per example over all probe layers (after pooling)
+
+
+def pooled_size(shape: tuple[int, ...], pool: int | None) -> int:
+    """Values of one example's layer output as stored: feature maps larger than pool x pool are
+    average-pooled to pool x pool (see `activation_store.LayerRecorder`)."""
+    if pool and len(shape) == 3 and max(shape[-2:]) > pool:
+        return shape[0] * pool * pool
+    return math.prod(shape)
 
 
 @functools.cache
 def model_cost(
-    arch: str, channels: int, size: int, classes: int, layers: str = "blocks"
+    arch: str,
+    channels: int,
+    size: int,
+    classes: int,
+    layers: str | tuple[str, ...] = "blocks",
+    pool: int | None = None,
 ) -> ModelCost:
-    """Parameters, forward FLOPs and activation volume of one image (meta tensors: no compute)."""
+    """Parameters, forward FLOPs and activation volume of one image (meta tensors: no compute).
+
+    `layers` and `pool` are the store's (config `activations`): they decide what is stored.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
@@ -76,11 +82,13 @@ def model_cost(
         for name, m in model.named_modules()
         if name and not list(m.children())
     ]
-    probes = model.probe_layers(layers)
+    probes = model.probe_layers(layers if isinstance(layers, str) else list(layers))
     probe_sizes: dict[str, int] = {}
     modules = dict(model.named_modules())
     hooks += [
-        modules[n].register_forward_hook(lambda m, a, o, n=n: probe_sizes.__setitem__(n, o.numel()))
+        modules[n].register_forward_hook(
+            lambda m, a, o, n=n: probe_sizes.__setitem__(n, pooled_size(tuple(o.shape[1:]), pool))
+        )
         for n in probes
     ]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -93,6 +101,7 @@ def model_cost(
         activation_values_per_image=sum(outputs.values()),
         probe_layers=len(probes),
         widest_probe=max(probe_sizes.values()),
+        probe_values=sum(probe_sizes.values()),
     )
 
 
@@ -127,8 +136,10 @@ def extract_resources(
     batch_size: int,
     attack_steps: int,
     gflops: float,
+    value_bytes: int = 4,
 ) -> dict[str, int]:
-    """mem_mb and runtime (minutes) of one extraction job (attack_steps = 0 for benign)."""
+    """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
+    (attack_steps = 0 for benign; value_bytes from `activations.dtype`)."""
     mem = (
         1500
         + geometry.megabytes
@@ -136,7 +147,12 @@ def extract_resources(
         + (2 if attack_steps else 1) * batch_size * cost.activation_values_per_image * 4 / MB
     )
     seconds = n_examples * cost.flops_per_image * (1 + 3 * attack_steps) / (gflops * 1e9)
-    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+    disk = n_examples * cost.probe_values * value_bytes / MB
+    return {
+        "mem_mb": int(math.ceil(mem)),
+        "runtime": int(5 + math.ceil(2 * seconds / 60)),
+        "disk_mb": int(math.ceil(10 + disk)),
+    }
 
 
 def similarity_resources(

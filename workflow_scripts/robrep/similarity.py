@@ -6,9 +6,14 @@ U-centred in float64 and flattened; the unbiased HSIC_1 (Song et al. 2012) of *e
 *every* model is then one matrix product of the stacked vectors, summed over minibatches and
 normalised at the end. Each row-chunk of each layer is read exactly once.
 
-Full-data metrics work from N x N Grams accumulated over feature blocks, so D never has to fit in
-memory; their cost is N² memory per layer and O(N³) eigendecompositions, which limits them to a few
-thousand examples (N = 5000: 200 MB per Gram).
+Full-data metrics are a registry `{name: function}` over per-layer statistics computed once per
+comparison (an N x N Gram of centred features, accumulated over feature blocks so D never has to
+fit in memory, and its eigendecomposition); their cost is N² memory per layer and O(N³)
+eigendecompositions, which limits them to a few thousand examples (N = 5000: 200 MB per Gram).
+
+Layers are any `(N, ...)` arrays: numpy, zarr, or anything with `shape` and row indexing. An array
+that offers `read_rows(rows, out)` (an activation store's layer) fills the engine's reused buffers
+itself; the engine knows nothing of the storage format.
 """
 
 from __future__ import annotations
@@ -16,15 +21,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
-from zarr.core.buffer.cpu import NDBuffer
 
 MIN_BATCH = 4  # HSIC_1 divides by n (n - 3)
 
@@ -34,25 +37,19 @@ class DegenerateLayerWarning(UserWarning):
 
 
 def _rows_into(array: Any, rows: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Read rows of a numpy/zarr/store array into `out` (a float32 (b, D) view we own).
+    """Read rows of an (N, ...) array into `out` (a float32 (b, D) view we own) and return it.
 
-    Zarr arrays decode straight into `out`; reusing the same two buffers for every block keeps
-    memory flat (fresh multi-MB blocks per read fragment the heap and grow RSS with N).
+    Arrays with `read_rows(rows, out)` fill `out` themselves (an activation store decodes straight
+    into it: reusing two buffers for every block keeps memory flat, where fresh multi-MB blocks per
+    read fragment the heap and grow RSS with N). Others are indexed and copied.
     """
-    backing = getattr(array, "array", array)  # an activation store's LayerArray wraps zarr
-    if isinstance(backing, zarr.Array) and backing.ndim == 2 and backing.dtype == np.float32:
-        target = NDBuffer.from_numpy_array(out)
-        if isinstance(rows, slice):
-            backing.get_basic_selection((rows,), out=target)
-        else:
-            backing.get_orthogonal_selection((rows,), out=target)
-        return out
-    if isinstance(rows, slice):
+    read_rows = getattr(array, "read_rows", None)
+    if read_rows is not None:
+        return read_rows(rows, out)
+    if isinstance(rows, slice) or not hasattr(array, "oindex"):
         block = array[rows]
-    elif hasattr(array, "oindex"):
-        block = array.oindex[rows]
     else:
-        block = array[rows]
+        block = array.oindex[rows]
     block = np.asarray(block)
     np.copyto(out, block.reshape(block.shape[0], -1), casting="same_kind")
     return out
@@ -85,20 +82,6 @@ def _ucenter_(gram: torch.Tensor) -> torch.Tensor:
     gram -= means[None, :]
     gram.fill_diagonal_(0.0)
     return gram
-
-
-def hsic1_textbook(k: np.ndarray, l_: np.ndarray) -> float:
-    """Unbiased HSIC_1 written as in Song et al. (2012), eq. 5; a reference for tests."""
-    n = k.shape[0]
-    k = k.copy()
-    l_ = l_.copy()
-    np.fill_diagonal(k, 0)
-    np.fill_diagonal(l_, 0)
-    one = np.ones(n)
-    term1 = np.trace(k @ l_)
-    term2 = (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
-    term3 = 2.0 / (n - 2) * (one @ k @ l_ @ one)
-    return float((term1 + term2 - term3) / (n * (n - 3)))
 
 
 @dataclass
@@ -203,6 +186,44 @@ def _check_models(models: Sequence[Sequence[Any]]) -> int:
     return n
 
 
+def _read_blocks(
+    models: Sequence[Sequence[Any]],
+    jobs: Sequence[tuple[int, int]],
+    batches: Sequence[slice | np.ndarray],
+    timings: dict[str, float],
+) -> Iterator[torch.Tensor]:
+    """Every (batch, layer) block in order, minus its layer's fixed offset (the first batch's
+    mean), read one block ahead in a background thread that overlaps the Gram work.
+
+    Blocks alternate between two reused buffers: when block j + 2 is read, block j is done with.
+    """
+    widths = {(k, i): math.prod(models[k][i].shape[1:]) for k, i in jobs}
+    largest = max(_size(rows) for rows in batches) * max(widths.values(), default=0)
+    buffers = [np.empty(largest, np.float32), np.empty(largest, np.float32)]
+    offsets: dict[tuple[int, int], torch.Tensor] = {}
+
+    def read(flat: int) -> tuple[torch.Tensor, float]:
+        t, idx = divmod(flat, len(jobs))
+        k, i = jobs[idx]
+        start = time.perf_counter()
+        n_rows = _size(batches[t])
+        out = buffers[flat % 2][: n_rows * widths[(k, i)]].reshape(n_rows, -1)
+        x = torch.from_numpy(_rows_into(models[k][i], batches[t], out))
+        if (k, i) not in offsets:
+            offsets[(k, i)] = x.mean(0, keepdim=True)
+        x.sub_(offsets[(k, i)])
+        return x, time.perf_counter() - start
+
+    total = len(batches) * len(jobs)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, 0) if total else None
+        for flat in range(total):
+            x, seconds = pending.result()
+            timings["read"] = timings.get("read", 0.0) + seconds
+            pending = pool.submit(read, flat + 1) if flat + 1 < total else None
+            yield x
+
+
 def minibatch_cka_multi(
     models: Sequence[Sequence[Any]],
     pairs: Sequence[tuple[int, int]] | None = None,
@@ -224,60 +245,26 @@ def minibatch_cka_multi(
     used = sorted({k for pair in pairs for k in pair})
     batches = _batch_rows(n, batch_size, shuffle_seed)
     jobs = [(k, i) for k in used for i in range(len(models[k]))]
-    offsets: dict[tuple[int, int], torch.Tensor] = {}
-    cross = {p: [] for p in pairs}
-    selfs = {k: [] for k in used}
     names = {k: [_name(layer, f"layer{i}") for i, layer in enumerate(models[k])] for k in used}
-    sizes = []
-    t_read = t_gram = 0.0
-
-    widths = {(k, i): math.prod(models[k][i].shape[1:]) for k, i in jobs}
-    largest = max(_size(rows) for rows in batches) * max(widths.values(), default=0)
-    buffers = [np.empty(largest, np.float32), np.empty(largest, np.float32)]
-
-    def read(job_index: int) -> tuple[torch.Tensor, float]:
-        """Rows of one layer, minus its fixed offset (the first batch's mean), in the reader.
-
-        Reads alternate between two buffers: when block j + 2 is read, block j is done with.
-        """
-        t, idx = divmod(job_index, len(jobs))
-        k, i = jobs[idx]
-        start = time.perf_counter()
-        n_rows = _size(batches[t])
-        out = buffers[job_index % 2][: n_rows * widths[(k, i)]].reshape(n_rows, -1)
-        x = torch.from_numpy(_rows_into(models[k][i], batches[t], out))
-        if (k, i) not in offsets:
-            offsets[(k, i)] = x.mean(0, keepdim=True)
-        x.sub_(offsets[(k, i)])
-        return x, time.perf_counter() - start
-
-    total = len(batches) * len(jobs)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, 0) if total else None
-        for t, rows in enumerate(batches):
-            b = _size(rows)
-            sizes.append(b)
-            vectors: dict[int, list[torch.Tensor]] = {k: [] for k in used}
-            for j, (k, _layer) in enumerate(jobs):
-                x, seconds = pending.result()
-                t_read += seconds
-                flat = t * len(jobs) + j
-                pending = pool.submit(read, flat + 1) if flat + 1 < total else None
-                start = time.perf_counter()
-                vectors[k].append(ucentered_gram(x.to(device)).reshape(-1))
-                t_gram += time.perf_counter() - start
-                del x
-            scale = 1.0 / (b * (b - 3))
-            stacked = {k: torch.stack(v) for k, v in vectors.items()}
-            for k, u in stacked.items():
-                selfs[k].append(((u * u).sum(1) * scale).cpu().numpy())
-            for p in pairs:
-                cross[p].append(((stacked[p[0]] @ stacked[p[1]].T) * scale).cpu().numpy())
-            if progress:
-                progress(t + 1, len(batches))
+    cross: dict[tuple[int, int], list[np.ndarray]] = {p: [] for p in pairs}
+    selfs: dict[int, list[np.ndarray]] = {k: [] for k in used}
+    spent: dict[str, float] = {"read": 0.0, "gram": 0.0}
+    blocks = _read_blocks(models, jobs, batches, spent)
+    for t, rows in enumerate(batches):
+        vectors: dict[int, list[torch.Tensor]] = {k: [] for k in used}
+        for k, _layer in jobs:
+            x = next(blocks)
+            start = time.perf_counter()
+            vectors[k].append(ucentered_gram(x.to(device)).reshape(-1))
+            spent["gram"] += time.perf_counter() - start
+            del x
+        _add_batch_hsic(vectors, pairs, _size(rows), cross, selfs)
+        if progress:
+            progress(t + 1, len(batches))
     if timings is not None:
-        timings["read"] = timings.get("read", 0.0) + t_read
-        timings["gram"] = timings.get("gram", 0.0) + t_gram
+        for key, seconds in spent.items():
+            timings[key] = timings.get(key, 0.0) + seconds
+    sizes = [_size(rows) for rows in batches]
     results = {}
     for p in pairs:
         res = CKAResult(
@@ -291,6 +278,23 @@ def minibatch_cka_multi(
         _warn_degenerate(res)
         results[p] = res
     return results
+
+
+def _add_batch_hsic(
+    vectors: dict[int, list[torch.Tensor]],
+    pairs: Sequence[tuple[int, int]],
+    b: int,
+    cross: dict[tuple[int, int], list[np.ndarray]],
+    selfs: dict[int, list[np.ndarray]],
+) -> None:
+    """HSIC_1 of every layer pair on one batch of b rows: products of the stacked U-centred Grams,
+    scaled by 1 / (b (b - 3)) (Song et al. 2012)."""
+    scale = 1.0 / (b * (b - 3))
+    stacked = {k: torch.stack(v) for k, v in vectors.items()}
+    for k, u in stacked.items():
+        selfs[k].append(((u * u).sum(1) * scale).cpu().numpy())
+    for p in pairs:
+        cross[p].append(((stacked[p[0]] @ stacked[p[1]].T) * scale).cpu().numpy())
 
 
 def _warn_degenerate(res: CKAResult) -> None:
@@ -325,26 +329,28 @@ def minibatch_cka(
 # Full-data metrics from N x N Grams.
 
 
-def accumulate_gram(
-    array: Any, block_bytes: int = 256 * 2**20, on_block: Callable[[np.ndarray], None] | None = None
-) -> np.ndarray:
-    """N x N float64 linear Gram of an (N, ...) array, summed over feature blocks.
+def centred_blocks(array: Any, block_bytes: int = 256 * 2**20) -> Iterator[np.ndarray]:
+    """Column blocks of an (N, ...) array as float64, each centred by its column means.
 
-    Columns are read in blocks of about `block_bytes` (all N rows at a time), each block centred
-    by its column means (Grams of centred features), so D never has to fit in memory.
-    `on_block` receives every centred block (used by PWCCA's neuron weights).
+    Blocks of about `block_bytes` (all N rows at a time, whole feature chunks where the array is
+    chunked along features), so D never has to fit in memory. Every full-data statistic that needs
+    the features (the Gram, PWCCA's neuron weights) reads them through this one iterator.
     """
     n = array.shape[0]
     d = math.prod(array.shape[1:])
     width = _feature_block(array, n, block_bytes)
-    gram = np.zeros((n, n))
     flat = array if array.ndim == 2 else np.asarray(array[:]).reshape(n, -1)  # in memory already
     for start in range(0, d, width):
         block = np.asarray(flat[:, start : start + width], dtype=np.float64)
-        block = block - block.mean(0)
+        yield block - block.mean(0)
+
+
+def accumulate_gram(array: Any, block_bytes: int = 256 * 2**20) -> np.ndarray:
+    """N x N float64 linear Gram of the centred features of an (N, ...) array."""
+    n = array.shape[0]
+    gram = np.zeros((n, n))
+    for block in centred_blocks(array, block_bytes):
         gram += block @ block.T
-        if on_block is not None:
-            on_block(block)
     return gram
 
 
@@ -374,15 +380,6 @@ def cka_from_grams(k: np.ndarray, l_: np.ndarray, debiased: bool = False) -> flo
         return float(np.vdot(kc, lc) / np.sqrt(np.vdot(kc, kc) * np.vdot(lc, lc)))
 
 
-def feature_space_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Biased linear CKA from features (Kornblith et al. 2019, eq. for the linear kernel)."""
-    x = x.reshape(len(x), -1).astype(np.float64)
-    y = y.reshape(len(y), -1).astype(np.float64)
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
-
-
 def rbf_gram(gram: np.ndarray, sigma_fraction: float) -> np.ndarray:
     """RBF kernel from a linear Gram: bandwidth² = fraction² x median squared distance (Kornblith)."""
     sq_norms = np.diag(gram)
@@ -391,17 +388,29 @@ def rbf_gram(gram: np.ndarray, sigma_fraction: float) -> np.ndarray:
 
 
 @dataclass
-class LayerGram:
-    """One layer's full-data statistics, computed once and shared by every metric and pair."""
+class LayerStats:
+    """One layer's full-data statistics, computed once per comparison and shared by every metric
+    and every pair: the centred-feature Gram and its eigendecomposition."""
 
     name: str
-    gram: np.ndarray  # centred-feature Gram, N x N
+    gram: np.ndarray  # N x N
     eigvals: np.ndarray  # descending, only those above the rank tolerance
     eigvecs: np.ndarray  # N x rank, orthonormal basis of the centred features' span
-    array: Any = None
+    _rbf: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def degenerate(self) -> bool:
+        """Constant over the examples: no direction of variance."""
+        return len(self.eigvals) == 0
+
+    def rbf(self, sigma_fraction: float) -> np.ndarray:
+        """The RBF kernel matrix at this bandwidth fraction (computed once)."""
+        if sigma_fraction not in self._rbf:
+            self._rbf[sigma_fraction] = rbf_gram(self.gram, sigma_fraction)
+        return self._rbf[sigma_fraction]
 
 
-def layer_gram(array: Any, name: str, rank_rtol: float | None = None) -> LayerGram:
+def layer_stats(array: Any, name: str, rank_rtol: float | None = None) -> LayerStats:
     """Gram and its eigendecomposition; eigenvalues below `rank_rtol` x max are the null space.
 
     The default `rank_rtol` is N x float64 machine epsilon, numpy's `matrix_rank` convention.
@@ -413,7 +422,43 @@ def layer_gram(array: Any, name: str, rank_rtol: float | None = None) -> LayerGr
         vals[0], 0.0
     )
     keep = vals > tol
-    return LayerGram(name, gram, vals[keep], vecs[:, keep], array)
+    return LayerStats(name, gram, vals[keep], vecs[:, keep])
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Settings of the full-data metrics (config `similarity`)."""
+
+    rbf_sigma: float = 0.8  # RBF bandwidth as a fraction of the median distance
+    svcca_variance: float = 0.99  # share of variance the SVCCA directions keep
+
+
+@dataclass
+class LayerSet:
+    """One side of a comparison: its layer arrays and their statistics, in the same order."""
+
+    arrays: Sequence[Any]
+    stats: list[LayerStats]
+
+
+# A metric maps the two sides to a (len(a), len(b)) matrix.
+Metric = Callable[[LayerSet, LayerSet, MetricOptions], np.ndarray]
+PairMetric = Callable[[LayerStats, LayerStats, MetricOptions], float]
+
+
+def pairwise(fn: PairMetric, needs_variance: bool = True) -> Metric:
+    """A metric computed pair by pair from the two layers' statistics. With `needs_variance`,
+    pairs where either layer is constant are NaN (the metric is undefined there)."""
+
+    def metric(a: LayerSet, b: LayerSet, options: MetricOptions) -> np.ndarray:
+        out = np.full((len(a.stats), len(b.stats)), np.nan)
+        for i, x in enumerate(a.stats):
+            for j, y in enumerate(b.stats):
+                if not (needs_variance and (x.degenerate or y.degenerate)):
+                    out[i, j] = fn(x, y, options)
+        return out
+
+    return metric
 
 
 def _canonical_correlations(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
@@ -422,28 +467,44 @@ def _canonical_correlations(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
     return np.linalg.svd(qx.T @ qy, compute_uv=False)
 
 
-def _svcca_basis(lg: LayerGram, variance: float) -> np.ndarray:
+def _svcca_basis(lg: LayerStats, variance: float) -> np.ndarray:
     share = np.cumsum(lg.eigvals) / lg.eigvals.sum()
     k = int(np.searchsorted(share, variance) + 1)
     return lg.eigvecs[:, : min(k, len(lg.eigvals))]
 
 
-def pwcca(x: LayerGram, y: LayerGram) -> float:
-    """Projection-weighted CCA (Morcos et al. 2018), weighted by X's neurons' projections."""
-    if len(x.eigvals) == 0 or len(y.eigvals) == 0:
-        return float("nan")
-    u, rho, _ = np.linalg.svd(x.eigvecs.T @ y.eigvecs, full_matrices=False)
-    h = x.eigvecs @ u  # canonical variates of X in sample space, orthonormal columns
-    weights = np.zeros(h.shape[1])
-
-    def add(block: np.ndarray) -> None:
-        weights[:] += np.abs(h.T @ block).sum(1)
-
-    accumulate_gram(x.array, on_block=add)
-    return float(np.sum(weights * rho) / weights.sum())
+def svcca(x: LayerStats, y: LayerStats, options: MetricOptions) -> float:
+    """Mean canonical correlation of the top directions keeping `svcca_variance` of the variance
+    (Raghu et al. 2017)."""
+    basis = [_svcca_basis(z, options.svcca_variance) for z in (x, y)]
+    return float(_canonical_correlations(*basis).mean())
 
 
-def procrustes(x: LayerGram, y: LayerGram) -> float:
+def pwcca(a: LayerSet, b: LayerSet, options: MetricOptions) -> np.ndarray:
+    """Projection-weighted CCA (Morcos et al. 2018), weighted by the first side's neurons.
+
+    The weight of canonical variate h_k of layer X is sum over X's neurons of |<h_k, x_neuron>|,
+    which needs X's features: one pass over each layer of `a` serves all of its pairs.
+    """
+    out = np.full((len(a.stats), len(b.stats)), np.nan)
+    for i, x in enumerate(a.stats):
+        todo = [j for j, y in enumerate(b.stats) if not (x.degenerate or y.degenerate)]
+        if not todo:
+            continue
+        rho, h, weights = {}, {}, {}
+        for j in todo:
+            u, rho[j], _ = np.linalg.svd(x.eigvecs.T @ b.stats[j].eigvecs, full_matrices=False)
+            h[j] = x.eigvecs @ u  # canonical variates of X in sample space, orthonormal columns
+            weights[j] = np.zeros(h[j].shape[1])
+        for block in centred_blocks(a.arrays[i]):
+            for j in todo:
+                weights[j] += np.abs(h[j].T @ block).sum(1)
+        for j in todo:
+            out[i, j] = float(np.sum(weights[j] * rho[j]) / weights[j].sum())
+    return out
+
+
+def procrustes(x: LayerStats, y: LayerStats, options: MetricOptions) -> float:
     """Orthogonal Procrustes distance of unit-Frobenius centred features (Ding et al. 2021), in [0, 2]."""
     mx = x.eigvecs * np.sqrt(x.eigvals)
     my = y.eigvecs * np.sqrt(y.eigvals)
@@ -451,16 +512,25 @@ def procrustes(x: LayerGram, y: LayerGram) -> float:
     return float(2.0 - 2.0 * nuclear / math.sqrt(np.trace(x.gram) * np.trace(y.gram)))
 
 
-FULL_METRICS = (
-    "linear_cka",
-    "linear_cka_debiased",
-    "rbf_cka",
-    "cca",
-    "cca_squared",
-    "svcca",
-    "pwcca",
-    "procrustes",
-)
+FULL_METRICS: dict[str, Metric] = {
+    # Kornblith et al. 2019, biased; Nguyen et al. 2021 / Song et al. 2012, debiased.
+    "linear_cka": pairwise(lambda x, y, o: cka_from_grams(x.gram, y.gram), needs_variance=False),
+    "linear_cka_debiased": pairwise(
+        lambda x, y, o: cka_from_grams(x.gram, y.gram, debiased=True), needs_variance=False
+    ),
+    "rbf_cka": pairwise(
+        lambda x, y, o: cka_from_grams(x.rbf(o.rbf_sigma), y.rbf(o.rbf_sigma)),
+        needs_variance=False,
+    ),
+    # Mean canonical correlation and mean squared canonical correlation (Hotelling 1936).
+    "cca": pairwise(lambda x, y, o: _canonical_correlations(x.eigvecs, y.eigvecs).mean()),
+    "cca_squared": pairwise(
+        lambda x, y, o: (_canonical_correlations(x.eigvecs, y.eigvecs) ** 2).mean()
+    ),
+    "svcca": pairwise(svcca),
+    "pwcca": pwcca,
+    "procrustes": pairwise(procrustes),
+}
 
 
 def full_data_similarity(
@@ -478,41 +548,16 @@ def full_data_similarity(
     if unknown:
         raise ValueError(f"unknown full-data metric(s) {unknown}; valid: {', '.join(FULL_METRICS)}")
     _check_models([a] if b is None else [a, b])
-    la = [layer_gram(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(a)]
-    lb = la if b is None else [layer_gram(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(b)]
-    for lg in la + ([] if b is None else lb):
-        if len(lg.eigvals) == 0:
+    side_a = LayerSet(a, [layer_stats(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(a)])
+    side_b = side_a
+    if b is not None:
+        side_b = LayerSet(b, [layer_stats(arr, _name(arr, f"layer{i}")) for i, arr in enumerate(b)])
+    for lg in side_a.stats + ([] if b is None else side_b.stats):
+        if lg.degenerate:
             warnings.warn(
                 f"layer {lg.name!r} is constant over the examples; its similarities are NaN",
                 DegenerateLayerWarning,
                 stacklevel=2,
             )
-    out = {m: np.full((len(la), len(lb)), np.nan) for m in metrics}
-    rbf_a = [rbf_gram(x.gram, rbf_sigma) for x in la] if "rbf_cka" in metrics else []
-    rbf_b = (rbf_a if b is None else [rbf_gram(y.gram, rbf_sigma) for y in lb]) if rbf_a else []
-    for i, x in enumerate(la):
-        for j, y in enumerate(lb):
-            if "linear_cka" in metrics:
-                out["linear_cka"][i, j] = cka_from_grams(x.gram, y.gram)
-            if "linear_cka_debiased" in metrics:
-                out["linear_cka_debiased"][i, j] = cka_from_grams(x.gram, y.gram, debiased=True)
-            if "rbf_cka" in metrics:
-                out["rbf_cka"][i, j] = cka_from_grams(rbf_a[i], rbf_b[j])
-            if len(x.eigvals) == 0 or len(y.eigvals) == 0:
-                continue
-            if "cca" in metrics or "cca_squared" in metrics:
-                rho = _canonical_correlations(x.eigvecs, y.eigvecs)
-                if "cca" in metrics:
-                    out["cca"][i, j] = rho.mean()
-                if "cca_squared" in metrics:
-                    out["cca_squared"][i, j] = (rho**2).mean()
-            if "svcca" in metrics:
-                rho = _canonical_correlations(
-                    _svcca_basis(x, svcca_variance), _svcca_basis(y, svcca_variance)
-                )
-                out["svcca"][i, j] = rho.mean()
-            if "pwcca" in metrics:
-                out["pwcca"][i, j] = pwcca(x, y)
-            if "procrustes" in metrics:
-                out["procrustes"][i, j] = procrustes(x, y)
-    return out
+    options = MetricOptions(rbf_sigma, svcca_variance)
+    return {m: FULL_METRICS[m](side_a, side_b, options) for m in metrics}

@@ -27,7 +27,8 @@ from .attacks import AttackSpec, pgd
 from .config import saved_epochs
 from .data import Splits, to_float
 from .models import ProbedNet, build_model
-from .weights import atomic_path, save_weights
+from .runtime import atomic_output, software_versions
+from .weights import save_weights
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,15 +79,6 @@ def set_determinism(seed: int, threads: int | None) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """`auto` uses CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch sees no GPU; use 'auto' or 'cpu'")
-    return torch.device(requested)
-
-
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip, drawn from `generator`."""
     n, _, h, w = x.shape
@@ -97,17 +89,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
     out[flip] = out[flip].flip(-1)
     return out
-
-
-def attack_spec(method: dict[str, Any]) -> AttackSpec:
-    return AttackSpec(method["norm"], method["eps"], method["steps"], method["step_size"])
-
-
-def evaluation_spec(evaluation: dict[str, Any], steps_key: str = "steps") -> AttackSpec:
-    steps = int(evaluation[steps_key])
-    eps = float(evaluation["eps"])
-    step_size = evaluation.get("step_size") or 2.5 * eps / max(steps, 1)
-    return AttackSpec(evaluation["norm"], eps, steps, float(step_size))
 
 
 def batches(n: int, size: int):
@@ -155,7 +136,7 @@ def batch_loss(model, xb, yb, method, generator) -> tuple[torch.Tensor, torch.Te
     if kind == "standard":
         logits = model(xb)
         return F.cross_entropy(logits, yb), logits
-    spec = attack_spec(method)
+    spec = AttackSpec.from_method(method)
     if kind == "pgd":
         xa = pgd(model, xb, yb, spec, generator)
         logits = model(xa)
@@ -188,20 +169,130 @@ def model_metadata(settings: TrainSettings, splits: Splits, epoch: int) -> dict[
     }
 
 
-def software_versions() -> dict[str, str]:
-    import robrep
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "robrep": robrep.__version__,
-    }
-
-
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = atomic_path(path)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+@dataclass
+class _Run:
+    """The mutable state of one training run: what the resume state saves and restores."""
+
+    model: ProbedNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"epoch": 0, "val_robust_acc": -1.0, "val_clean_acc": -1.0}
+    )
+    epoch: int = 0  # last finished epoch
+
+    @classmethod
+    def start(cls, settings: TrainSettings, splits: Splits, device: torch.device) -> _Run:
+        model = build_model(
+            settings.arch, splits.shape[0], len(splits.classes), splits.mean, splits.std
+        ).to(device)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            nesterov=settings.momentum > 0,
+        )
+        steps_per_epoch = math.ceil(len(splits.y_train) / settings.batch_size)
+        sched = make_scheduler(opt, settings.schedule, settings.epochs * steps_per_epoch)
+        return cls(model, opt, sched)
+
+    def state(self, digest: str) -> dict[str, Any]:
+        return {
+            "digest": digest,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+        }
+
+    def resume(self, work: Path, digest: str) -> None:
+        """Continue after the last finished epoch of `work/state.pt` if it was written for the
+        same settings; otherwise start afresh in an emptied `work`."""
+        state_path = work / "state.pt"
+        if state_path.exists():
+            state = torch.load(state_path, weights_only=True, map_location="cpu")
+            if state.get("digest") == digest:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.history, self.best, self.epoch = (
+                    state["history"],
+                    state["best"],
+                    state["epoch"],
+                )
+                print(f"resuming after epoch {self.epoch} from {state_path}", file=sys.stderr)
+                return
+            print(f"ignoring {state_path}: written for other settings", file=sys.stderr)
+            shutil.rmtree(work)
+        (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _train_epoch(
+    run: _Run,
+    settings: TrainSettings,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    epoch: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One epoch of SGD; all randomness from (seed, epoch). Returns train loss and accuracy."""
+    gen = epoch_generator(settings.seed, epoch)
+    order = torch.randperm(len(y_train), generator=gen)
+    run.model.train()
+    total_loss = correct = seen = 0.0
+    bar = tqdm(
+        list(batches(len(order), settings.batch_size)),
+        desc=f"epoch {epoch}/{settings.epochs}",
+        file=sys.stderr,
+        mininterval=5,
+        leave=True,
+    )
+    for s in bar:
+        idx = order[s]
+        xb = to_float(x_train[idx])
+        if settings.augment:
+            xb = augment_batch(xb, gen)
+        xb, yb = xb.to(device), y_train[idx].to(device)
+        loss, logits = batch_loss(run.model, xb, yb, settings.method, gen)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {epoch}, batch {s.start // settings.batch_size}"
+                f" (lr {run.scheduler.get_last_lr()[0]:.4g}); lower training.lr or check the data"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    bar.close()
+    return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+
+
+def _save_epoch(run: _Run, settings: TrainSettings, splits: Splits, work: Path) -> None:
+    """The epoch's checkpoint (if saved), the best weights (if better) and the resume state."""
+    epoch = run.epoch
+    row = run.history[-1]
+    meta = model_metadata(settings, splits, epoch)
+    if epoch in settings.checkpoint_epochs():
+        save_weights(run.model, work / "checkpoints" / f"epoch{epoch}.safetensors", meta)
+    # Best by validation robust accuracy, ties broken by clean accuracy (never the test set).
+    val = (row["val_robust_acc"], row["val_clean_acc"])
+    if val > (run.best["val_robust_acc"], run.best["val_clean_acc"]):
+        run.best = {"epoch": epoch, "val_robust_acc": val[0], "val_clean_acc": val[1]}
+        save_weights(run.model, work / "best.safetensors", meta)
+    _save_state(work / "state.pt", run.state(settings.digest()))
 
 
 def train(
@@ -219,76 +310,16 @@ def train(
     """
     out_dir = Path(out_dir)
     work = out_dir / ".partial"
-    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.pt"
     set_determinism(settings.seed, threads)
-    model = build_model(
-        settings.arch, splits.shape[0], len(splits.classes), splits.mean, splits.std
-    ).to(device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        nesterov=settings.momentum > 0,
-    )
-    steps_per_epoch = math.ceil(len(splits.y_train) / settings.batch_size)
-    sched = make_scheduler(opt, settings.schedule, settings.epochs * steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "val_robust_acc": -1.0, "val_clean_acc": -1.0}
-    start = 1
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location="cpu")
-        if state.get("digest") == settings.digest():
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
-            print(f"resuming after epoch {state['epoch']} from {state_path}", file=sys.stderr)
-        else:
-            print(f"ignoring {state_path}: written for other settings", file=sys.stderr)
-            shutil.rmtree(work)
-            (work / "checkpoints").mkdir(parents=True)
-    val_spec = evaluation_spec(settings.evaluation, "val_steps")
+    run = _Run.start(settings, splits, device)
+    run.resume(work, settings.digest())
+    val_spec = AttackSpec.from_evaluation(settings.evaluation, "val_steps")
     x_train = torch.as_tensor(splits.x_train)
     y_train = torch.as_tensor(splits.y_train)
-    for epoch in range(start, settings.epochs + 1):
-        gen = epoch_generator(settings.seed, epoch)
-        order = torch.randperm(len(y_train), generator=gen)
-        model.train()
-        total_loss = correct = seen = 0.0
-        bar = tqdm(
-            list(batches(len(order), settings.batch_size)),
-            desc=f"epoch {epoch}/{settings.epochs}",
-            file=sys.stderr,
-            mininterval=5,
-            leave=True,
-        )
-        for s in bar:
-            idx = order[s]
-            xb = to_float(x_train[idx])
-            if settings.augment:
-                xb = augment_batch(xb, gen)
-            xb, yb = xb.to(device), y_train[idx].to(device)
-            loss, logits = batch_loss(model, xb, yb, settings.method, gen)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, batch {s.start // settings.batch_size}"
-                    f" (lr {sched.get_last_lr()[0]:.4g}); lower training.lr or check the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(idx)
-            bar.set_postfix(
-                loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
-            )
-        bar.close()
+    for epoch in range(run.epoch + 1, settings.epochs + 1):
+        row = {"epoch": epoch, **_train_epoch(run, settings, x_train, y_train, epoch, device)}
         val_clean, val_robust = evaluate(
-            model,
+            run.model,
             splits.x_val,
             splits.y_val,
             val_spec,
@@ -296,45 +327,23 @@ def train(
             settings.eval_batch_size,
             epoch_generator(settings.seed, epoch, 1),
         )
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "train_acc": correct / seen,
-            "val_clean_acc": val_clean,
-            "val_robust_acc": val_robust,
-            "lr": sched.get_last_lr()[0],
-        }
-        history.append(row)
-        print(json.dumps(row), file=sys.stderr)
-        meta = model_metadata(settings, splits, epoch)
-        if epoch in settings.checkpoint_epochs():
-            save_weights(model, work / "checkpoints" / f"epoch{epoch}.safetensors", meta)
-        # Best by validation robust accuracy, ties broken by clean accuracy (never the test set).
-        if (val_robust, val_clean) > (best["val_robust_acc"], best["val_clean_acc"]):
-            best = {"epoch": epoch, "val_robust_acc": val_robust, "val_clean_acc": val_clean}
-            save_weights(model, work / "best.safetensors", meta)
-        _save_state(
-            state_path,
-            {
-                "digest": settings.digest(),
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "best": best,
-            },
+        row.update(
+            val_clean_acc=val_clean, val_robust_acc=val_robust, lr=run.scheduler.get_last_lr()[0]
         )
+        run.history.append(row)
+        run.epoch = epoch
+        print(json.dumps(row), file=sys.stderr)
+        _save_epoch(run, settings, splits, work)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < settings.epochs:
             return {"stopped_after_epoch": epoch}
-    return _finish(settings, splits, out_dir, work, model, history, best, device)
+    return _finish(settings, splits, out_dir, work, run.model, run.history, run.best, device)
 
 
 def _finish(settings, splits, out_dir, work, model, history, best, device) -> dict[str, Any]:
     """Test final and best weights, then move every output into place (metrics.json last)."""
     from .weights import load_model
 
-    test_spec = evaluation_spec(settings.evaluation, "steps")
+    test_spec = AttackSpec.from_evaluation(settings.evaluation, "steps")
     gen = epoch_generator(settings.seed, settings.epochs + 1, 2)
     clean, robust = evaluate(
         model, splits.x_test, splits.y_test, test_spec, device, settings.eval_batch_size, gen
@@ -375,8 +384,7 @@ def _finish(settings, splits, out_dir, work, model, history, best, device) -> di
         "test_best": {"clean_acc": best_clean, "robust_acc": best_robust, "epoch": best["epoch"]},
         "versions": software_versions(),
     }
-    tmp = atomic_path(out_dir / "metrics.json")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    with atomic_output(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(work)
     return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +10,16 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from .models import ProbedNet, build_model
+from .runtime import atomic_output
 
 METADATA_KEY = "robrep"
 
 
-def atomic_path(path: str | Path) -> Path:
-    """A temporary sibling of `path` to write to before `os.replace`."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
     """Write `model`'s state dict to `path` (safetensors) with `metadata` as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

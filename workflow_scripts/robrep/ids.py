@@ -1,0 +1,101 @@
+"""Identities of everything the pipeline names: methods, models, activation stores, comparisons.
+
+Each id is built by one function here and parsed by its inverse here; paths are derived from ids.
+Ids name things, they do not carry data: coordinates (eps, norm, method, arch, seed) travel in the
+artefacts' own metadata (weights, stores, metrics.json) and are read from there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any
+
+ID_PATTERN = r"[A-Za-z0-9._-]+"
+SAFE_ID = re.compile(rf"^{ID_PATTERN}$")
+CHECKPOINT_PATTERN = r"final|best|epoch\d+"
+INPUTS = ("benign", "pgd")
+
+
+def eps_token(value: Any) -> str:
+    """Filesystem-safe spelling of an eps: ``8/255 -> 8_255``, ``0.1 -> 0.1``."""
+    if isinstance(value, str) and "/" in value:
+        num, den = (part.strip() for part in value.split("/", 1))
+        return f"{num}_{den}"
+    eps = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
+    return f"{eps:g}" if eps == float(f"{eps:g}") else repr(eps)
+
+
+def method_id(method: Mapping[str, Any]) -> str:
+    """Canonical id of a training method: ``standard``, ``pgd-linf-eps8_255``, ``trades-l2-eps0.5``."""
+    if method["method"] == "standard":
+        return "standard"
+    return f"{method['method']}-{method['norm']}-eps{eps_token(method['eps'])}"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """One trained model: dataset / arch / method id / seed. Fields may be wildcard patterns."""
+
+    dataset: str
+    arch: str
+    method_id: str
+    seed: int | str
+
+    @property
+    def id(self) -> str:
+        """``digits/convnet/pgd-linf-eps0.1/seed0``; also the model's directory under models/."""
+        return f"{self.dataset}/{self.arch}/{self.method_id}/seed{self.seed}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelKey:
+        """Inverse of `id`."""
+        parts = text.split("/")
+        if len(parts) != 4 or not parts[3].startswith("seed") or not parts[3][4:].isdigit():
+            raise ValueError(f"{text!r} is not a model id (dataset/arch/method_id/seed<int>)")
+        return cls(parts[0], parts[1], parts[2], int(parts[3][4:]))
+
+    def dir(self, root: str) -> str:
+        """``{root}/models/{id}``: weights, checkpoints/ and metrics.json."""
+        return f"{root}/models/{self.id}"
+
+    def with_(self, **changes: Any) -> ModelKey:
+        """The same model with some fields changed (another seed, method or arch)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """One activation store: a model at a checkpoint (final, best, epoch{e}) on one input kind."""
+
+    model: ModelKey
+    checkpoint: str = "final"
+    inputs: str = "benign"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.id}/{self.checkpoint}/{self.inputs}"
+
+    def path(self, root: str) -> str:
+        """``{root}/activations/{model id}/{checkpoint}/{inputs}.zarr``"""
+        return f"{root}/activations/{self.id}.zarr"
+
+    @property
+    def tag(self) -> str:
+        """A one-component spelling within a dataset: ``arch.method_id.seed0.final.benign``."""
+        m = self.model
+        return f"{m.arch}.{m.method_id}.seed{m.seed}.{self.checkpoint}.{self.inputs}"
+
+    def with_(self, **changes: Any) -> StoreKey:
+        return replace(self, **changes)
+
+
+def comparison_id(a: StoreKey, b: StoreKey) -> str:
+    """The pair's file name within its analysis and dataset: ``{tag a}__{tag b}``."""
+    return f"{a.tag}__{b.tag}"
+
+
+def comparison_path(root: str, analysis: str, dataset: str, pair: str) -> str:
+    return f"{root}/similarity/{analysis}/{dataset}/{pair}.nc"

@@ -1,0 +1,186 @@
+"""The study's summary: every comparison stacked into one xarray Dataset, plus per-model summaries.
+
+`aggregate` stacks comparisons along a `comparison` dimension (coordinates of both stores, read
+from each comparison's attributes) and adds, along a `model` dimension, each analysis's summaries
+(`analyses.ANALYSES[...].summarise`) and the accuracies of every model's `metrics.json` (which also
+gives the model's coordinates). Nothing is re-derived from the config or parsed from ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .analyses import ANALYSES
+from .compare import method_coords
+from .ids import ModelKey
+
+SUMMARY_METRIC = "minibatch_cka"
+_SIDE_COORDS = (
+    "arch",
+    "method_id",
+    "seed",
+    "checkpoint",
+    "epoch",
+    "inputs",
+    "method",
+    "norm",
+    "eps",
+)
+
+
+def aggregate(
+    comparison_files: Sequence[str | Path],
+    metrics_files: Sequence[str | Path],
+    metric: str = SUMMARY_METRIC,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[xr.Dataset, list[dict[str, Any]]]:
+    """Stack comparisons along `comparison`, add per-model summaries; also return accuracy rows.
+
+    `metrics_files` are the models' metrics.json, in model order; `metric` is the similarity
+    used for the per-model summaries.
+    """
+    parts = [xr.load_dataset(f, engine="h5netcdf") for f in comparison_files]
+    if not parts:
+        raise ValueError("no comparisons to aggregate")
+    needed = [f"{key}_{side}" for key in _SIDE_COORDS for side in "ab"]
+    for path, part in zip(comparison_files, parts, strict=True):
+        missing = [k for k in ("analysis", "dataset_a", *needed) if k not in part.attrs]
+        if missing:
+            raise ValueError(
+                f"comparison {path} lacks the attributes {missing} (written by an older robrep?); "
+                f"recompute it: snakemake --forcerun extract (stores lack them too)"
+            )
+    ds = _stack(parts)
+    models = [json.loads(Path(f).read_text()) for f in metrics_files]
+    summary, accuracy = model_summaries(ds, models, metric)
+    ds = xr.merge([ds, summary])
+    ds.attrs.update(
+        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
+    )
+    ds.attrs["summary_metric"] = metric
+    return ds, accuracy
+
+
+def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
+    """One Dataset `similarity(comparison, metric, layer_a, layer_b)`, NaN-padded to the largest
+    layer counts, with each comparison's coordinates (side b's with suffix `_b`)."""
+    n_a = max(p.sizes["layer_a"] for p in parts)
+    n_b = max(p.sizes["layer_b"] for p in parts)
+    metric_names = list(parts[0].metric.values)
+    sim = np.full((len(parts), len(metric_names), n_a, n_b), np.nan)
+    names_a = np.full((len(parts), n_a), "", dtype=object)
+    names_b = np.full((len(parts), n_b), "", dtype=object)
+    coords: dict[str, list] = {}
+    for c, part in enumerate(parts):
+        la, lb = part.sizes["layer_a"], part.sizes["layer_b"]
+        sim[c, :, :la, :lb] = part["similarity"].sel(metric=metric_names).values
+        names_a[c, :la] = part.layer_a.values
+        names_b[c, :lb] = part.layer_b.values
+        row = {
+            "analysis": part.attrs["analysis"],
+            "dataset": part.attrs["dataset_a"],
+            "n_layers_a": la,
+            "n_layers_b": lb,
+        }
+        for side, suffix in (("a", ""), ("b", "_b")):
+            for key in _SIDE_COORDS:
+                row[f"{key}{suffix}"] = part.attrs[f"{key}_{side}"]
+        for key, value in row.items():
+            coords.setdefault(key, []).append(value)
+    for key in ("seed", "epoch", "seed_b", "epoch_b"):
+        coords[key] = [int(v) for v in coords[key]]
+    for key in ("eps", "eps_b"):
+        coords[key] = [float(v) for v in coords[key]]
+    return xr.Dataset(
+        {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)},
+        coords={
+            "comparison": np.arange(len(parts)),
+            "metric": metric_names,
+            "layer_a": np.arange(n_a),
+            "layer_b": np.arange(n_b),
+            "layer_name_a": (("comparison", "layer_a"), names_a.astype(str)),
+            "layer_name_b": (("comparison", "layer_b"), names_b.astype(str)),
+            **{k: ("comparison", np.asarray(v)) for k, v in coords.items()},
+        },
+    )
+
+
+def _matrix(ds: xr.Dataset, c: int, metric: str) -> np.ndarray:
+    la, lb = int(ds.n_layers_a[c]), int(ds.n_layers_b[c])
+    return ds["similarity"].sel(metric=metric).isel(comparison=c).values[:la, :lb]
+
+
+def _model_key(model: Mapping[str, Any]) -> ModelKey:
+    """The key of a metrics.json's `model` entry."""
+    return ModelKey(model["dataset"], model["arch"], model["method"]["id"], int(model["seed"]))
+
+
+def model_summaries(
+    ds: xr.Dataset, models: Sequence[Mapping[str, Any]], metric: str
+) -> tuple[xr.Dataset, list[dict[str, Any]]]:
+    """Every analysis's per-model summaries (NaN where a model has none) and the accuracies, from
+    the comparisons in `ds` and the models' parsed metrics.json."""
+    keys = [_model_key(m["model"]) for m in models]
+    index = {key: i for i, key in enumerate(keys)}
+    n_layer = ds.sizes["layer_a"]
+    values = {
+        name: np.full((len(keys), n_layer) if per_layer else len(keys), np.nan)
+        for analysis in ANALYSES.values()
+        for name, per_layer in analysis.summaries.items()
+    }
+    use = metric if metric in ds.metric.values else str(ds.metric.values[0])
+    for c in range(ds.sizes["comparison"]):
+        comparison = {k: ds[k].values[c].item() for k in ("analysis", "checkpoint", "inputs")}
+        key = ModelKey(
+            str(ds.dataset.values[c]),
+            str(ds.arch.values[c]),
+            str(ds.method_id.values[c]),
+            int(ds.seed.values[c]),
+        )
+        if key not in index:
+            continue
+        analysis = ANALYSES[comparison["analysis"]]
+        for name, value in analysis.summarise(_matrix(ds, c, use), comparison).items():
+            if analysis.summaries[name]:
+                values[name][index[key], : len(value)] = value
+            else:
+                values[name][index[key]] = value
+    accuracy = []
+    coords: dict[str, list] = {}
+    for key, metrics in zip(keys, models, strict=True):
+        row = {
+            "model_id": key.id,
+            "model_dataset": key.dataset,
+            "model_arch": key.arch,
+            "model_method_id": key.method_id,
+            **{f"model_{k}": v for k, v in method_coords(metrics["model"]["method"]).items()},
+            "model_seed": key.seed,
+        }
+        for k, v in row.items():
+            coords.setdefault(k, []).append(v)
+        accuracy.append(
+            {
+                **{k.removeprefix("model_"): v for k, v in row.items()},
+                "clean_acc": metrics["test"]["clean_acc"],
+                "robust_acc": metrics["test"]["robust_acc"],
+                "best_epoch": metrics["best"]["epoch"],
+                "best_val_robust_acc": metrics["best"]["val_robust_acc"],
+                "attack": json.dumps(metrics["test"]["attack"]),
+            }
+        )
+    data_vars = {
+        name: (("model", "layer_a") if v.ndim == 2 else "model", v) for name, v in values.items()
+    }
+    data_vars["clean_acc"] = ("model", np.array([row["clean_acc"] for row in accuracy]))
+    data_vars["robust_acc"] = ("model", np.array([row["robust_acc"] for row in accuracy]))
+    summary = xr.Dataset(
+        data_vars,
+        coords={"model": np.arange(len(keys)), **{k: ("model", v) for k, v in coords.items()}},
+    )
+    return summary, accuracy
