@@ -17,7 +17,9 @@ rule extract:
         gpu=GPU,
     params:
         layers=ACT["layers"],
+        features=FEATURES,
         n_examples=ACT["n_examples"],
+        passes=ACT["passes"],
         subset_seed=config["split_seed"],
         layout=STORE_LAYOUT,
         attack=evaluation_attack(),

@@ -27,6 +27,10 @@ except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 validate(config, "../config/schema.yaml")
 config.setdefault("analyses", list(ANALYSES))
+try:
+    rcfg.check_metrics(config)
+except rcfg.ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}")
 
 RESULTS = "results"
 ID = ID_PATTERN
@@ -39,14 +43,19 @@ try:
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 METHODS = STUDY.methods
-if isinstance(ACT["layers"], list):
-    from robrep.models import build_model
+FEATURES = ACT.get(
+    "features", ACT["layers"]
+)  # default: the Gram layers keep features too
+for key in ("layers", "features"):
+    selection = ACT["layers"] if key == "layers" else FEATURES
+    if isinstance(selection, list):
+        from robrep.models import build_model
 
-    for arch in config["architectures"]:
-        try:
-            build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(ACT["layers"])
-        except ValueError as err:
-            raise WorkflowError(f"invalid config: activations.layers: {err}")
+        for arch in config["architectures"]:
+            try:
+                build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(selection)
+            except ValueError as err:
+                raise WorkflowError(f"invalid config: activations.{key}: {err}")
 
 WILDCARD_MODEL = ModelKey("{dataset}", "{arch}", "{method_id}", "{seed}")
 MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
@@ -100,12 +109,13 @@ def checkpoint_file(wildcards):
 
 # The store layout: activation settings only (a similarity setting never re-plans extraction).
 STORE_LAYOUT = dict(
-    chunk_rows=ACT["chunk_rows"],
+    chunk_rows=ACT.get("chunk_rows") or ACT["cka_batch_size"],
     batch_size=ACT["batch_size"],
     dtype=ACT["dtype"],
     compressor=ACT["compressor"],
     max_chunk_features=ACT.get("max_chunk_features"),
     pool=ACT.get("pool"),
+    cka_batch_size=ACT["cka_batch_size"],
 )
 
 
@@ -136,10 +146,19 @@ VALUE_BYTES = {"float32": 4, "float16": 2}[ACT["dtype"]]
 
 def _cost(dataset, arch):
     geo = rres.dataset_geometry(dataset, config["dataset_options"].get(dataset, {}))
-    layers = ACT["layers"] if isinstance(ACT["layers"], str) else tuple(ACT["layers"])
     return geo, rres.model_cost(
-        arch, geo.channels, geo.size, geo.classes, layers, ACT.get("pool")
+        arch,
+        geo.channels,
+        geo.size,
+        geo.classes,
+        _hashable(ACT["layers"]),
+        ACT.get("pool"),
+        _hashable(FEATURES),
     )
+
+
+def _hashable(layers):
+    return layers if isinstance(layers, str) else tuple(layers)
 
 
 def train_resource(key):
@@ -165,7 +184,15 @@ def extract_resource(key):
         geo, cost = _cost(wildcards.dataset, wildcards.arch)
         steps = config["evaluation"]["steps"] if wildcards.inputs == "pgd" else 0
         est = rres.extract_resources(
-            geo, cost, ACT["n_examples"], ACT["batch_size"], steps, GFLOPS, VALUE_BYTES
+            geo,
+            cost,
+            ACT["n_examples"],
+            ACT["batch_size"],
+            steps,
+            GFLOPS,
+            VALUE_BYTES,
+            ACT["cka_batch_size"],
+            ACT["passes"],
         )
         return est[key] * attempt
 
@@ -179,7 +206,13 @@ def similarity_resource(key):
         _, cost_b = _cost(b.model.dataset, b.model.arch)
         full = any(m != "minibatch_cka" for m in SIM["metrics"])
         est = rres.similarity_resources(
-            cost_a, cost_b, ACT["n_examples"], SIM["batch_size"], full, GFLOPS
+            cost_a,
+            cost_b,
+            ACT["n_examples"],
+            ACT["cka_batch_size"],
+            ACT["passes"],
+            full,
+            GFLOPS,
         )
         return est[key] * attempt
 

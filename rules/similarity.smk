@@ -14,7 +14,6 @@ rule similarity:
         runtime=similarity_resource("runtime"),
     params:
         metrics=SIM["metrics"],
-        batch_size=SIM["batch_size"],
         bootstrap=SIM["bootstrap"],
         seed=SIM["seed"],
         rbf_sigma=SIM["rbf_sigma"],

@@ -260,5 +260,7 @@ def test_comparison_of_stores_without_coordinates_is_refused(tiny_model, tmp_pat
         StoreLayout(chunk_rows=10, batch_size=10),
         progress=False,
     )
-    with pytest.raises(ValueError, match=r"old\.zarr lacks the metadata \['arch'.*forcerun extract"):
-        compare_stores(path, path, ["minibatch_cka"], batch_size=10)
+    with pytest.raises(
+        ValueError, match=r"old\.zarr lacks the metadata \['arch'.*forcerun extract"
+    ):
+        compare_stores(path, path, ["minibatch_cka"])

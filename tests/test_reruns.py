@@ -120,7 +120,6 @@ def test_adding_an_epsilon_schedules_only_its_jobs(completed_run):
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("batch_size", 16),
         ("metrics", ["minibatch_cka", "linear_cka_debiased", "svcca", "procrustes"]),
         ("bootstrap", 50),
         ("seed", 3),
@@ -153,3 +152,13 @@ def test_execution_settings_plan_nothing(completed_run, change):
     finally:
         write_config(completed_run, TINY)
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+@pytest.mark.parametrize("key, value", [("passes", 3), ("cka_batch_size", 16)])
+def test_minibatch_partition_is_a_store_setting(completed_run, key, value):
+    """The CKA batches and passes are made at extraction: changing them rebuilds every store and
+    comparison, and trains nothing."""
+    config = copy.deepcopy(TINY)
+    config["activations"][key] = value
+    counts = job_counts(dry_run_with(completed_run, config))
+    assert "train" not in counts and counts["extract"] == 8 and counts["similarity"] == 11

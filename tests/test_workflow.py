@@ -43,7 +43,9 @@ def test_full_run_outputs(completed_run):
         "model_eps",
     ):
         assert coord in ds.coords, coord
-    assert list(ds.metric.values) == ["minibatch_cka", "linear_cka_debiased", "svcca"]
+    assert list(ds.metric.values) == ["minibatch_cka"]
+    assert list(ds.full_metric.values) == ["linear_cka_debiased", "svcca"]
+    assert ds.full_similarity.dims == ("comparison", "full_metric", "feature_a", "feature_b")
     analyses = sorted(set(ds.analysis.values.tolist()))
     assert analyses == ["benign_vs_adversarial", "cross_layer", "epochs", "robust_vs_standard"]
     assert "config" in ds.attrs and "versions" in ds.attrs
@@ -137,6 +139,20 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
             r"'linear' is not one of \['cosine', 'step', 'constant'\]",
         ),
         ({"activations": {"checkpoints": [5]}}, r"epoch 5 is not saved by training"),
+        (
+            {"activations": {"features": "none"}},
+            r"similarity\.metrics: 'linear_cka_debiased' needs raw features, but "
+            r"activations\.features is 'none'",
+        ),
+        (
+            {"activations": {"features": ["stage9"]}},
+            r"activations\.features: unknown layer name\(s\) \['stage9'\]",
+        ),
+        (
+            {"similarity": {"batch_size": 32}},
+            r"'similarity\.batch_size' moved to 'activations\.cka_batch_size'",
+        ),
+        ({"similarity": {"metrics": ["svcca"]}}, r"lacks 'minibatch_cka'"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, change, pattern):

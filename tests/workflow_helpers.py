@@ -22,9 +22,8 @@ TINY = {
     "seeds": [0],
     "training": {"epochs": 2, "batch_size": 128, "checkpoint_every": 1},
     "evaluation": {"norm": "linf", "eps": 0.1, "steps": 3, "val_steps": 1},
-    "activations": {"n_examples": 64},
+    "activations": {"n_examples": 64, "cka_batch_size": 32, "passes": 2},
     "similarity": {
-        "batch_size": 32,
         "metrics": ["minibatch_cka", "linear_cka_debiased", "svcca"],
         "bootstrap": 20,
     },

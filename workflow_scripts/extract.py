@@ -5,17 +5,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
+from threadpoolctl import threadpool_limits
 
 from robrep.activation_store import StoreLayout, extract_to_store
 from robrep.attacks import AttackSpec
-from robrep.data import evaluation_subset, read_splits
+from robrep.data import evaluation_subset, pass_orders, read_splits
 from robrep.ids import ModelKey
 from robrep.runtime import pick_device, software_versions
 from robrep.weights import load_model
 
 from _log import redirect_to_log
 
-with redirect_to_log(snakemake):
+with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: the Gram syrk
     p, wc = snakemake.params, snakemake.wildcards
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.config["device"])
@@ -45,6 +46,8 @@ with redirect_to_log(snakemake):
             "versions": software_versions(),
         },
         layout=StoreLayout(**p.layout),
+        features=[] if p.features == "none" else model.probe_layers(p.features),
+        pass_order=pass_orders(len(idx), p.passes, p.subset_seed),
         attack=attack,
         attack_seed=key.seed,
         device=device,

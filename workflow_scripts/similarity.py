@@ -19,7 +19,6 @@ with redirect_to_log(snakemake):
         snakemake.input.a,
         snakemake.input.b,
         metrics=p.metrics,
-        batch_size=p.batch_size,
         bootstrap=p.bootstrap,
         seed=p.seed,
         rbf_sigma=p.rbf_sigma,

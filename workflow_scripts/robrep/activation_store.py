@@ -1,16 +1,21 @@
 """Layer activations streamed into chunked Zarr v3 stores, and the read API the similarity engine uses.
 
-One store per model x checkpoint x input kind. Each probed layer is one array of shape (N, D)
-(D = C·H·W flattened) named after the layer, chunked (rows, D) — or (rows, max_chunk_features)
-for very wide layers — beside `sample_ids` and `labels`. Every array carries xarray's dimension
-names, so `xarray.open_zarr` opens a store as a Dataset. A store is written under a temporary name,
-marked complete in its attributes, then renamed: nothing half-written ever looks finished.
+One store per model x checkpoint x input kind. For every probed layer it holds the Gram statistics
+of minibatch CKA: for each minibatch of each pass (`pass_order`, shared by every model of a
+dataset), the lower triangle of the batch's Gram K = X Xᵀ (float32, after subtracting a fixed
+per-feature offset: the first batch's mean), one chunk per batch under `gram/<layer>`. Their size
+does not depend on the layer's width. For the layers chosen as feature layers it also holds the raw
+(optionally pooled) features, one (N, D) array per layer (D = C·H·W flattened) named after the
+layer, chunked (rows, D) — or (rows, max_chunk_features) — for the full-data metrics. Every array
+carries xarray's dimension names, so `xarray.open_zarr` opens a store as a Dataset. A store is
+written under a temporary name, marked complete in its attributes, then renamed: nothing
+half-written ever looks finished.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +31,10 @@ from zarr.core.buffer.cpu import NDBuffer
 from .attacks import AttackSpec, pgd
 from .data import to_float
 from .runtime import atomic_output
+from .similarity import Batch, GramMaker, pass_batches, triangle_size
 
 COMPLETE = "robrep_complete"
-FORMAT = "robrep.activations/1"
+FORMAT = "robrep.activations/2"  # 2: Gram statistics, passes and feature layers
 
 
 class IncompleteStoreError(RuntimeError):
@@ -49,15 +55,33 @@ def _codec(compressor: str):
     raise ValueError(f"activations.compressor: {compressor!r} is not one of zstd, blosc, none")
 
 
-class LayerRecorder:
-    """Forward hooks that copy each probed layer's output once per recorded forward pass."""
+def pooled_copy(out: torch.Tensor, pool: int | None) -> torch.Tensor:
+    """A float32 CPU copy of a layer output, feature maps average-pooled to pool x pool when
+    larger."""
+    fresh = False
+    if pool and out.dim() == 4 and max(out.shape[-2:]) > pool:
+        out, fresh = F.adaptive_avg_pool2d(out, pool), True  # a new tensor
+    # Copy unless pooling already made a tensor nothing else refers to.
+    return out.to("cpu", torch.float32, copy=not fresh)
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], pool: int | None = None):
+
+class LayerRecorder:
+    """Forward hooks that keep what `transform(name, output)` makes of each probed layer's output,
+    once per recorded forward pass (default: a pooled float32 CPU copy). The transform runs as
+    the layer fires, so a forward pass never holds more than one layer's raw output at once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        pool: int | None = None,
+        transform: Callable[[str, torch.Tensor], Any] | None = None,
+    ):
         modules = dict(model.named_modules())
         self.layers = list(layers)
-        self.pool = pool
+        self.transform = transform or (lambda name, out: pooled_copy(out, pool))
         self.active = False
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, Any] = {}
         self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in layers]
 
     def _hook(self, name: str):
@@ -66,18 +90,13 @@ class LayerRecorder:
                 return
             if name in self.outputs:
                 raise RuntimeError(f"layer {name!r} fired twice in one forward pass")
-            out = output.detach()
-            fresh = False
-            if self.pool and out.dim() == 4 and max(out.shape[-2:]) > self.pool:
-                out, fresh = F.adaptive_avg_pool2d(out, self.pool), True  # a new tensor
-            # Copy unless pooling already made a tensor nothing else refers to.
-            self.outputs[name] = out.to("cpu", torch.float32, copy=not fresh)
+            self.outputs[name] = self.transform(name, output.detach())
 
         return hook
 
     @torch.no_grad()
-    def record(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run one forward pass and return {layer: output copy}; every layer must fire once."""
+    def record(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+        """Run one forward pass and return {layer: transformed output}; every layer must fire once."""
         self.outputs = {}
         self.active = True
         try:
@@ -107,8 +126,9 @@ def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor,
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """How a store is laid out and what it keeps (config `activations`): rows per chunk, forward
-    batch size, value type, compression, feature chunking and pooling."""
+    """How a store is laid out and what it keeps (config `activations`): rows per feature chunk,
+    attack batch size, feature value type, compression, feature chunking and pooling, and the
+    minibatch partition of the Gram statistics (CKA batch size; passes come with `pass_order`)."""
 
     chunk_rows: int = 100
     batch_size: int = 256
@@ -116,6 +136,7 @@ class StoreLayout:
     compressor: str = "zstd"
     max_chunk_features: int | None = None
     pool: int | None = None
+    cka_batch_size: int = 100
 
 
 def _create_arrays(
@@ -136,6 +157,42 @@ def _create_arrays(
     return arrays
 
 
+def _create_grams(
+    group: zarr.Group, layers: Sequence[str], batches: Sequence[Batch]
+) -> dict[str, zarr.Array]:
+    """One (batches, triangle) float32 array per layer under gram/, one chunk per batch.
+
+    Uncompressed: zstd saved 6% of a Gram store's bytes in the benchmark and made reading it,
+    which is all a comparison does, about twice as slow."""
+    width = triangle_size(max(_rows(rows) for _, rows in batches))
+    return {
+        name: group.create_array(
+            f"gram/{name}",
+            shape=(len(batches), width),
+            chunks=(1, width),
+            dtype="float32",
+            compressors=None,
+            dimension_names=("batch", f"{name}.triangle"),
+        )
+        for name in layers
+    }
+
+
+def _rows(rows: slice | np.ndarray) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
+def check_pass_order(pass_order: np.ndarray, n: int) -> np.ndarray:
+    """`pass_order` as an int64 (passes, n) array of permutations of 0..n-1, or ValueError."""
+    order = np.asarray(pass_order, dtype=np.int64)
+    if order.ndim != 2 or order.shape[1] != n or order.shape[0] < 1:
+        raise ValueError(f"pass_order must have shape (passes, {n}), got {order.shape}")
+    for p, row in enumerate(order):
+        if not np.array_equal(np.sort(row), np.arange(n)):
+            raise ValueError(f"pass_order[{p}] is not a permutation of the {n} examples")
+    return order
+
+
 def extract_to_store(
     model: nn.Module,
     images: np.ndarray,
@@ -145,20 +202,28 @@ def extract_to_store(
     layers: Sequence[str],
     attrs: dict[str, Any],
     layout: StoreLayout = StoreLayout(),
+    features: Sequence[str] | None = None,
+    pass_order: np.ndarray | None = None,
     attack: AttackSpec | None = None,
     attack_seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Stream the activations of `layers` on `images` (or PGD versions of them) into a Zarr store.
+    """Stream the Gram statistics of `layers` (every batch of every pass of `pass_order`; default
+    one pass in stored order) and the raw features of `features` (any probe layers, default: the
+    same as `layers`) on `images`, or on PGD versions of them, into a Zarr store.
 
-    Only two forward batches of activations are held in memory. The store appears at `path` only
-    when complete.
+    Adversarial inputs are made once, in stored order, and reused by every pass. Memory holds one
+    forward batch's Grams and features (two while the previous batch is written), plus the
+    adversarial inputs. The store appears at `path` only when complete.
     """
     path = Path(path)
     model = model.to(device).eval()
     n = len(sample_ids)
-    shapes = layer_shapes(model, layers, to_float(images[:1]).to(device), layout.pool)
+    features = list(layers) if features is None else list(features)
+    order = check_pass_order(np.arange(n)[None] if pass_order is None else pass_order, n)
+    batches = pass_batches(order, layout.cka_batch_size)
+    shapes = layer_shapes(model, features, to_float(images[:1]).to(device), layout.pool)
     with atomic_output(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array(
@@ -167,74 +232,117 @@ def extract_to_store(
         group.create_array(
             "labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",)
         )
+        group.create_array("pass_order", data=order, dimension_names=("pass", "sample"))
+        for key, values in (
+            ("batch_size", [_rows(r) for _, r in batches]),
+            ("batch_pass", [p for p, _ in batches]),
+        ):
+            group.create_array(
+                f"gram_{key}", data=np.asarray(values, np.int64), dimension_names=("batch",)
+            )
         arrays = _create_arrays(group, shapes, n, layout)
-        _stream_batches(
-            model, images, labels, arrays, layout, attack, attack_seed, device, progress
-        )
+        grams = _create_grams(group, layers, batches)
+        inputs = _model_inputs(model, images, labels, layout, attack, attack_seed, device, progress)
+        _stream_batches(model, inputs, batches, arrays, grams, layout, device, progress)
         group.attrs.update(
             {
                 **attrs,
                 "format": FORMAT,
                 "layers": list(layers),
+                "feature_layers": features,
                 "layer_shapes": {k: list(v) for k, v in shapes.items()},
                 "n_examples": n,
                 "dtype": layout.dtype,
                 "attack": attack.as_dict() if attack is not None else None,
                 "pool": layout.pool,
+                "cka_batch_size": layout.cka_batch_size,
+                "passes": len(order),
                 COMPLETE: True,
             }
         )
     return path
 
 
-def _stream_batches(
+def _model_inputs(
     model: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
-    arrays: dict[str, zarr.Array],
     layout: StoreLayout,
     attack: AttackSpec | None,
     attack_seed: int,
     device: str | torch.device,
     progress: bool,
-) -> None:
-    """Forward (attacked) batches of whole chunks and write each layer's rows.
-
-    Compressing and writing batch t overlaps the forward pass of batch t + 1; at most two batches
-    of activations are alive at once, whatever N is.
-    """
+) -> np.ndarray:
+    """What the model sees: `images`, or their PGD versions (float32, made once in stored order,
+    in attack batches of whole feature chunks, each batch's random start seeded by its position)."""
+    if attack is None:
+        return images
     from tqdm import tqdm
 
     n = len(images)
-    step = max(1, layout.batch_size // layout.chunk_rows) * layout.chunk_rows  # whole chunks
-    recorder = LayerRecorder(model, list(arrays), layout.pool)
+    step = max(1, layout.batch_size // layout.chunk_rows) * layout.chunk_rows
+    out = np.empty((n, *images.shape[1:]), np.float32)
+    for start in tqdm(range(0, n, step), desc="attack", file=sys.stderr, disable=not progress):
+        stop = min(start + step, n)
+        x = to_float(images[start:stop]).to(device)
+        y = torch.as_tensor(labels[start:stop]).to(device)
+        gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
+        out[start:stop] = pgd(model, x, y, attack, gen).cpu().numpy()
+    return out
 
-    def write(start: int, stop: int, outs: dict[str, torch.Tensor]) -> None:
-        for name, array in arrays.items():
-            array[start:stop] = (
-                outs[name].reshape(stop - start, -1).numpy().astype(layout.dtype, copy=False)
-            )
 
+def _stream_batches(
+    model: nn.Module,
+    inputs: np.ndarray,
+    batches: Sequence[Batch],
+    arrays: dict[str, zarr.Array],
+    grams: dict[str, zarr.Array],
+    layout: StoreLayout,
+    device: str | torch.device,
+    progress: bool,
+) -> None:
+    """Forward every batch of every pass; each probed layer's Gram triangle is made on the device
+    as the layer fires, and in pass 0 the feature layers' (pooled) outputs are copied out.
+
+    Compressing and writing batch t overlaps the forward pass of batch t + 1.
+    """
+    from tqdm import tqdm
+
+    make_gram = GramMaker()  # offsets fixed by the first batch of pass 0 (HSIC_1 ignores them)
+    want_features = {"now": False}
+
+    def transform(name: str, out: torch.Tensor) -> dict[str, Any]:
+        made = {}
+        if name in grams:
+            made["gram"] = make_gram(name, out).cpu().numpy()
+        if want_features["now"] and name in arrays:
+            made["features"] = pooled_copy(out, layout.pool).reshape(len(out), -1).numpy()
+        return made
+
+    def write(t: int, rows: slice | np.ndarray, outs: dict[str, dict[str, Any]]) -> None:
+        for name, made in outs.items():
+            if "gram" in made:
+                grams[name][t, : len(made["gram"])] = made["gram"]
+            if "features" in made:
+                values = made["features"].astype(layout.dtype, copy=False)
+                if isinstance(rows, slice):
+                    arrays[name][rows] = values
+                else:
+                    arrays[name].oindex[rows] = values
+
+    recorder = LayerRecorder(model, list(dict.fromkeys([*grams, *arrays])), transform=transform)
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         try:
-            for start in tqdm(
-                range(0, n, step),
-                desc=f"extract {n} examples",
-                file=sys.stderr,
-                disable=not progress,
-                mininterval=5,
+            for t, (p, rows) in enumerate(
+                tqdm(batches, desc="extract", file=sys.stderr, disable=not progress, mininterval=5)
             ):
-                stop = min(start + step, n)
-                x = to_float(images[start:stop]).to(device)
-                if attack is not None:
-                    y = torch.as_tensor(labels[start:stop]).to(device)
-                    gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
-                    x = pgd(model, x, y, attack, gen)
+                want_features["now"] = p == 0
+                x = to_float(inputs[rows]).to(device)
                 outs = recorder.record(model, x)
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(write, start, stop, outs)
+                pending = writer.submit(write, t, rows, outs)
             if pending is not None:
                 pending.result()
         finally:
@@ -278,8 +386,31 @@ class LayerArray:
         return self.shape[0]
 
 
+class GramArray:
+    """One layer's stored Gram statistics: `read_triangle(t, out)` reads batch t's triangle (one
+    chunk) into a caller's buffer, so a reader that reuses its buffers reads with flat memory."""
+
+    def __init__(self, array: zarr.Array, name: str, batch_sizes: np.ndarray):
+        self.array = array
+        self.name = name
+        self.batch_sizes = batch_sizes
+
+    def read_triangle(self, batch: int, out: np.ndarray) -> np.ndarray:
+        size = triangle_size(int(self.batch_sizes[batch]))
+        target = out[:size]
+        self.array.get_basic_selection(
+            (batch, slice(0, size)), out=NDBuffer.from_numpy_array(target)
+        )
+        return target
+
+
 class ActivationStore:
-    """A complete activation store opened read-only."""
+    """A complete activation store opened read-only.
+
+    `layers`: the layers with Gram statistics; `feature_layers`: those with raw features
+    (`layer(name)`, `select()`), any probe layers; `pass_order`, `batch_sizes`, `batch_passes`:
+    the minibatch partition of the Gram statistics.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -291,16 +422,47 @@ class ActivationStore:
                 f"activation store {self.path} is incomplete (interrupted extraction); rebuild it"
             )
         self.attrs = dict(self.group.attrs)
+        if self.attrs.get("format") != FORMAT:
+            raise ValueError(
+                f"activation store {self.path} has format {self.attrs.get('format')!r}, this "
+                f"robrep reads {FORMAT!r} (Gram statistics); rebuild it: snakemake --forcerun extract"
+            )
         self.layers: list[str] = list(self.attrs["layers"])
+        self.feature_layers: list[str] = list(self.attrs["feature_layers"])
+        self.batch_sizes = self.group["gram_batch_size"][:]
+        self.batch_passes = self.group["gram_batch_pass"][:]
 
     def layer(self, name: str) -> LayerArray:
-        if name not in self.layers:
-            raise KeyError(f"layer {name!r} not in {self.path}; layers: {', '.join(self.layers)}")
+        """The raw features of a feature layer."""
+        if name not in self.feature_layers:
+            where = "has no raw features" if name in self.layers else "not"
+            raise KeyError(  # layers: names the Gram layers too, for a user looking for one
+                f"layer {name!r} {where} in {self.path}; layers: {', '.join(self.layers)}; with "
+                f"raw features: {', '.join(self.feature_layers) or 'none'} (activations.features)"
+            )
         return LayerArray(self.group[name], name)
 
     def select(self, names: Sequence[str] | None = None) -> list[LayerArray]:
-        """Layer handles in network order (all layers by default)."""
-        return [self.layer(name) for name in (names or self.layers)]
+        """Feature layer handles in network order (all feature layers by default)."""
+        return [self.layer(name) for name in (names or self.feature_layers)]
+
+    def gram_layer(self, name: str) -> GramArray:
+        if name not in self.layers:
+            raise KeyError(f"layer {name!r} not in {self.path}; layers: {', '.join(self.layers)}")
+        return GramArray(self.group[f"gram/{name}"], name, self.batch_sizes)
+
+    def gram_layers(self) -> list[GramArray]:
+        """Every probed layer's Gram statistics, in network order."""
+        return [self.gram_layer(name) for name in self.layers]
+
+    @property
+    def pass_order(self) -> np.ndarray:
+        """(passes, N) positions into `sample_ids`: the order of each pass's minibatches."""
+        return self.group["pass_order"][:]
+
+    @property
+    def cka_batch_size(self) -> int:
+        return int(self.attrs["cka_batch_size"])
 
     @property
     def sample_ids(self) -> np.ndarray:
@@ -316,7 +478,7 @@ class ActivationStore:
     def iter_chunks(
         self, names: Sequence[str] | None = None, rows: int | None = None
     ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
-        """Aligned row blocks of the chosen layers, one block in memory at a time."""
+        """Aligned row blocks of the chosen feature layers, one block in memory at a time."""
         layers = self.select(names)
         step = rows or layers[0].chunks[0]
         for start in range(0, len(self), step):
@@ -325,7 +487,8 @@ class ActivationStore:
 
 
 def check_aligned(stores: Sequence[ActivationStore]) -> None:
-    """Raise MismatchedStoresError unless every store holds the same sample ids in the same order."""
+    """Raise MismatchedStoresError unless every store holds the same sample ids in the same order
+    and the same minibatch partition (pass orders and CKA batch size), naming both stores."""
     first = stores[0]
     ids = first.sample_ids
     for other in stores[1:]:
@@ -334,4 +497,15 @@ def check_aligned(stores: Sequence[ActivationStore]) -> None:
                 f"activation stores hold different examples: {first.path} ({len(ids)} ids) vs "
                 f"{other.path} ({len(other)} ids); compare stores built from the same evaluation "
                 f"subset"
+            )
+        if first.cka_batch_size != other.cka_batch_size or not np.array_equal(
+            first.pass_order, other.pass_order
+        ):
+            raise MismatchedStoresError(
+                f"activation stores have different minibatches: {first.path} (batch "
+                f"{first.cka_batch_size}, {len(first.pass_order)} passes) vs {other.path} (batch "
+                f"{other.cka_batch_size}, {len(other.pass_order)} passes, "
+                f"{'same' if np.array_equal(first.pass_order[:1], other.pass_order[:1]) else 'other'}"
+                f" orders); build both with the same activations.cka_batch_size, passes and "
+                f"split_seed"
             )

@@ -1,9 +1,11 @@
 """One comparison: every layer pair of two activation stores under every configured metric.
 
-The result is a small xarray Dataset: `similarity(metric, layer_a, layer_b)`, minibatch CKA's
-per-batch HSIC terms and bootstrap interval, and as attributes the coordinates of both stores
-(dataset, arch, method, norm, eps, seed, checkpoint, epoch, inputs), read from the stores' own
-metadata.
+Minibatch CKA comes from the stores' Gram statistics (every Gram layer, every batch of every
+pass); the full-data metrics from the raw features of the feature layers. The result is a small
+xarray Dataset: `similarity(metric, layer_a, layer_b)` (minibatch CKA),
+`full_similarity(full_metric, feature_a, feature_b)`, minibatch CKA's per-batch HSIC terms,
+bootstrap interval and per-pass values, the `pass_order` and batch partition it used, and as attributes the coordinates of both stores (dataset, arch, method, norm, eps, seed,
+checkpoint, epoch, inputs), read from the stores' own metadata.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import xarray as xr
 
 from .activation_store import ActivationStore, check_aligned
-from .similarity import full_data_similarity, minibatch_cka
+from .similarity import full_data_similarity, minibatch_cka_grams
 
 STORE_COORDS = ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs")
 
@@ -36,7 +38,6 @@ def compare_stores(
     path_a: str | Path,
     path_b: str | Path,
     metrics: Sequence[str],
-    batch_size: int = 100,
     bootstrap: int = 200,
     seed: int = 0,
     rbf_sigma: float = 0.8,
@@ -46,36 +47,49 @@ def compare_stores(
 ) -> xr.Dataset:
     """All layer pairs of two stores under every metric, with minibatch-CKA HSIC terms and CIs.
 
-    Minibatch CKA runs on `device`; the full-data metrics on the CPU (float64 eigensolves).
+    The minibatches are the stores' own (they must agree: `check_aligned`). Minibatch CKA runs on
+    `device`; the full-data metrics on the CPU (float64 eigensolves).
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)
     sb = sa if same else ActivationStore(path_b)
     check_aligned([sa, sb])
-    la, lb = sa.select(), sb.select()
     values: dict[str, np.ndarray] = {}
-    data_vars: dict[str, Any] = {}
+    data_vars: dict[str, Any] = {
+        "pass_order": (("pass", "sample"), sa.pass_order),
+        "batch_size": (("stored_batch",), sa.batch_sizes),
+        "batch_pass": (("stored_batch",), sa.batch_passes),
+    }
     if "minibatch_cka" in metrics:
-        res = minibatch_cka(la, None if same else lb, batch_size=batch_size, device=device)
+        models = [sa.gram_layers()] if same else [sa.gram_layers(), sb.gram_layers()]
+        pair = (0, 0) if same else (0, 1)
+        res = minibatch_cka_grams(models, sa.batch_sizes, sa.batch_passes, [pair], device)[pair]
         values["minibatch_cka"] = res.cka
         data_vars["hsic_cross"] = (("batch", "layer_a", "layer_b"), res.cross)
         data_vars["hsic_a"] = (("batch", "layer_a"), res.self_a)
         data_vars["hsic_b"] = (("batch", "layer_b"), res.self_b)
+        data_vars["cka_per_pass"] = (("pass", "layer_a", "layer_b"), res.per_pass())
         if bootstrap and res.n_batches >= 2:
             low, high = res.bootstrap(bootstrap, seed)
             data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
             data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
-    full = [m for m in metrics if m != "minibatch_cka"]
-    if full:
-        values.update(
-            full_data_similarity(
-                la, None if same else lb, full, rbf_sigma=rbf_sigma, svcca_variance=svcca_variance
-            )
-        )
     data_vars["similarity"] = (
         ("metric", "layer_a", "layer_b"),
-        np.stack([values[m] for m in metrics]),
+        np.stack([values[m] for m in metrics if m in values]),
     )
+    full = [m for m in metrics if m != "minibatch_cka"]
+    coords = {
+        "metric": [m for m in metrics if m in values],
+        "layer_a": sa.layers,
+        "layer_b": sb.layers,
+    }
+    if full:
+        got = _full_data(sa, sb, same, full, rbf_sigma, svcca_variance)
+        data_vars["full_similarity"] = (
+            ("full_metric", "feature_a", "feature_b"),
+            np.stack([got[m] for m in full]),
+        )
+        coords.update(full_metric=full, feature_a=sa.feature_layers, feature_b=sb.feature_layers)
     meta = dict(attrs or {})
     for side, store in (("a", sa), ("b", sb)):
         missing = [k for k in (*STORE_COORDS, "method") if k not in store.attrs]
@@ -91,9 +105,30 @@ def compare_stores(
         meta[f"store_{side}"] = str(store.path)
         meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
     meta["n_examples"] = len(sa)
-    meta["batch_size"] = batch_size
-    return xr.Dataset(
-        data_vars,
-        coords={"metric": list(metrics), "layer_a": sa.layers, "layer_b": sb.layers},
-        attrs=meta,
+    meta["batch_size"] = sa.cka_batch_size
+    meta["passes"] = len(sa.pass_order)
+    return xr.Dataset(data_vars, coords=coords, attrs=meta)
+
+
+def _full_data(
+    sa: ActivationStore,
+    sb: ActivationStore,
+    same: bool,
+    metrics: Sequence[str],
+    rbf_sigma: float,
+    svcca_variance: float,
+) -> dict[str, np.ndarray]:
+    """Full-data metrics over the feature layers of both stores."""
+    if not sa.feature_layers or not sb.feature_layers:
+        bare = sa if not sa.feature_layers else sb
+        raise ValueError(
+            f"metrics {list(metrics)} need raw features, but {bare.path} keeps none "
+            f"(activations.features: none); keep features for some layers or drop these metrics"
+        )
+    return full_data_similarity(
+        sa.select(),
+        None if same else sb.select(),
+        metrics,
+        rbf_sigma=rbf_sigma,
+        svcca_variance=svcca_variance,
     )

@@ -20,6 +20,9 @@ NORMS = ("linf", "l2")
 DEFAULT_TRADES_BETA = 6.0
 # Settings of how and where jobs run, not of what they compute: no output depends on them.
 EXECUTION_KEYS = ("device", "threads", "resources")
+# Keys that moved, and where to: named in the unknown-key error.
+MOVED_KEYS = {"similarity.batch_size": "activations.cka_batch_size"}
+FEATURE_METRICS_NOTE = "needs raw features"
 
 
 class ConfigError(ValueError):
@@ -95,6 +98,11 @@ def check_unknown_keys(
             check_unknown_keys(value, props[key], where)
         elif isinstance(extra, Mapping):
             check_unknown_keys(value, extra, where)
+        elif where in MOVED_KEYS:
+            raise ConfigError(
+                f"config key {where!r} moved to {MOVED_KEYS[where]!r} (the minibatches of "
+                f"minibatch CKA are made at extraction, with the Gram statistics)"
+            )
         elif extra is False:
             valid = sorted(props)
             raise ConfigError(
@@ -188,6 +196,24 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"seeds: {list(seeds)!r} repeats a seed")
     if "eps" in (config.get("evaluation") or {}):
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
+
+
+def check_metrics(config: Mapping[str, Any]) -> None:
+    """minibatch_cka is always measured (the summaries and figures are built on it); full-data
+    metrics need raw features, refused when no layer keeps any. Runs on the validated config."""
+    metrics = config["similarity"]["metrics"]
+    if "minibatch_cka" not in metrics:
+        raise ConfigError(
+            f"similarity.metrics: {list(metrics)!r} lacks 'minibatch_cka', on which every summary "
+            f"and figure is built; add it"
+        )
+    full = [m for m in metrics if m != "minibatch_cka"]
+    if full and config["activations"].get("features") == "none":
+        raise ConfigError(
+            f"similarity.metrics: {full[0]!r} {FEATURE_METRICS_NOTE}, but "
+            f"activations.features is 'none'; set activations.features (blocks, all or a list) "
+            f"or keep only minibatch_cka"
+        )
 
 
 def study_settings(config: Mapping[str, Any]) -> dict[str, Any]:

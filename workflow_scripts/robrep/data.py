@@ -297,3 +297,19 @@ def evaluation_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(len(labels), size=n, replace=False))
+
+
+PASS_STREAM = 0x9A55  # keeps pass permutations apart from other uses of the split seed
+
+
+def pass_orders(n: int, passes: int, split_seed: int) -> np.ndarray:
+    """(passes, n) orders of the evaluation subset for minibatch CKA: pass 0 is the stored order,
+    pass p >= 1 a permutation seeded by (split_seed, p) alone, so every model of a dataset (and
+    every store of a model) shares them."""
+    if passes < 1:
+        raise ValueError(f"activations.passes: {passes} must be >= 1")
+    orders = [np.arange(n)]
+    for p in range(1, passes):
+        rng = np.random.default_rng(np.random.SeedSequence([split_seed, PASS_STREAM, p]))
+        orders.append(rng.permutation(n))
+    return np.stack(orders).astype(np.int64)

@@ -46,9 +46,11 @@ class ModelCost:
     params: int
     flops_per_image: float  # forward pass
     activation_values_per_image: int  # every module's output, what backward keeps
-    probe_layers: int
-    widest_probe: int  # largest flattened probe layer as stored (after pooling)
-    probe_values: int  # values stored per example over all probe layers (after pooling)
+    probe_layers: int  # layers with Gram statistics
+    probe_values: int  # values per example over the probed layers, unpooled (what Grams see)
+    feature_layers: int  # layers that keep raw features
+    widest_feature: int  # largest flattened feature layer as stored (after pooling)
+    feature_values: int  # values stored per example over the feature layers (after pooling)
 
 
 def pooled_size(shape: tuple[int, ...], pool: int | None) -> int:
@@ -67,10 +69,12 @@ def model_cost(
     classes: int,
     layers: str | tuple[str, ...] = "blocks",
     pool: int | None = None,
+    features: str | tuple[str, ...] | None = None,
 ) -> ModelCost:
     """Parameters, forward FLOPs and activation volume of one image (meta tensors: no compute).
 
-    `layers` and `pool` are the store's (config `activations`): they decide what is stored.
+    `layers`, `features` (default: `layers`; "none": no layer) and `pool` are the store's (config
+    `activations`): they decide what is stored.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -83,13 +87,19 @@ def model_cost(
         if name and not list(m.children())
     ]
     probes = model.probe_layers(layers if isinstance(layers, str) else list(layers))
-    probe_sizes: dict[str, int] = {}
+    features = layers if features is None else features
+    kept = (
+        []
+        if features == "none"
+        else model.probe_layers(features if isinstance(features, str) else list(features))
+    )
+    probe_shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(model.named_modules())
     hooks += [
         modules[n].register_forward_hook(
-            lambda m, a, o, n=n: probe_sizes.__setitem__(n, pooled_size(tuple(o.shape[1:]), pool))
+            lambda m, a, o, n=n: probe_shapes.__setitem__(n, tuple(o.shape[1:]))
         )
-        for n in probes
+        for n in dict.fromkeys([*probes, *kept])
     ]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, channels, size, size, device="meta"))
@@ -100,8 +110,37 @@ def model_cost(
         flops_per_image=float(counter.get_total_flops()),
         activation_values_per_image=sum(outputs.values()),
         probe_layers=len(probes),
-        widest_probe=max(probe_sizes.values()),
-        probe_values=sum(probe_sizes.values()),
+        probe_values=sum(math.prod(probe_shapes[n]) for n in probes),
+        feature_layers=len(kept),
+        widest_feature=max((pooled_size(probe_shapes[n], pool) for n in kept), default=0),
+        feature_values=sum(pooled_size(probe_shapes[n], pool) for n in kept),
+    )
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    """Bytes of one activation store (uncompressed) and of the float32 raw features it replaces."""
+
+    feature_bytes: int  # raw (pooled) features of the feature layers, in the store's dtype
+    gram_bytes: int  # Gram triangles of every probed layer, every batch of every pass (float32)
+    raw_float32_bytes: int  # float32 unpooled features of every probed layer (what Grams replace)
+
+    @property
+    def total(self) -> int:
+        return self.feature_bytes + self.gram_bytes
+
+
+def store_size(
+    cost: ModelCost, n_examples: int, cka_batch_size: int, passes: int, value_bytes: int = 4
+) -> StoreSize:
+    """What a store holds: features of the feature layers plus one Gram triangle per probed
+    layer, batch and pass (its size does not depend on the layer's width)."""
+    full, tail = divmod(n_examples, cka_batch_size)
+    triangles = full * cka_batch_size * (cka_batch_size + 1) // 2 + tail * (tail + 1) // 2
+    return StoreSize(
+        feature_bytes=n_examples * cost.feature_values * value_bytes,
+        gram_bytes=passes * triangles * cost.probe_layers * 4,
+        raw_float32_bytes=n_examples * cost.probe_values * 4,
     )
 
 
@@ -137,21 +176,37 @@ def extract_resources(
     attack_steps: int,
     gflops: float,
     value_bytes: int = 4,
+    cka_batch_size: int = 100,
+    passes: int = 1,
 ) -> dict[str, int]:
     """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
-    (attack_steps = 0 for benign; value_bytes from `activations.dtype`)."""
+    (attack_steps = 0 for benign; value_bytes from `activations.dtype`).
+
+    Work: the attack once, a forward pass per batch of every pass, and per batch and probed layer
+    a symmetric Gram product (about b² D multiply-adds). Memory: the model, a forward batch, the
+    adversarial inputs, and two batches of Grams and features in flight."""
+    b = cka_batch_size
+    images = n_examples * geometry.channels * geometry.size**2 * 4 if attack_steps else 0
     mem = (
         1500
         + geometry.megabytes
         + 4 * cost.params * 4 / MB
-        + (2 if attack_steps else 1) * batch_size * cost.activation_values_per_image * 4 / MB
+        + (2 if attack_steps else 1)
+        * max(batch_size, b)
+        * cost.activation_values_per_image
+        * 4
+        / MB
+        + images / MB
+        + 2 * (cost.probe_layers * b * (b + 1) / 2 * 4 + b * cost.feature_values * 4) / MB
     )
-    seconds = n_examples * cost.flops_per_image * (1 + 3 * attack_steps) / (gflops * 1e9)
-    disk = n_examples * cost.probe_values * value_bytes / MB
+    flops = n_examples * cost.flops_per_image * (3 * attack_steps + passes)
+    flops += passes * n_examples * b * cost.probe_values  # b² D per batch and layer
+    seconds = flops / (gflops * 1e9)
+    size = store_size(cost, n_examples, b, passes, value_bytes)
     return {
         "mem_mb": int(math.ceil(mem)),
         "runtime": int(5 + math.ceil(2 * seconds / 60)),
-        "disk_mb": int(math.ceil(10 + disk)),
+        "disk_mb": int(math.ceil(10 + size.total / MB)),
     }
 
 
@@ -159,17 +214,23 @@ def similarity_resources(
     cost_a: ModelCost,
     cost_b: ModelCost,
     n_examples: int,
-    batch_size: int,
+    cka_batch_size: int,
+    passes: int,
     full_data: bool,
     gflops: float,
 ) -> dict[str, int]:
-    """mem_mb and runtime (minutes) of one comparison of two stores."""
+    """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the Gram
+    triangles (per batch: both stores' U-centred Grams, float64, and their products) and, with
+    `full_data`, N x N Grams and eigendecompositions of the feature layers."""
+    b = cka_batch_size
     layers = cost_a.probe_layers + cost_b.probe_layers
-    widest = max(cost_a.widest_probe, cost_b.widest_probe)
-    mem = 1500 + (2 * batch_size * widest * 4 + layers * batch_size**2 * 8 * 2) / MB
-    flops = 2 * batch_size * n_examples * widest * layers
+    batches = passes * math.ceil(n_examples / b)
+    mem = 1500 + 3 * layers * b * b * 8 / MB  # U-centred Grams, their stacked copies
+    flops = batches * (layers * 20 * b * b + cost_a.probe_layers * cost_b.probe_layers * b * b)
     if full_data:
-        mem += layers * n_examples**2 * 8 * 3 / MB  # Gram, eigenvectors, a centred copy
-        flops += layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
+        feature_layers = cost_a.feature_layers + cost_b.feature_layers
+        widest = max(cost_a.widest_feature, cost_b.widest_feature)
+        mem += feature_layers * n_examples**2 * 8 * 3 / MB  # Gram, eigenvectors, a centred copy
+        flops += feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
     seconds = flops / (gflops * 1e9)
     return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}

@@ -68,8 +68,9 @@ def aggregate(
 
 
 def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
-    """One Dataset `similarity(comparison, metric, layer_a, layer_b)`, NaN-padded to the largest
-    layer counts, with each comparison's coordinates (side b's with suffix `_b`)."""
+    """One Dataset `similarity(comparison, metric, layer_a, layer_b)` (and `full_similarity` over
+    the feature layers), NaN-padded to the largest layer counts, with each comparison's
+    coordinates (side b's with suffix `_b`)."""
     n_a = max(p.sizes["layer_a"] for p in parts)
     n_b = max(p.sizes["layer_b"] for p in parts)
     metric_names = list(parts[0].metric.values)
@@ -97,9 +98,14 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
         coords[key] = [int(v) for v in coords[key]]
     for key in ("eps", "eps_b"):
         coords[key] = [float(v) for v in coords[key]]
+    data_vars = {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)}
+    extra_coords = {}
+    if "full_similarity" in parts[0]:
+        data_vars["full_similarity"], extra_coords = _stack_full(parts)
     return xr.Dataset(
-        {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)},
+        data_vars,
         coords={
+            **extra_coords,
             "comparison": np.arange(len(parts)),
             "metric": metric_names,
             "layer_a": np.arange(n_a),
@@ -109,6 +115,37 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
             **{k: ("comparison", np.asarray(v)) for k, v in coords.items()},
         },
     )
+
+
+def _stack_full(parts: Sequence[xr.Dataset]) -> tuple[tuple, dict[str, Any]]:
+    """`full_similarity(comparison, full_metric, feature_a, feature_b)`, NaN-padded, with the
+    feature layers' names and counts per comparison."""
+    n_a = max(p.sizes["feature_a"] for p in parts)
+    n_b = max(p.sizes["feature_b"] for p in parts)
+    metrics = list(parts[0].full_metric.values)
+    full = np.full((len(parts), len(metrics), n_a, n_b), np.nan)
+    names = {
+        side: np.full((len(parts), n), "", dtype=object) for side, n in (("a", n_a), ("b", n_b))
+    }
+    for c, part in enumerate(parts):
+        fa, fb = part.sizes["feature_a"], part.sizes["feature_b"]
+        full[c, :, :fa, :fb] = part["full_similarity"].sel(full_metric=metrics).values
+        names["a"][c, :fa] = part.feature_a.values
+        names["b"][c, :fb] = part.feature_b.values
+    coords = {
+        "full_metric": metrics,
+        "feature_a": np.arange(n_a),
+        "feature_b": np.arange(n_b),
+        **{
+            f"feature_name_{side}": (("comparison", f"feature_{side}"), v.astype(str))
+            for side, v in names.items()
+        },
+        **{
+            f"n_features_{side}": ("comparison", [p.sizes[f"feature_{side}"] for p in parts])
+            for side in "ab"
+        },
+    }
+    return (("comparison", "full_metric", "feature_a", "feature_b"), full), coords
 
 
 def _matrix(ds: xr.Dataset, c: int, metric: str) -> np.ndarray:

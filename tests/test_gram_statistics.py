@@ -1,0 +1,204 @@
+"""Gram statistics: minibatch CKA from stored Gram triangles equals the feature path, passes are
+shared by every store of a dataset, and stores with other minibatches are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robrep.activation_store import (
+    ActivationStore,
+    MismatchedStoresError,
+    StoreLayout,
+    check_aligned,
+    extract_to_store,
+)
+from robrep.data import pass_orders
+from robrep.similarity import (
+    gram_triangle,
+    lower_gram,
+    minibatch_cka_grams,
+    minibatch_cka_multi,
+    pass_batches,
+    row_block_gram,
+    triangle_size,
+)
+
+
+class ArrayGrams:
+    """Gram triangles of an in-memory array, made by the extraction's own `gram_triangle`."""
+
+    def __init__(self, x: np.ndarray, batches, name: str):
+        flat = torch.from_numpy(x.reshape(len(x), -1))
+        offset = flat[batches[0][1]].mean(0, keepdim=True)
+        self.name = name
+        self.triangles = [gram_triangle(flat[rows], offset).numpy() for _, rows in batches]
+
+    def read_triangle(self, batch, out):
+        tri = self.triangles[batch]
+        out[: len(tri)] = tri
+        return out[: len(tri)]
+
+
+def grams_of(layers, order, batch_size):
+    """Every model's layers as stored Gram statistics, with the batches' sizes and passes."""
+    batches = pass_batches(order, batch_size)
+    sizes = [len(np.arange(order.shape[1])[rows]) for _, rows in batches]
+    models = [[ArrayGrams(x, batches, f"l{i}") for i, x in enumerate(m)] for m in layers]
+    return models, sizes, [p for p, _ in batches]
+
+
+def test_lower_gram_is_the_lower_triangle_of_the_product():
+    x = torch.randn(37, 11)
+    full = x @ x.T
+    for got in [lower_gram(x)] + [row_block_gram(x, blocks) for blocks in (1, 3, 4, 8)]:
+        torch.testing.assert_close(got, full.tril(), rtol=1e-5, atol=1e-4)
+        assert torch.all(got.triu(1) == 0)
+    assert triangle_size(37) == 37 * 38 // 2
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_gram_path_equals_feature_path(passes):
+    """Several passes, an unequal last batch (103 = 4 x 24 + 7) and +1000 offsets."""
+    rng = np.random.default_rng(passes)
+    n = 103
+    a = [
+        rng.normal(size=(n, 5, 3)).astype(np.float32) + 1000,
+        rng.normal(size=(n, 9)).astype(np.float32),
+    ]
+    b = [(a[0].reshape(n, -1)[:, :7] + rng.normal(size=(n, 7))).astype(np.float32) - 1000]
+    order = pass_orders(n, passes, split_seed=5)
+    want = minibatch_cka_multi([a, b], [(0, 1), (0, 0)], batch_size=24, pass_order=order)
+    models, sizes, batch_passes = grams_of([a, b], order, 24)
+    got = minibatch_cka_grams(models, sizes, batch_passes, [(0, 1), (0, 0)])
+    for pair in [(0, 1), (0, 0)]:
+        np.testing.assert_allclose(got[pair].cka, want[pair].cka, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[pair].cross, want[pair].cross, rtol=1e-5, atol=1e-6)
+        assert got[pair].passes == want[pair].passes
+        assert got[pair].per_pass().shape == (passes, *got[pair].cka.shape)
+    # Pass-to-pass spread: each pass alone is a minibatch estimate of its own.
+    if passes > 1:
+        assert not np.allclose(got[(0, 1)].per_pass()[0], got[(0, 1)].per_pass()[1])
+
+
+def test_pass_orders_depend_on_split_seed_and_pass_only():
+    first = pass_orders(50, 3, split_seed=0)
+    np.testing.assert_array_equal(first[0], np.arange(50))
+    np.testing.assert_array_equal(first, pass_orders(50, 3, split_seed=0))
+    np.testing.assert_array_equal(first[:2], pass_orders(50, 2, split_seed=0))
+    assert not np.array_equal(first[1], pass_orders(50, 2, split_seed=1)[1])
+    for row in first:
+        np.testing.assert_array_equal(np.sort(row), np.arange(50))
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def extract(model, path, order, cka_batch_size=16, **kw):
+    n = order.shape[1]
+    return extract_to_store(
+        model,
+        images(n),
+        np.arange(n) % 10,
+        np.arange(n),
+        path,
+        model.probe_layers("blocks"),
+        {"model_id": "m"},
+        StoreLayout(chunk_rows=16, batch_size=32, cka_batch_size=cka_batch_size),
+        pass_order=order,
+        progress=False,
+        **kw,
+    )
+
+
+def test_store_grams_equal_feature_path(tiny_model, tmp_path):
+    """Extraction's Gram statistics give the CKA of the stored features (3 passes, last batch of
+    5 rows), and the store records its passes and minibatches."""
+    order = pass_orders(53, 3, split_seed=0)
+    store = ActivationStore(extract(tiny_model, tmp_path / "s.zarr", order))
+    np.testing.assert_array_equal(store.pass_order, order)
+    assert list(store.batch_sizes) == [16, 16, 16, 5] * 3
+    assert list(store.batch_passes) == [0] * 4 + [1] * 4 + [2] * 4
+    got = minibatch_cka_grams(
+        [store.gram_layers()], store.batch_sizes, store.batch_passes, [(0, 0)]
+    )[(0, 0)]
+    want = minibatch_cka_multi([store.select()], [(0, 0)], batch_size=16, pass_order=order)[(0, 0)]
+    np.testing.assert_allclose(got.cka, want.cka, atol=1e-6, rtol=0)
+    assert got.names_a == store.layers
+
+
+def test_feature_layers_are_chosen_apart_from_gram_layers(tiny_model, tmp_path):
+    order = pass_orders(40, 1, split_seed=0)
+    path = extract(tiny_model, tmp_path / "s.zarr", order, features=["stage2.0", "head.logits"])
+    store = ActivationStore(path)
+    assert store.feature_layers == ["stage2.0", "head.logits"]
+    assert store.layers == tiny_model.probe_layers("blocks")
+    with pytest.raises(
+        KeyError, match="'stage1.0' has no raw features.*with raw features: stage2.0"
+    ):
+        store.layer("stage1.0")
+    # Features of a layer without Grams (a leaf of 'all') are kept too.
+    leaf = [n for n in tiny_model.probe_layers("all") if n not in store.layers][0]
+    other = ActivationStore(extract(tiny_model, tmp_path / "o.zarr", order, features=[leaf]))
+    assert other.feature_layers == [leaf] and other.layer(leaf).shape[0] == 40
+
+
+def test_stores_with_other_minibatches_are_refused(tiny_model, tmp_path):
+    base = pass_orders(40, 2, split_seed=0)
+    a = ActivationStore(extract(tiny_model, tmp_path / "a.zarr", base))
+    same = ActivationStore(
+        extract(tiny_model, tmp_path / "b.zarr", pass_orders(40, 2, split_seed=0))
+    )
+    check_aligned([a, same])
+    other_seed = ActivationStore(extract(tiny_model, tmp_path / "c.zarr", pass_orders(40, 2, 1)))
+    with pytest.raises(MismatchedStoresError, match=r"different minibatches: .*a\.zarr.*c\.zarr"):
+        check_aligned([a, other_seed])
+    other_batch = ActivationStore(extract(tiny_model, tmp_path / "d.zarr", base, cka_batch_size=8))
+    with pytest.raises(MismatchedStoresError, match=r"batch 16.*d\.zarr \(batch 8"):
+        check_aligned([a, other_batch])
+
+
+def test_pass_order_must_be_permutations(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"pass_order\[1\] is not a permutation"):
+        extract(tiny_model, tmp_path / "s.zarr", np.stack([np.arange(20), np.zeros(20, int)]))
+    assert not (tmp_path / "s.zarr").exists() and not list(tmp_path.iterdir())
+
+
+def test_comparison_records_its_minibatches(tiny_model, tmp_path):
+    from robrep.compare import compare_stores
+
+    order = pass_orders(40, 2, split_seed=0)
+    attrs = {
+        "model_id": "m",
+        "dataset": "digits",
+        "arch": "convnet",
+        "method_id": "standard",
+        "method": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
+        "seed": 0,
+        "checkpoint": "final",
+        "epoch": 1,
+        "inputs": "benign",
+    }
+    n = 40
+    path = extract_to_store(
+        tiny_model,
+        images(n),
+        np.arange(n) % 10,
+        np.arange(n),
+        tmp_path / "s.zarr",
+        tiny_model.probe_layers("blocks"),
+        attrs,
+        StoreLayout(chunk_rows=16, cka_batch_size=16),
+        features=["stage3.0", "head.logits"],
+        pass_order=order,
+        progress=False,
+    )
+    ds = compare_stores(path, path, ["minibatch_cka", "svcca"], bootstrap=10)
+    np.testing.assert_array_equal(ds.pass_order.values, order)
+    assert ds.attrs["batch_size"] == 16 and ds.attrs["passes"] == 2
+    assert list(ds.batch_size.values) == [16, 16, 8, 16, 16, 8]
+    assert ds.cka_per_pass.shape == (2, 8, 8)
+    assert list(ds.full_metric.values) == ["svcca"] and ds.full_similarity.shape == (1, 2, 2)
+    np.testing.assert_allclose(np.diagonal(ds.similarity.sel(metric="minibatch_cka")), 1.0)
