@@ -16,51 +16,96 @@ from robrep.activation_store import (
 )
 from robrep.data import pass_orders
 from robrep.similarity import (
-    gram_triangle,
-    lower_gram,
+    GramMaker,
     minibatch_cka_grams,
     minibatch_cka_multi,
+    pack_gram,
     pass_batches,
     row_block_gram,
     triangle_size,
+    unpack_gram,
+    upper_gram,
 )
+
+from reference import hsic1_textbook
 
 
 class ArrayGrams:
-    """Gram triangles of an in-memory array, made by the extraction's own `gram_triangle`."""
+    """A `GramSource` of float64 Grams of in-memory arrays, packed by hand: independent of the
+    engine's products, offsets and float32 arithmetic."""
 
-    def __init__(self, x: np.ndarray, batches, name: str):
-        flat = torch.from_numpy(x.reshape(len(x), -1))
-        offset = flat[batches[0][1]].mean(0, keepdim=True)
-        self.name = name
-        self.triangles = [gram_triangle(flat[rows], offset).numpy() for _, rows in batches]
+    def __init__(self, layers, batches):
+        self.names = [f"l{i}" for i in range(len(layers))]
+        self.batch_sizes = [len(rows) for _, rows in batches]
+        self.batch_passes = [p for p, _ in batches]
+        flats = [x.reshape(len(x), -1).astype(np.float64) for x in layers]
+        flats = [x - x.mean(0) for x in flats]
+        self.packed = []
+        for _, rows in batches:
+            upper, diag = np.triu_indices(len(rows), 1), np.arange(len(rows))
+            grams = [x[rows] @ x[rows].T for x in flats]
+            self.packed.append(np.stack([np.r_[k[upper], k[diag, diag]] for k in grams], axis=1))
 
-    def read_triangle(self, batch, out):
-        tri = self.triangles[batch]
-        out[: len(tri)] = tri
-        return out[: len(tri)]
+    def read(self, batch, out):
+        packed = self.packed[batch]
+        target = out[: packed.size].reshape(packed.shape)
+        target[:] = packed
+        return target
 
 
-def grams_of(layers, order, batch_size):
-    """Every model's layers as stored Gram statistics, with the batches' sizes and passes."""
-    batches = pass_batches(order, batch_size)
-    sizes = [len(np.arange(order.shape[1])[rows]) for _, rows in batches]
-    models = [[ArrayGrams(x, batches, f"l{i}") for i, x in enumerate(m)] for m in layers]
-    return models, sizes, [p for p, _ in batches]
+def textbook_passes(xs, ys, batches):
+    """Minibatch CKA of every layer pair over the given batches, HSIC_1 as Song et al. write it."""
+    xs = [x.reshape(len(x), -1).astype(np.float64) for x in xs]
+    ys = [y.reshape(len(y), -1).astype(np.float64) for y in ys]
+    xs, ys = [x - x.mean(0) for x in xs], [y - y.mean(0) for y in ys]
+    out = np.zeros((len(xs), len(ys)))
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            terms = np.zeros(3)
+            for _, rows in batches:
+                k, l_ = x[rows] @ x[rows].T, y[rows] @ y[rows].T
+                terms += [hsic1_textbook(k, l_), hsic1_textbook(k, k), hsic1_textbook(l_, l_)]
+            out[i, j] = terms[0] / np.sqrt(terms[1] * terms[2])
+    return out
 
 
-def test_lower_gram_is_the_lower_triangle_of_the_product():
+def test_upper_gram_is_the_upper_triangle_of_the_product():
     x = torch.randn(37, 11)
     full = x @ x.T
-    for got in [lower_gram(x)] + [row_block_gram(x, blocks) for blocks in (1, 3, 4, 8)]:
-        torch.testing.assert_close(got, full.tril(), rtol=1e-5, atol=1e-4)
-        assert torch.all(got.triu(1) == 0)
+    for got in [upper_gram(x)] + [row_block_gram(x, blocks) for blocks in (1, 3, 4, 8)]:
+        torch.testing.assert_close(got, full.triu(), rtol=1e-5, atol=1e-4)
+        assert torch.all(got.tril(-1) == 0)
     assert triangle_size(37) == 37 * 38 // 2
 
 
+def test_packing_round_trips_and_puts_the_strict_triangle_first():
+    k = np.arange(16, dtype=np.float32).reshape(4, 4)
+    k = k + k.T
+    packed = pack_gram(np.triu(k))
+    np.testing.assert_array_equal(
+        packed, [k[0, 1], k[0, 2], k[0, 3], k[1, 2], k[1, 3], k[2, 3], *np.diag(k)]
+    )
+    np.testing.assert_array_equal(pack_gram(torch.from_numpy(np.triu(k))), packed)
+    np.testing.assert_array_equal(unpack_gram(packed, 4), k)
+
+
+def test_gram_maker_is_the_gram_of_offset_rows():
+    """+1000 offsets: the first batch's mean is subtracted, and kept for later batches."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 30, 6, 5)).astype(np.float32) + 1000
+    maker = GramMaker()
+    offset = x[0].reshape(30, -1).astype(np.float64).mean(0)
+    for batch in x:
+        centred = batch.reshape(30, -1) - offset
+        got = unpack_gram(maker("layer", torch.from_numpy(batch)), 30)
+        np.testing.assert_allclose(got, centred @ centred.T, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("passes", [1, 2, 3])
-def test_gram_path_equals_feature_path(passes):
-    """Several passes, an unequal last batch (103 = 4 x 24 + 7) and +1000 offsets."""
+def test_gram_path_equals_textbook_and_feature_path(passes):
+    """Several passes, an unequal last batch (103 = 4 x 24 + 7) and +1000 offsets: CKA from
+    packed Grams (rounded to float32, as stored) equals the textbook to 1e-7, and the feature path
+    (float32 products) to 1e-6."""
     rng = np.random.default_rng(passes)
     n = 103
     a = [
@@ -69,13 +114,17 @@ def test_gram_path_equals_feature_path(passes):
     ]
     b = [(a[0].reshape(n, -1)[:, :7] + rng.normal(size=(n, 7))).astype(np.float32) - 1000]
     order = pass_orders(n, passes, split_seed=5)
-    want = minibatch_cka_multi([a, b], [(0, 1), (0, 0)], batch_size=24, pass_order=order)
-    models, sizes, batch_passes = grams_of([a, b], order, 24)
-    got = minibatch_cka_grams(models, sizes, batch_passes, [(0, 1), (0, 0)])
+    batches = pass_batches(order, 24)
+    batches = [(p, np.arange(n)[rows]) for p, rows in batches]
+    want = textbook_passes(a, b, batches)
+    got = minibatch_cka_grams([ArrayGrams(a, batches), ArrayGrams(b, batches)], [(0, 1), (0, 0)])
+    np.testing.assert_allclose(got[(0, 1)].cka, want, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(np.diag(got[(0, 0)].cka), 1.0, atol=1e-12)
+    features = minibatch_cka_multi([a, b], [(0, 1), (0, 0)], batch_size=24, pass_order=order)
     for pair in [(0, 1), (0, 0)]:
-        np.testing.assert_allclose(got[pair].cka, want[pair].cka, atol=1e-6, rtol=0)
-        np.testing.assert_allclose(got[pair].cross, want[pair].cross, rtol=1e-5, atol=1e-6)
-        assert got[pair].passes == want[pair].passes
+        np.testing.assert_allclose(features[pair].cka, got[pair].cka, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(features[pair].cross, got[pair].cross, rtol=1e-5, atol=1e-6)
+        assert features[pair].passes == got[pair].passes == [p for p, _ in batches]
         assert got[pair].per_pass().shape == (passes, *got[pair].cka.shape)
     # Pass-to-pass spread: each pass alone is a minibatch estimate of its own.
     if passes > 1:
@@ -121,9 +170,7 @@ def test_store_grams_equal_feature_path(tiny_model, tmp_path):
     np.testing.assert_array_equal(store.pass_order, order)
     assert list(store.batch_sizes) == [16, 16, 16, 5] * 3
     assert list(store.batch_passes) == [0] * 4 + [1] * 4 + [2] * 4
-    got = minibatch_cka_grams(
-        [store.gram_layers()], store.batch_sizes, store.batch_passes, [(0, 0)]
-    )[(0, 0)]
+    got = minibatch_cka_grams([store.grams()], [(0, 0)])[(0, 0)]
     want = minibatch_cka_multi([store.select()], [(0, 0)], batch_size=16, pass_order=order)[(0, 0)]
     np.testing.assert_allclose(got.cka, want.cka, atol=1e-6, rtol=0)
     assert got.names_a == store.layers

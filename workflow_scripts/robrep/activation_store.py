@@ -2,9 +2,10 @@
 
 One store per model x checkpoint x input kind. For every probed layer it holds the Gram statistics
 of minibatch CKA: for each minibatch of each pass (`pass_order`, shared by every model of a
-dataset), the lower triangle of the batch's Gram K = X Xᵀ (float32, after subtracting a fixed
-per-feature offset: the first batch's mean), one chunk per batch under `gram/<layer>`. Their size
-does not depend on the layer's width. For the layers chosen as feature layers it also holds the raw
+dataset), the batch's Gram K = X Xᵀ (float32, after subtracting a fixed per-feature offset: the
+first batch's mean) packed as its strict upper triangle row by row, then its diagonal. All layers'
+packed Grams of a batch are one chunk of the (batch, entry, layer) array `gram`, so a comparison
+reads one chunk per batch and store. Their size does not depend on the layers' widths. For the layers chosen as feature layers it also holds the raw
 (optionally pooled) features, one (N, D) array per layer (D = C·H·W flattened) named after the
 layer, chunked (rows, D) — or (rows, max_chunk_features) — for the full-data metrics. Every array
 carries xarray's dimension names, so `xarray.open_zarr` opens a store as a Dataset. A store is
@@ -34,7 +35,7 @@ from .runtime import atomic_output
 from .similarity import Batch, GramMaker, pass_batches, triangle_size
 
 COMPLETE = "robrep_complete"
-FORMAT = "robrep.activations/2"  # 2: Gram statistics, passes and feature layers
+FORMAT = "robrep.activations/3"  # 2: Gram statistics, passes, feature layers; 3: one Gram chunk per batch
 
 
 class IncompleteStoreError(RuntimeError):
@@ -157,25 +158,21 @@ def _create_arrays(
     return arrays
 
 
-def _create_grams(
-    group: zarr.Group, layers: Sequence[str], batches: Sequence[Batch]
-) -> dict[str, zarr.Array]:
-    """One (batches, triangle) float32 array per layer under gram/, one chunk per batch.
+def _create_grams(group: zarr.Group, layers: Sequence[str], batches: Sequence[Batch]) -> zarr.Array:
+    """The (batch, entry, layer) float32 array `gram`: each batch's packed Grams of every layer
+    (columns in `layers` order; a shorter last batch fills the first entries), one chunk per batch.
 
     Uncompressed: zstd saved 6% of a Gram store's bytes in the benchmark and made reading it,
     which is all a comparison does, about twice as slow."""
     width = triangle_size(max(_rows(rows) for _, rows in batches))
-    return {
-        name: group.create_array(
-            f"gram/{name}",
-            shape=(len(batches), width),
-            chunks=(1, width),
-            dtype="float32",
-            compressors=None,
-            dimension_names=("batch", f"{name}.triangle"),
-        )
-        for name in layers
-    }
+    return group.create_array(
+        "gram",
+        shape=(len(batches), width, len(layers)),
+        chunks=(1, width, len(layers)),
+        dtype="float32",
+        compressors=None,
+        dimension_names=("batch", "gram_entry", "gram_layer"),
+    )
 
 
 def _rows(rows: slice | np.ndarray) -> int:
@@ -243,7 +240,7 @@ def extract_to_store(
         arrays = _create_arrays(group, shapes, n, layout)
         grams = _create_grams(group, layers, batches)
         inputs = _model_inputs(model, images, labels, layout, attack, attack_seed, device, progress)
-        _stream_batches(model, inputs, batches, arrays, grams, layout, device, progress)
+        _stream_batches(model, inputs, batches, arrays, grams, layers, layout, device, progress)
         group.attrs.update(
             {
                 **attrs,
@@ -296,53 +293,60 @@ def _stream_batches(
     inputs: np.ndarray,
     batches: Sequence[Batch],
     arrays: dict[str, zarr.Array],
-    grams: dict[str, zarr.Array],
+    grams: zarr.Array,
+    gram_layers: Sequence[str],
     layout: StoreLayout,
     device: str | torch.device,
     progress: bool,
 ) -> None:
-    """Forward every batch of every pass; each probed layer's Gram triangle is made on the device
-    as the layer fires, and in pass 0 the feature layers' (pooled) outputs are copied out.
+    """Forward every batch of every pass; each Gram layer's packed Gram is made on the device as
+    the layer fires, into the batch's column of one of two alternating batch buffers, and in
+    pass 0 the feature layers' (pooled) outputs are copied out.
 
-    Compressing and writing batch t overlaps the forward pass of batch t + 1.
+    Writing batch t overlaps the forward pass of batch t + 1.
     """
     from tqdm import tqdm
 
     make_gram = GramMaker()  # offsets fixed by the first batch of pass 0 (HSIC_1 ignores them)
-    want_features = {"now": False}
+    column = {name: i for i, name in enumerate(gram_layers)}
+    buffers = [np.empty(grams.shape[1:], np.float32) for _ in range(2)]
+    now = {"features": False, "grams": buffers[0]}
 
-    def transform(name: str, out: torch.Tensor) -> dict[str, Any]:
-        made = {}
-        if name in grams:
-            made["gram"] = make_gram(name, out).cpu().numpy()
-        if want_features["now"] and name in arrays:
-            made["features"] = pooled_copy(out, layout.pool).reshape(len(out), -1).numpy()
-        return made
+    def transform(name: str, out: torch.Tensor) -> torch.Tensor | None:
+        if name in column:
+            packed = make_gram(name, out)
+            now["grams"][: len(packed), column[name]] = packed
+        if now["features"] and name in arrays:
+            return pooled_copy(out, layout.pool).reshape(len(out), -1)
+        return None
 
-    def write(t: int, rows: slice | np.ndarray, outs: dict[str, dict[str, Any]]) -> None:
+    def write(t: int, rows: slice | np.ndarray, outs: dict[str, Any], packed: np.ndarray) -> None:
+        size = triangle_size(_rows(rows))
+        grams[t, :size] = packed[:size]
         for name, made in outs.items():
-            if "gram" in made:
-                grams[name][t, : len(made["gram"])] = made["gram"]
-            if "features" in made:
-                values = made["features"].astype(layout.dtype, copy=False)
-                if isinstance(rows, slice):
-                    arrays[name][rows] = values
-                else:
-                    arrays[name].oindex[rows] = values
+            if made is None:
+                continue
+            values = made.numpy().astype(layout.dtype, copy=False)
+            if isinstance(rows, slice):
+                arrays[name][rows] = values
+            else:
+                arrays[name].oindex[rows] = values
 
-    recorder = LayerRecorder(model, list(dict.fromkeys([*grams, *arrays])), transform=transform)
+    recorder = LayerRecorder(
+        model, list(dict.fromkeys([*gram_layers, *arrays])), transform=transform
+    )
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         try:
             for t, (p, rows) in enumerate(
                 tqdm(batches, desc="extract", file=sys.stderr, disable=not progress, mininterval=5)
             ):
-                want_features["now"] = p == 0
+                now["features"], now["grams"] = p == 0, buffers[t % 2]
                 x = to_float(inputs[rows]).to(device)
                 outs = recorder.record(model, x)
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(write, t, rows, outs)
+                pending = writer.submit(write, t, rows, outs, buffers[t % 2])
             if pending is not None:
                 pending.result()
         finally:
@@ -386,20 +390,22 @@ class LayerArray:
         return self.shape[0]
 
 
-class GramArray:
-    """One layer's stored Gram statistics: `read_triangle(t, out)` reads batch t's triangle (one
-    chunk) into a caller's buffer, so a reader that reuses its buffers reads with flat memory."""
+class StoredGrams:
+    """A store's Gram statistics as a `similarity.GramSource`: `read(t, out)` reads batch t's
+    packed Grams of every layer (one chunk) into a caller's buffer, so a reader that reuses its
+    buffers reads with flat memory."""
 
-    def __init__(self, array: zarr.Array, name: str, batch_sizes: np.ndarray):
+    def __init__(self, array: zarr.Array, names: list[str], sizes: np.ndarray, passes: np.ndarray):
         self.array = array
-        self.name = name
-        self.batch_sizes = batch_sizes
+        self.names = names
+        self.batch_sizes = [int(b) for b in sizes]
+        self.batch_passes = [int(p) for p in passes]
 
-    def read_triangle(self, batch: int, out: np.ndarray) -> np.ndarray:
-        size = triangle_size(int(self.batch_sizes[batch]))
-        target = out[:size]
+    def read(self, batch: int, out: np.ndarray) -> np.ndarray:
+        size = triangle_size(self.batch_sizes[batch])
+        target = out[: size * len(self.names)].reshape(size, len(self.names))
         self.array.get_basic_selection(
-            (batch, slice(0, size)), out=NDBuffer.from_numpy_array(target)
+            (batch, slice(0, size), slice(None)), out=NDBuffer.from_numpy_array(target)
         )
         return target
 
@@ -446,14 +452,9 @@ class ActivationStore:
         """Feature layer handles in network order (all feature layers by default)."""
         return [self.layer(name) for name in (names or self.feature_layers)]
 
-    def gram_layer(self, name: str) -> GramArray:
-        if name not in self.layers:
-            raise KeyError(f"layer {name!r} not in {self.path}; layers: {', '.join(self.layers)}")
-        return GramArray(self.group[f"gram/{name}"], name, self.batch_sizes)
-
-    def gram_layers(self) -> list[GramArray]:
-        """Every probed layer's Gram statistics, in network order."""
-        return [self.gram_layer(name) for name in self.layers]
+    def grams(self) -> StoredGrams:
+        """Every Gram layer's packed Grams, batch by batch (columns in `layers` order)."""
+        return StoredGrams(self.group["gram"], self.layers, self.batch_sizes, self.batch_passes)
 
     @property
     def pass_order(self) -> np.ndarray:

@@ -61,9 +61,9 @@ def compare_stores(
         "batch_pass": (("stored_batch",), sa.batch_passes),
     }
     if "minibatch_cka" in metrics:
-        models = [sa.gram_layers()] if same else [sa.gram_layers(), sb.gram_layers()]
+        models = [sa.grams()] if same else [sa.grams(), sb.grams()]
         pair = (0, 0) if same else (0, 1)
-        res = minibatch_cka_grams(models, sa.batch_sizes, sa.batch_passes, [pair], device)[pair]
+        res = minibatch_cka_grams(models, [pair], device)[pair]
         values["minibatch_cka"] = res.cka
         data_vars["hsic_cross"] = (("batch", "layer_a", "layer_b"), res.cross)
         data_vars["hsic_a"] = (("batch", "layer_a"), res.self_a)

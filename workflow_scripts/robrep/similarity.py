@@ -1,10 +1,11 @@
 """Representation similarity: out-of-core all-pairs minibatch CKA and full-data RS metrics.
 
 Minibatch linear CKA (Nguyen et al. 2021): per minibatch of b rows, each layer's Gram K = X Xᵀ is
-computed once (float32, after subtracting a fixed per-feature offset taken from the first batch),
-U-centred in float64 and flattened; the unbiased HSIC_1 (Song et al. 2012) of *every* layer pair of
-*every* model is then one matrix product of the stacked vectors, summed over minibatches and
-normalised at the end. Each row-chunk of each layer is read exactly once.
+computed once (float32, symmetric product, after subtracting a fixed per-feature offset taken from
+the first batch) and packed (strict upper triangle, then the diagonal) — at extraction, where the
+store keeps it, or from features as they are read. The unbiased HSIC_1 (Song et al. 2012) of
+*every* layer pair of *every* model is then one float64 product of the stacked packed Grams plus
+their row sums, summed over minibatches and normalised at the end.
 
 Full-data metrics are a registry `{name: function}` over per-layer statistics computed once per
 comparison (an N x N Gram of centred features, accumulated over feature blocks so D never has to
@@ -65,17 +66,9 @@ def _name(array: Any, default: str) -> str:
     return str(getattr(array, "name", None) or default)
 
 
-def ucentered_gram(x: torch.Tensor) -> torch.Tensor:
-    """U-centred linear Gram of rows `x` (b, D) as a float64 matrix (Székely & Rizzo 2014).
-
-    ⟨ucentred(K), ucentred(L)⟩ / (n (n - 3)) is the unbiased HSIC_1 estimator of Song et al. (2012).
-    The Gram product is float32; centring and everything after it is float64.
-    """
-    return _ucenter_((x @ x.T).double())
-
-
 def _ucenter_(gram: torch.Tensor) -> torch.Tensor:
-    """U-centre a float64 Gram in place (zero diagonal) and return it."""
+    """U-centre a float64 Gram in place (zero diagonal) and return it (Székely & Rizzo 2014):
+    ⟨ucentred(K), ucentred(L)⟩ / (n (n - 3)) is the unbiased HSIC_1 of Song et al. (2012)."""
     n = gram.shape[0]
     gram.fill_diagonal_(0.0)
     means = gram.sum(0) / (n - 2)
@@ -246,37 +239,159 @@ def _prefetch(read: Callable[[int], Any], total: int) -> Iterator[Any]:
             yield item
 
 
-def _read_blocks(
-    models: Sequence[Sequence[Any]],
-    jobs: Sequence[tuple[int, int]],
-    batches: Sequence[Batch],
-    timings: dict[str, float],
-) -> Iterator[torch.Tensor]:
-    """Every (batch, layer) block of features in order, minus its layer's fixed offset (the first
-    batch's mean), read one block ahead.
+# ----------------------------------------------------------------------------------------------
+# Gram statistics: each layer's minibatch Gram, packed. Extraction stores them; the feature path
+# makes them from features as it reads; both feed the same HSIC_1 accumulation.
 
-    Blocks alternate between two reused buffers: when block j + 2 is read, block j is done with.
+
+def triangle_size(b: int) -> int:
+    """Values of one packed b x b Gram: its upper triangle, diagonal included."""
+    return b * (b + 1) // 2
+
+
+@functools.lru_cache(maxsize=16)
+def _pack_positions(b: int) -> np.ndarray:
+    """Flat positions, in a row-major b x b matrix whose upper triangle holds K, of the packed
+    order: the strict upper triangle row by row, then the diagonal."""
+    rows, cols = np.triu_indices(b, 1)
+    return np.concatenate([rows * b + cols, np.arange(b) * (b + 1)])
+
+
+@functools.lru_cache(maxsize=16)
+def _strict_entries(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of each packed strict-upper entry of a b x b Gram."""
+    rows, cols = np.triu_indices(b, 1)
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
+
+
+def upper_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """A row-major b x b matrix whose upper triangle (diagonal included) is X Xᵀ of float32 rows
+    `x` (b, D), the rest zero: half a full product's FLOPs.
+
+    On the CPU, BLAS's symmetric rank-k update (ssyrk; its column-major lower triangle is the
+    row-major upper one, no copy); on other devices (torch has no syrk) each row block times the
+    column blocks at or right of it, (blocks + 1) / (2 blocks) of the FLOPs.
     """
-    widths = {(k, i): math.prod(models[k][i].shape[1:]) for k, i in jobs}
-    largest = max(_size(rows) for _, rows in batches) * max(widths.values(), default=0)
-    buffers = [np.empty(largest, np.float32), np.empty(largest, np.float32)]
-    offsets: dict[tuple[int, int], torch.Tensor] = {}
+    if x.device.type == "cpu":
+        from scipy.linalg.blas import ssyrk
 
-    def read(flat: int) -> torch.Tensor:
-        t, idx = divmod(flat, len(jobs))
-        k, i = jobs[idx]
-        start = time.perf_counter()
-        rows = batches[t][1]
-        n_rows = _size(rows)
-        out = buffers[flat % 2][: n_rows * widths[(k, i)]].reshape(n_rows, -1)
-        x = torch.from_numpy(_rows_into(models[k][i], rows, out))
-        if (k, i) not in offsets:
-            offsets[(k, i)] = x.mean(0, keepdim=True)
-        x.sub_(offsets[(k, i)])
-        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
-        return x
+        rows = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(ssyrk(1.0, rows.T, trans=1, lower=1).T)
+    return row_block_gram(x, blocks)
 
-    return _prefetch(read, len(batches) * len(jobs))
+
+def row_block_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """`upper_gram` on any device: each row block times the column blocks at or right of it."""
+    b = x.shape[0]
+    out = torch.zeros(b, b, dtype=x.dtype, device=x.device)
+    edges = [round(b * i / blocks) for i in range(blocks + 1)]
+    for lo, hi in itertools.pairwise(edges):
+        out[lo:hi, lo:] = x[lo:hi] @ x[lo:].T
+    return out.triu_()
+
+
+def pack_gram(upper: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The packed float32 Gram statistic of a b x b matrix whose upper triangle holds K: the strict
+    upper triangle row by row, then the diagonal (one gather)."""
+    b = upper.shape[0]
+    if isinstance(upper, torch.Tensor):
+        positions = torch.from_numpy(_pack_positions(b)).to(upper.device)
+        return upper.reshape(-1)[positions].cpu().numpy()
+    return np.take(upper.reshape(-1), _pack_positions(b))
+
+
+def unpack_gram(packed: np.ndarray, b: int) -> np.ndarray:
+    """The symmetric b x b Gram of a packed statistic (for tests and inspection)."""
+    rows, cols = np.triu_indices(b, 1)
+    gram = np.zeros((b, b), packed.dtype)
+    gram[rows, cols] = gram[cols, rows] = packed[: len(rows)]
+    gram[np.arange(b), np.arange(b)] = packed[len(rows) : triangle_size(b)]
+    return gram
+
+
+class GramMaker:
+    """Packed Gram statistics of one model's layers, batch by batch: X − offset, then the
+    symmetric product and the packing. Each layer's offset is its first batch's mean, fixed for
+    every later batch and pass (HSIC_1 does not depend on it; it keeps the float32 products of
+    layers with large means accurate). One growing buffer receives X − offset: faulting in a
+    fresh multi-MB array per layer costs about as much as the product.
+
+    On the CPU every step is numpy/BLAS: a torch op right before OpenBLAS's ssyrk leaves torch's
+    OpenMP workers spinning on the cores the ssyrk needs (measured: 1.07x sgemm, against 1.6x).
+    """
+
+    def __init__(self) -> None:
+        self.offsets: dict[Any, Any] = {}
+        self.buffer: np.ndarray | torch.Tensor | None = None
+
+    def __call__(self, key: Any, output: torch.Tensor) -> np.ndarray:
+        flat = output.detach().reshape(len(output), -1)
+        if flat.device.type != "cpu":
+            return self._on_device(key, flat.float())
+        x = flat.numpy() if flat.dtype == torch.float32 else flat.float().numpy()
+        if key not in self.offsets:
+            self.offsets[key] = x.mean(0, dtype=np.float64).astype(np.float32)
+        if not isinstance(self.buffer, np.ndarray) or self.buffer.size < x.size:
+            self.buffer = np.empty(x.size, np.float32)
+        centred = np.subtract(x, self.offsets[key], out=self.buffer[: x.size].reshape(x.shape))
+        return pack_gram(upper_gram(torch.from_numpy(centred)).numpy())
+
+    def _on_device(self, key: Any, x: torch.Tensor) -> np.ndarray:
+        if key not in self.offsets:
+            self.offsets[key] = x.mean(0, keepdim=True)
+        if not isinstance(self.buffer, torch.Tensor) or self.buffer.numel() < x.numel():
+            self.buffer = torch.empty(x.numel(), device=x.device)
+        centred = torch.sub(x, self.offsets[key], out=self.buffer[: x.numel()].view(x.shape))
+        return pack_gram(row_block_gram(centred))
+
+
+class GramSource(Protocol):
+    """One model's Gram statistics, batch by batch (a store's `grams()`, or `FeatureGrams`)."""
+
+    names: list[str]  # the layers, in the order of the packed columns
+    batch_sizes: Sequence[int]  # rows of each batch
+    batch_passes: Sequence[int]  # the pass each batch belongs to
+
+    def read(self, batch: int, out: np.ndarray) -> np.ndarray:
+        """Batch `batch`'s packed Grams as a (triangle_size(b), layers) float32 view of `out`."""
+        ...
+
+
+class FeatureGrams:
+    """The Gram statistics of layers of features, made batch by batch as they are read, exactly
+    as extraction makes them (`GramMaker`). `spent["gram"]` receives the seconds of the products."""
+
+    def __init__(
+        self,
+        layers: Sequence[Any],
+        batches: Sequence[Batch],
+        device: str | torch.device = "cpu",
+        spent: dict[str, float] | None = None,
+    ):
+        self.layers = list(layers)
+        self.names = [_name(layer, f"layer{i}") for i, layer in enumerate(self.layers)]
+        self.rows = [rows for _, rows in batches]
+        self.batch_sizes = [_size(rows) for rows in self.rows]
+        self.batch_passes = [p for p, _ in batches]
+        self.device = torch.device(device)
+        self.spent = spent if spent is not None else {}
+        widest = max(math.prod(layer.shape[1:]) for layer in self.layers)
+        self.buffer = np.empty(max(self.batch_sizes) * widest, np.float32)
+        self.maker = GramMaker()
+
+    def read(self, batch: int, out: np.ndarray) -> np.ndarray:
+        b = self.batch_sizes[batch]
+        packed = out[: triangle_size(b) * len(self.layers)].reshape(-1, len(self.layers))
+        for i, layer in enumerate(self.layers):
+            x = _rows_into(layer, self.rows[batch], self.buffer[: b * _width(layer)].reshape(b, -1))
+            start = time.perf_counter()
+            packed[:, i] = self.maker(i, torch.from_numpy(x).to(self.device))
+            self.spent["gram"] = self.spent.get("gram", 0.0) + time.perf_counter() - start
+        return packed
+
+
+def _width(layer: Any) -> int:
+    return math.prod(layer.shape[1:])
 
 
 def minibatch_cka_multi(
@@ -295,248 +410,133 @@ def minibatch_cka_multi(
     `models[k]` is a sequence of layer arrays of shape (N, ...). `pairs` defaults to every
     (i, j) with i <= j. Batches are consecutive runs of `batch_size` rows of every pass of
     `pass_order` ((passes, N) positions; default: one pass in stored order, or a seeded
-    permutation with `shuffle_seed`). `timings`, when given, receives seconds spent reading (in a
-    reader thread that overlaps the Gram work and also subtracts the offsets) and in the Gram phase.
+    permutation with `shuffle_seed`). Each batch's Grams are made as extraction makes them and
+    pooled as `minibatch_cka_grams` pools stored ones. `timings`, when given, receives seconds
+    reading (with the Gram products, in a reader thread), in the products alone and in HSIC.
     """
     n = _check_models(models)
     batches = _batch_rows(n, batch_size, shuffle_seed, pass_order)
-    pairs, used, jobs = _plan(models, pairs)
-    spent: dict[str, float] = {"read": 0.0, "gram": 0.0}
-    blocks = _read_blocks(models, jobs, batches, spent)
-    return _minibatch_hsic(
-        models,
-        pairs,
-        [_size(rows) for _, rows in batches],
-        [p for p, _ in batches],
-        blocks,
-        lambda x, b: ucentered_gram(x.to(device)).reshape(-1),
-        progress,
-        spent,
-        timings,
-    )
+    spent: dict[str, float] = {"gram": 0.0}
+    sources = [FeatureGrams(m, batches, device, spent) for m in models]
+    got = minibatch_cka_grams(sources, pairs, device, progress, timings)
+    if timings is not None:
+        timings["gram"] = timings.get("gram", 0.0) + spent["gram"]
+    return got
 
 
-def _plan(
-    models: Sequence[Sequence[Any]], pairs: Sequence[tuple[int, int]] | None
-) -> tuple[list[tuple[int, int]], list[int], list[tuple[int, int]]]:
-    """The pairs (default: every i <= j), the models they use and the (model, layer) jobs."""
+def _plan(n_models: int, pairs: Sequence[tuple[int, int]] | None):
+    """The pairs (default: every i <= j) and the models they use."""
     if pairs is None:
-        pairs = [(i, j) for i in range(len(models)) for j in range(i, len(models))]
-    used = sorted({k for pair in pairs for k in pair})
-    return list(pairs), used, [(k, i) for k in used for i in range(len(models[k]))]
+        pairs = [(i, j) for i in range(n_models) for j in range(i, n_models)]
+    return list(pairs), sorted({k for pair in pairs for k in pair})
 
 
-def _minibatch_hsic(
-    models: Sequence[Sequence[Any]],
-    pairs: Sequence[tuple[int, int]],
-    sizes: Sequence[int],
-    passes: Sequence[int],
-    blocks: Iterator[Any],
-    to_vector: Callable[[Any, int], torch.Tensor],
-    progress: Callable[[int, int], None] | None,
-    spent: dict[str, float],
-    timings: dict[str, float] | None,
+def _shared_batches(models: Sequence[GramSource], used: Sequence[int]) -> tuple[list, list]:
+    sizes, passes = list(models[used[0]].batch_sizes), list(models[used[0]].batch_passes)
+    for k in used[1:]:
+        if list(models[k].batch_sizes) != sizes or list(models[k].batch_passes) != passes:
+            raise ValueError(
+                f"models 0 and {k} have different minibatches: sizes {sizes} / "
+                f"{list(models[k].batch_sizes)}, passes {passes} / {list(models[k].batch_passes)}"
+            )
+    return sizes, passes
+
+
+def minibatch_cka_grams(
+    models: Sequence[GramSource],
+    pairs: Sequence[tuple[int, int]] | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[tuple[int, int], CKAResult]:
-    """Per-batch HSIC_1 of every requested pair: `blocks` yields one item per (batch, layer) in
-    order, `to_vector` turns it into the layer's U-centred Gram as a vector whose inner products
-    are the Frobenius products of the U-centred Grams. Seconds in `spent` (reading, filled by the
-    reader; the Gram phase) are added to `timings` when given."""
-    _, used, jobs = _plan(models, pairs)
-    names = {k: [_name(layer, f"layer{i}") for i, layer in enumerate(models[k])] for k in used}
+    """Minibatch CKA for every requested model pair from Gram statistics: per batch, each model's
+    packed Grams of all layers are read once (a background thread reads the next while this one
+    works) and the HSIC_1 of every layer pair of every model is one float64 product
+    (`_batch_hsic`). The models must share their minibatches."""
+    pairs, used = _plan(len(models), pairs)
+    sizes, passes = _shared_batches(models, used)
+    keep = _usable([(p, slice(0, b)) for p, b in zip(passes, sizes, strict=True)], sizes)
+    widths = {k: len(models[k].names) for k in used}
+    largest = triangle_size(max(sizes))
+    buffers = {k: [np.empty(largest * widths[k], np.float32) for _ in range(2)] for k in used}
+    total = sum(widths.values())
+    staging = torch.empty(max(1024, 2**24 // (8 * total)), total, dtype=torch.float64)
+    spent = {"read": 0.0, "hsic": 0.0}
+
+    def read(flat: int) -> np.ndarray:
+        position, idx = divmod(flat, len(used))  # buffers alternate between kept batches
+        start = time.perf_counter()
+        got = models[used[idx]].read(keep[position], buffers[used[idx]][position % 2])
+        spent["read"] += time.perf_counter() - start
+        return got
+
+    items = _prefetch(read, len(keep) * len(used))
+    columns = dict(zip(used, itertools.accumulate([0, *widths.values()]), strict=False))
     cross: dict[tuple[int, int], list[np.ndarray]] = {p: [] for p in pairs}
     selfs: dict[int, list[np.ndarray]] = {k: [] for k in used}
-    for t, b in enumerate(sizes):
-        vectors: dict[int, list[torch.Tensor]] = {k: [] for k in used}
-        for k, _layer in jobs:
-            block = next(blocks)
-            start = time.perf_counter()
-            vectors[k].append(to_vector(block, b))
-            spent["gram"] += time.perf_counter() - start
-            del block
-        _add_batch_hsic(vectors, pairs, b, cross, selfs)
+    for count, t in enumerate(keep):
+        stats = [next(items) for _ in used]
+        start = time.perf_counter()
+        hsic = _batch_hsic(stats, sizes[t], staging, torch.device(device))
+        for k in used:
+            block = slice(columns[k], columns[k] + widths[k])
+            selfs[k].append(np.diagonal(hsic[block, block]).copy())
+        for p, q in pairs:
+            cross[(p, q)].append(
+                hsic[columns[p] : columns[p] + widths[p], columns[q] : columns[q] + widths[q]]
+            )
+        spent["hsic"] += time.perf_counter() - start
         if progress:
-            progress(t + 1, len(sizes))
+            progress(count + 1, len(keep))
     results = {}
-    for p in pairs:
+    for p, q in pairs:
         res = CKAResult(
-            np.stack(cross[p]),
-            np.stack(selfs[p[0]]),
-            np.stack(selfs[p[1]]),
-            names[p[0]],
-            names[p[1]],
-            list(sizes),
-            list(passes),
+            np.stack(cross[(p, q)]),
+            np.stack(selfs[p]),
+            np.stack(selfs[q]),
+            list(models[p].names),
+            list(models[q].names),
+            [sizes[t] for t in keep],
+            [passes[t] for t in keep],
         )
         _warn_degenerate(res)
-        results[p] = res
+        results[(p, q)] = res
     if timings is not None:
         for key, seconds in spent.items():
             timings[key] = timings.get(key, 0.0) + seconds
     return results
 
 
-# ----------------------------------------------------------------------------------------------
-# Gram statistics: each layer's minibatch Grams, made once at extraction.
+def _batch_hsic(
+    stats: Sequence[np.ndarray], b: int, staging: torch.Tensor, device: torch.device
+) -> np.ndarray:
+    """HSIC_1 of every pair of the layers of `stats` (each (triangle_size(b), layers) packed
+    Grams) on one batch of b rows, as a float64 matrix over their concatenated layers.
 
-
-def lower_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """The lower triangle (diagonal included) of X Xᵀ for float32 rows `x` (b, D), as a b x b
-    matrix whose strict upper triangle is zero: half a full product's FLOPs.
-
-    On the CPU, BLAS's symmetric rank-k update (ssyrk) computes it; on other devices (torch has no
-    syrk) row blocks times the column blocks at or left of them, (blocks + 1) / (2 blocks) of the
-    FLOPs. Measured at b = 512 on 2 cores: ssyrk 1.69x, 4 row blocks 1.49x a full product.
+    With K̃ the Gram with its diagonal zeroed (Song et al. 2012, eq. 5),
+    b (b - 3) HSIC_1 = tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((b - 1)(b - 2)) - 2 / (b - 2) 1ᵀK̃L̃1,
+    where tr(K̃L̃) is twice the inner product of the strict triangles and K̃1 their row sums:
+    one product of the stacked triangles (float64, in row blocks through `staging`) and a scatter.
     """
-    if x.device.type == "cpu":
-        from scipy.linalg.blas import ssyrk
-
-        rows = x.detach().float().contiguous().numpy()
-        return torch.from_numpy(ssyrk(1.0, rows.T, trans=1, lower=1))
-    return row_block_gram(x, blocks)
-
-
-def row_block_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """`lower_gram` on any device: each row block times the column blocks at or left of it."""
-    b = x.shape[0]
-    out = torch.zeros(b, b, dtype=x.dtype, device=x.device)
-    edges = [round(b * i / blocks) for i in range(blocks + 1)]
-    for lo, hi in itertools.pairwise(edges):
-        out[lo:hi, :hi] = x[lo:hi] @ x[:hi].T
-    return out.tril_()
-
-
-def triangle_size(b: int) -> int:
-    """Values of a b x b lower triangle with its diagonal."""
-    return b * (b + 1) // 2
-
-
-@functools.lru_cache(maxsize=16)
-def _tril_flat(b: int, device: torch.device) -> torch.Tensor:
-    """Flat (row-major) positions of a b x b lower triangle, diagonal included."""
-    rows, cols = torch.tril_indices(b, b, device=device)
-    return rows * b + cols
-
-
-@functools.lru_cache(maxsize=16)
-def _strict_entries(b: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """For the strict lower triangle of a b x b matrix: positions in the packed lower triangle
-    (diagonal included, row-major), and the entries' rows and columns."""
-    rows, cols = torch.tril_indices(b, b, -1, device=device)
-    return rows * (rows + 1) // 2 + cols, rows, cols
-
-
-def gram_triangle(
-    x: torch.Tensor, offset: torch.Tensor, buffer: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The stored Gram statistic of one batch: the lower triangle (row-major, diagonal included)
-    of (X - offset)(X - offset)ᵀ in float32, with X the batch's flattened features.
-
-    `buffer` (float32, at least X's size) receives X - offset; reusing one matters, since
-    faulting in a fresh multi-MB array costs about as much as the product itself.
-    """
-    flat = x.reshape(len(x), -1)
-    centred = None if buffer is None else buffer[: flat.numel()].view(flat.shape)
-    g = lower_gram(torch.sub(flat, offset, out=centred))
-    return g.reshape(-1)[_tril_flat(len(x), g.device)]  # (ssyrk's Fortran order: one copy)
-
-
-class GramMaker:
-    """Makes a store's Gram statistics batch by batch: each layer's offset is its first batch's
-    mean (fixed for every later batch and pass), and one growing buffer serves the centring."""
-
-    def __init__(self) -> None:
-        self.offsets: dict[str, torch.Tensor] = {}
-        self.buffer: torch.Tensor | None = None
-
-    def __call__(self, name: str, output: torch.Tensor) -> torch.Tensor:
-        flat = output.reshape(len(output), -1).float()
-        if name not in self.offsets:
-            self.offsets[name] = flat.mean(0, keepdim=True)
-        if self.buffer is None or self.buffer.numel() < flat.numel():
-            self.buffer = torch.empty(flat.numel(), device=flat.device)
-        return gram_triangle(flat, self.offsets[name], self.buffer)
-
-
-def ucentred_triangle(triangle: torch.Tensor, b: int) -> torch.Tensor:
-    """U-centred Gram (float64) of a stored triangle, as its strict lower triangle times √2: the
-    inner product of two such vectors is the Frobenius product of the U-centred Grams.
-
-    With the diagonal zeroed and r the row sums, Ũ_ij = K_ij - (r_i + r_j) / (b - 2)
-    + Σr / ((b - 1)(b - 2)) (Székely & Rizzo 2014), computed on the strict triangle alone.
-    """
-    positions, rows, cols = _strict_entries(b, triangle.device)
-    k = triangle[positions].double()
-    sums = torch.zeros(b, dtype=torch.float64, device=triangle.device)
-    sums.index_add_(0, rows, k).index_add_(0, cols, k)
-    means = sums / (b - 2) - sums.sum() / (2 * (b - 1) * (b - 2))
-    return (k - means[rows] - means[cols]) * math.sqrt(2.0)
-
-
-class GramLayer(Protocol):
-    """One layer's stored Gram statistics (an activation store's `gram_layer(name)`)."""
-
-    name: str
-
-    def read_triangle(self, batch: int, out: np.ndarray) -> np.ndarray:
-        """Fill `out` (float32) with batch `batch`'s triangle and return the filled part."""
-        ...
-
-
-def minibatch_cka_grams(
-    models: Sequence[Sequence[GramLayer]],
-    batch_sizes: Sequence[int],
-    batch_passes: Sequence[int],
-    pairs: Sequence[tuple[int, int]] | None = None,
-    device: str | torch.device = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    timings: dict[str, float] | None = None,
-) -> dict[tuple[int, int], CKAResult]:
-    """Minibatch CKA for every requested model pair from stored Gram statistics: per batch, each
-    layer's triangle is read once (one chunk), U-centred in float64 and the HSIC_1 of every pair is
-    a product of the stacked vectors, exactly as from features. The models' stores must share the
-    batches (`batch_sizes`, `batch_passes`: one entry per stored batch)."""
-    pairs, used, jobs = _plan(models, pairs)
-    all_batches = [(p, slice(0, b)) for p, b in zip(batch_passes, batch_sizes, strict=True)]
-    keep = _usable(all_batches, list(batch_sizes))
-    buffers = [np.empty(triangle_size(max(batch_sizes)), np.float32) for _ in range(2)]
-    spent: dict[str, float] = {"read": 0.0, "gram": 0.0}
-
-    def read(flat: int) -> torch.Tensor:
-        t, idx = divmod(flat, len(jobs))
-        k, i = jobs[idx]
-        start = time.perf_counter()
-        tri = models[k][i].read_triangle(keep[t], buffers[flat % 2])
-        spent["read"] += time.perf_counter() - start
-        return torch.from_numpy(tri)
-
-    return _minibatch_hsic(
-        models,
-        pairs,
-        [batch_sizes[t] for t in keep],
-        [batch_passes[t] for t in keep],
-        _prefetch(read, len(keep) * len(jobs)),
-        lambda tri, b: ucentred_triangle(tri.to(device), b),
-        progress,
-        spent,
-        timings,
-    )
-
-
-def _add_batch_hsic(
-    vectors: dict[int, list[torch.Tensor]],
-    pairs: Sequence[tuple[int, int]],
-    b: int,
-    cross: dict[tuple[int, int], list[np.ndarray]],
-    selfs: dict[int, list[np.ndarray]],
-) -> None:
-    """HSIC_1 of every layer pair on one batch of b rows: products of the stacked U-centred Grams,
-    scaled by 1 / (b (b - 3)) (Song et al. 2012)."""
-    scale = 1.0 / (b * (b - 3))
-    stacked = {k: torch.stack(v) for k, v in vectors.items()}
-    for k, u in stacked.items():
-        selfs[k].append(((u * u).sum(1) * scale).cpu().numpy())
-    for p in pairs:
-        cross[p].append(((stacked[p[0]] @ stacked[p[1]].T) * scale).cpu().numpy())
+    strict = b * (b - 1) // 2
+    total = sum(s.shape[1] for s in stats)
+    products = torch.zeros(total, total, dtype=torch.float64, device=device)
+    row_sums = torch.zeros(b, total, dtype=torch.float64, device=device)
+    rows, cols = _strict_entries(b, device)
+    step = staging.shape[0]
+    for lo in range(0, strict, step):
+        hi = min(lo + step, strict)
+        block, start = staging[: hi - lo], 0
+        for s in stats:
+            block[:, start : start + s.shape[1]] = torch.from_numpy(s[lo:hi])
+            start += s.shape[1]
+        block = block.to(device)
+        products.addmm_(block.T, block)
+        row_sums.index_add_(0, rows[lo:hi], block).index_add_(0, cols[lo:hi], block)
+    sums = row_sums.sum(0)
+    hsic = 2 * products + torch.outer(sums, sums) / ((b - 1) * (b - 2))
+    hsic -= (row_sums.T @ row_sums) * (2 / (b - 2))
+    return (hsic / (b * (b - 3))).cpu().numpy()
 
 
 def _warn_degenerate(res: CKAResult) -> None:
