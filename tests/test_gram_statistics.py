@@ -94,10 +94,11 @@ def test_gram_maker_is_the_gram_of_offset_rows():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 30, 6, 5)).astype(np.float32) + 1000
     maker = GramMaker()
-    offset = x[0].reshape(30, -1).astype(np.float64).mean(0)
     for batch in x:
-        centred = batch.reshape(30, -1) - offset
         got = unpack_gram(maker("layer", torch.from_numpy(batch)), 30)
+        offset = maker.offsets["layer"].astype(np.float64)
+        np.testing.assert_allclose(offset, x[0].reshape(30, -1).mean(0), atol=1e-3)
+        centred = batch.reshape(30, -1) - offset
         np.testing.assert_allclose(got, centred @ centred.T, rtol=1e-4, atol=1e-3)
 
 

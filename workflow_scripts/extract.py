@@ -1,9 +1,13 @@
 """Rule extract: stream one model checkpoint's probed-layer activations into a Zarr store."""
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from robrep.workers import short_spin_environment
+
+os.environ.update(short_spin_environment())  # before torch and scipy load their thread pools
 import torch
 from threadpoolctl import threadpool_limits
 

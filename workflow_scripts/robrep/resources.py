@@ -133,10 +133,11 @@ class StoreSize:
 def store_size(
     cost: ModelCost, n_examples: int, cka_batch_size: int, passes: int, value_bytes: int = 4
 ) -> StoreSize:
-    """What a store holds: features of the feature layers plus one Gram triangle per probed
-    layer, batch and pass (its size does not depend on the layer's width)."""
-    full, tail = divmod(n_examples, cka_batch_size)
-    triangles = full * cka_batch_size * (cka_batch_size + 1) // 2 + tail * (tail + 1) // 2
+    """What a store holds: features of the feature layers plus one packed Gram per probed layer,
+    batch and pass (its size does not depend on the layer's width; a shorter last batch fills part
+    of a full-size chunk)."""
+    batches = math.ceil(n_examples / cka_batch_size)
+    triangles = batches * cka_batch_size * (cka_batch_size + 1) // 2
     return StoreSize(
         feature_bytes=n_examples * cost.feature_values * value_bytes,
         gram_bytes=passes * triangles * cost.probe_layers * 4,
@@ -219,14 +220,15 @@ def similarity_resources(
     full_data: bool,
     gflops: float,
 ) -> dict[str, int]:
-    """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the Gram
-    triangles (per batch: both stores' U-centred Grams, float64, and their products) and, with
-    `full_data`, N x N Grams and eigendecompositions of the feature layers."""
+    """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the packed
+    Grams (per batch: each store's chunk, read into two alternating buffers, and one float64
+    product of the stacked triangles) and, with `full_data`, N x N Grams and eigendecompositions
+    of the feature layers."""
     b = cka_batch_size
     layers = cost_a.probe_layers + cost_b.probe_layers
     batches = passes * math.ceil(n_examples / b)
-    mem = 1500 + 3 * layers * b * b * 8 / MB  # U-centred Grams, their stacked copies
-    flops = batches * (layers * 20 * b * b + cost_a.probe_layers * cost_b.probe_layers * b * b)
+    mem = 1500 + 2 * layers * b * (b + 1) / 2 * 4 / MB  # two chunk buffers per store
+    flops = batches * layers**2 * b * b  # (2L)² over b²/2 entries, twice (multiply, add)
     if full_data:
         feature_layers = cost_a.feature_layers + cost_b.feature_layers
         widest = max(cost_a.widest_feature, cost_b.widest_feature)
