@@ -26,9 +26,13 @@ try:
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 validate(config, "../config/schema.yaml")
+# Listed analyses must have pairs; the default (every analysis) skips those without.
+ANALYSES_ASKED = "analyses" in config
 config.setdefault("analyses", list(ANALYSES))
 try:
     rcfg.check_metrics(config)
+    if ANALYSES_ASKED:
+        rcfg.check_analyses(config)
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 

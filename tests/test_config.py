@@ -110,6 +110,27 @@ def mutate(path, value):
         (["methods"], [{"method": "pgd", "norm": "linf", "eps": 0}], r"use method 'standard'"),
         (["methods"], [{"method": "standard"}, {"method": "standard"}], r"repeats methods\[0\]"),
         (
+            ["methods"],
+            [{"method": "pgd", "norm": "linf", "eps": e} for e in (0.1, "1/10")],
+            r"methods\[1\]: pgd linf eps '1/10' is methods\[0\] again \(eps 0\.1\)",
+        ),
+        (
+            ["methods"],
+            [{"method": "pgd", "norm": "linf", "eps": 1}],
+            r"methods\[0\]\.eps: 1 is >= 1, the whole \[0, 1\] pixel range",
+        ),
+        (
+            ["methods"],
+            [{"method": "pgd", "norm": "linf", "eps": 0.1, "step_size": 100}],
+            r"methods\[0\]\.step_size: 100 must lie in \(0, 1\]",
+        ),
+        (["evaluation", "eps"], 2, r"evaluation\.eps: 2 is >= 1"),
+        (
+            ["analyses"],
+            [],
+            r"analyses: empty, so nothing would be compared; choose from cross_layer",
+        ),
+        (
             ["training", "epoch"],
             3,
             r"unknown config key 'training\.epoch' \(did you mean 'epochs'\?\); valid keys under 'training': augment, batch_size",
@@ -129,6 +150,33 @@ def mutate(path, value):
 def test_bad_config_messages(path, value, pattern):
     with pytest.raises(rcfg.ConfigError, match=pattern):
         check(mutate(path, value))
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (
+            {"methods": [{"method": "pgd", "norm": "linf", "eps": 0.1}]},
+            r"'robust_vs_standard' compares each robust model x the standard",
+        ),
+        ({"seeds": [0]}, r"'seeds' compares the same configuration at different seeds"),
+        (
+            {"activations": {"inputs": ["benign"]}},
+            r"'benign_vs_adversarial' compares each model on benign",
+        ),
+    ],
+)
+def test_analysis_without_pairs_is_refused(changes, pattern):
+    cfg = copy.deepcopy(DEFAULT)
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    cfg["analyses"] = ["cross_layer", pattern.split("'")[1]]
+    check(cfg)
+    with pytest.raises(rcfg.ConfigError, match=pattern + r".*nothing to compare"):
+        rcfg.check_analyses(cfg)
 
 
 def test_activation_checkpoints_default_and_errors():

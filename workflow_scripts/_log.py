@@ -2,12 +2,14 @@
 
 import contextlib
 import sys
+import traceback
 import warnings
 
 
 @contextlib.contextmanager
 def redirect_to_log(snakemake):
-    """Everything printed (tqdm included) goes to `snakemake.log[0]` when the rule has a log.
+    """Everything printed (tqdm included) goes to `snakemake.log[0]` when the rule has a log, and
+    so does the traceback of a failure (it is also raised, so Snakemake and the console see it).
 
     Snakemake drops a `.snakemake_timestamp` file into directory outputs (the activation stores),
     which zarr reports as an unknown object when it opens them: a Snakemake fact, ignored here.
@@ -21,5 +23,8 @@ def redirect_to_log(snakemake):
         sys.stdout = sys.stderr = fh
         try:
             yield
+        except BaseException:
+            traceback.print_exc(file=fh)  # the log holds why the job failed, not only the console
+            raise
         finally:
             sys.stdout, sys.stderr = old

@@ -46,14 +46,51 @@ class MismatchedStoresError(ValueError):
     """Two stores hold different examples (sample ids or order) and cannot be compared."""
 
 
-def _codec(compressor: str):
+class DamagedStoreError(RuntimeError):
+    """A store's data fails its checksum, holds non-finite values or lacks an array: it was
+    damaged after extraction (which never writes any of these) and must be rebuilt."""
+
+
+class NonFiniteActivationsError(ValueError):
+    """A model produced NaN or inf activations: the model is broken; nothing is stored."""
+
+
+def rebuild_command(path: str | Path) -> str:
+    """The command that rebuilds one output of the workflow (and what depends on it)."""
+    return f"snakemake --cores all --forcerun {path}"
+
+
+def _codec(compressor: str) -> list:
+    """The chunk codecs of a store array: the compressor, then a CRC32C checksum, verified on
+    every read, so a damaged chunk fails its read instead of decoding as data."""
     if compressor == "zstd":
-        return [zarr.codecs.ZstdCodec(level=1)]
+        return [zarr.codecs.ZstdCodec(level=1), zarr.codecs.Crc32cCodec()]
     if compressor == "blosc":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+        codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+        return [codec, zarr.codecs.Crc32cCodec()]
     if compressor == "none":
-        return None
+        return [zarr.codecs.Crc32cCodec()]
     raise ValueError(f"activations.compressor: {compressor!r} is not one of zstd, blosc, none")
+
+
+def _checked(path: Path, array: str, where: str, read: Callable[[], Any]) -> Any:
+    """`read()`, with a failed chunk checksum or a non-finite value reported as damage to `path`."""
+    try:
+        got = read()
+    except ValueError as err:
+        if "checksum" not in str(err):
+            raise
+        raise DamagedStoreError(
+            f"activation store {path}: array {array!r}, {where}, fails its checksum (damaged on "
+            f"disk); rebuild it: {rebuild_command(path)}"
+        ) from err
+    values = np.asarray(got)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise DamagedStoreError(
+            f"activation store {path}: array {array!r}, {where}, holds non-finite values, which "
+            f"extraction never stores (damaged); rebuild it: {rebuild_command(path)}"
+        )
+    return got
 
 
 def pooled_copy(out: torch.Tensor, pool: int | None) -> torch.Tensor:
@@ -162,15 +199,15 @@ def _create_grams(group: zarr.Group, layers: Sequence[str], batches: Sequence[Ba
     """The (batch, entry, layer) float32 array `gram`: each batch's packed Grams of every layer
     (columns in `layers` order; a shorter last batch fills the first entries), one chunk per batch.
 
-    Uncompressed: zstd saved 6% of a Gram store's bytes in the benchmark and made reading it,
-    which is all a comparison does, about twice as slow."""
+    Not compressed (zstd saved 6% of a Gram store's bytes in the benchmark and made reading it,
+    which is all a comparison does, about twice as slow), but checksummed."""
     width = triangle_size(max(_rows(rows) for _, rows in batches))
     return group.create_array(
         "gram",
         shape=(len(batches), width, len(layers)),
         chunks=(1, width, len(layers)),
         dtype="float32",
-        compressors=None,
+        compressors=_codec("none"),
         dimension_names=("batch", "gram_entry", "gram_layer"),
     )
 
@@ -223,24 +260,28 @@ def extract_to_store(
     shapes = layer_shapes(model, features, to_float(images[:1]).to(device), layout.pool)
     with atomic_output(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array(
-            "sample_ids", data=np.asarray(sample_ids, dtype=np.int64), dimension_names=("sample",)
-        )
-        group.create_array(
-            "labels", data=np.asarray(labels, dtype=np.int64), dimension_names=("sample",)
-        )
-        group.create_array("pass_order", data=order, dimension_names=("pass", "sample"))
-        for key, values in (
-            ("batch_size", [_rows(r) for _, r in batches]),
-            ("batch_pass", [p for p, _ in batches]),
+        for name, values, dims in (
+            ("sample_ids", sample_ids, ("sample",)),
+            ("labels", labels, ("sample",)),
+            ("pass_order", order, ("pass", "sample")),
+            ("gram_batch_size", [_rows(r) for _, r in batches], ("batch",)),
+            ("gram_batch_pass", [p for p, _ in batches], ("batch",)),
         ):
             group.create_array(
-                f"gram_{key}", data=np.asarray(values, np.int64), dimension_names=("batch",)
+                name,
+                data=np.asarray(values, np.int64),
+                dimension_names=dims,
+                compressors=_codec("zstd"),
             )
         arrays = _create_arrays(group, shapes, n, layout)
         grams = _create_grams(group, layers, batches)
         inputs = _model_inputs(model, images, labels, layout, attack, attack_seed, device, progress)
-        _stream_batches(model, inputs, batches, arrays, grams, layers, layout, device, progress)
+        who = ", ".join(
+            f"{k} {attrs[k]}" for k in ("model_id", "checkpoint", "inputs") if k in attrs
+        )
+        _stream_batches(
+            model, inputs, batches, arrays, grams, layers, layout, device, progress, sample_ids, who
+        )
         group.attrs.update(
             {
                 **attrs,
@@ -298,10 +339,13 @@ def _stream_batches(
     layout: StoreLayout,
     device: str | torch.device,
     progress: bool,
+    sample_ids: np.ndarray,
+    who: str = "",
 ) -> None:
     """Forward every batch of every pass; each Gram layer's packed Gram is made on the device as
     the layer fires, into the batch's column of one of two alternating batch buffers, and in
-    pass 0 the feature layers' (pooled) outputs are copied out.
+    pass 0 the feature layers' (pooled) outputs are copied out. Non-finite activations stop it
+    (`NonFiniteActivationsError`, naming `who`, the layer and the first bad example).
 
     Writing batch t overlaps the forward pass of batch t + 1.
     """
@@ -310,13 +354,29 @@ def _stream_batches(
     make_gram = GramMaker()  # offsets fixed by the first batch of pass 0 (HSIC_1 ignores them)
     column = {name: i for i, name in enumerate(gram_layers)}
     buffers = [np.empty(grams.shape[1:], np.float32) for _ in range(2)]
-    now = {"features": False, "grams": buffers[0]}
+    now: dict[str, Any] = {"features": False, "grams": buffers[0], "rows": slice(0, 0)}
+
+    def refuse(name: str, out: torch.Tensor) -> NonFiniteActivationsError:
+        bad = (~torch.isfinite(out.reshape(len(out), -1))).any(1).nonzero()
+        where = "their Gram overflows float32"
+        if len(bad):
+            row = int(bad[0])
+            sample = int(np.asarray(sample_ids)[now["rows"]][row])
+            where = f"first at example {sample} (row {row} of its batch)"
+        return NonFiniteActivationsError(
+            f"{who or 'model'}: layer {name!r} has non-finite activations, {where}; the model is "
+            f"broken (NaN or inf weights or a diverged training run): nothing was stored"
+        )
 
     def transform(name: str, out: torch.Tensor) -> torch.Tensor | None:
         if name in column:
             packed = make_gram(name, out)
+            if not np.isfinite(packed).all():
+                raise refuse(name, out)
             now["grams"][: len(packed), column[name]] = packed
         if now["features"] and name in arrays:
+            if name not in column and not torch.isfinite(out).all():
+                raise refuse(name, out)
             return pooled_copy(out, layout.pool).reshape(len(out), -1)
         return None
 
@@ -341,7 +401,7 @@ def _stream_batches(
             for t, (p, rows) in enumerate(
                 tqdm(batches, desc="extract", file=sys.stderr, disable=not progress, mininterval=5)
             ):
-                now["features"], now["grams"] = p == 0, buffers[t % 2]
+                now.update(features=p == 0, grams=buffers[t % 2], rows=rows)
                 x = to_float(inputs[rows]).to(device)
                 outs = recorder.record(model, x)
                 if pending is not None:
@@ -354,20 +414,32 @@ def _stream_batches(
 
 
 class LayerArray:
-    """One layer of a store: `shape`, `chunks`, `name`, row slicing and `oindex`, read lazily."""
+    """One layer of a store: `shape`, `chunks`, `name`, row slicing and `oindex`, read lazily;
+    every read verifies its chunks' checksums and that the values are finite."""
 
-    def __init__(self, array: zarr.Array, name: str):
+    def __init__(self, array: zarr.Array, name: str, path: Path):
         self.array = array
         self.name = name
+        self.path = path
 
     shape = property(lambda self: self.array.shape)
     chunks = property(lambda self: self.array.chunks)
     ndim = property(lambda self: self.array.ndim)
     dtype = property(lambda self: self.array.dtype)
-    oindex = property(lambda self: self.array.oindex)
+
+    def _read(self, where: Any, read: Callable[[], Any]) -> Any:
+        if isinstance(where, slice | np.ndarray):
+            where = _describe_rows(where)
+        elif not isinstance(where, str):
+            where = f"selection {where!r}"
+        return _checked(self.path, self.name, where, read)
 
     def __getitem__(self, key):
-        return self.array[key]
+        return self._read(key, lambda: self.array[key])
+
+    @property
+    def oindex(self) -> _CheckedIndex:
+        return _CheckedIndex(self)
 
     def read_rows(self, rows: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
         """Fill `out` (float32, (rows, D)) with rows of this layer and return it.
@@ -377,12 +449,16 @@ class LayerArray:
         """
         if self.array.dtype == np.float32:
             target = NDBuffer.from_numpy_array(out)
-            if isinstance(rows, slice):
-                self.array.get_basic_selection((rows,), out=target)
-            else:
-                self.array.get_orthogonal_selection((rows,), out=target)
-            return out
-        block = self.array[rows] if isinstance(rows, slice) else self.array.oindex[rows]
+
+            def read() -> np.ndarray:
+                if isinstance(rows, slice):
+                    self.array.get_basic_selection((rows,), out=target)
+                else:
+                    self.array.get_orthogonal_selection((rows,), out=target)
+                return out
+
+            return self._read(_describe_rows(rows), read)
+        block = self[rows] if isinstance(rows, slice) else self.oindex[rows]
         np.copyto(out, block, casting="same_kind")
         return out
 
@@ -390,24 +466,45 @@ class LayerArray:
         return self.shape[0]
 
 
+class _CheckedIndex:
+    def __init__(self, layer: LayerArray):
+        self.layer = layer
+
+    def __getitem__(self, key):
+        return self.layer._read(key, lambda: self.layer.array.oindex[key])
+
+
+def _describe_rows(rows: slice | np.ndarray) -> str:
+    if isinstance(rows, slice):
+        return f"rows {rows.start or 0}-{rows.stop - 1}" if rows.stop is not None else "rows"
+    return f"rows {int(np.min(rows))}-{int(np.max(rows))} ({len(rows)} rows)"
+
+
 class StoredGrams:
     """A store's Gram statistics as a `similarity.GramSource`: `read(t, out)` reads batch t's
-    packed Grams of every layer (one chunk) into a caller's buffer, so a reader that reuses its
-    buffers reads with flat memory."""
+    packed Grams of every layer (one chunk, checksum and finiteness verified) into a caller's
+    buffer, so a reader that reuses its buffers reads with flat memory."""
 
-    def __init__(self, array: zarr.Array, names: list[str], sizes: np.ndarray, passes: np.ndarray):
+    def __init__(
+        self, array: zarr.Array, names: list[str], sizes: np.ndarray, passes: np.ndarray, path: Path
+    ):
         self.array = array
         self.names = names
         self.batch_sizes = [int(b) for b in sizes]
         self.batch_passes = [int(p) for p in passes]
+        self.path = path
 
     def read(self, batch: int, out: np.ndarray) -> np.ndarray:
         size = triangle_size(self.batch_sizes[batch])
         target = out[: size * len(self.names)].reshape(size, len(self.names))
-        self.array.get_basic_selection(
-            (batch, slice(0, size), slice(None)), out=NDBuffer.from_numpy_array(target)
-        )
-        return target
+
+        def read() -> np.ndarray:
+            self.array.get_basic_selection(
+                (batch, slice(0, size), slice(None)), out=NDBuffer.from_numpy_array(target)
+            )
+            return target
+
+        return _checked(self.path, "gram", f"chunk of batch {batch}", read)
 
 
 class ActivationStore:
@@ -435,8 +532,8 @@ class ActivationStore:
             )
         self.layers: list[str] = list(self.attrs["layers"])
         self.feature_layers: list[str] = list(self.attrs["feature_layers"])
-        self.batch_sizes = self.group["gram_batch_size"][:]
-        self.batch_passes = self.group["gram_batch_pass"][:]
+        self.batch_sizes = self._read("gram_batch_size")
+        self.batch_passes = self._read("gram_batch_pass")
 
     def layer(self, name: str) -> LayerArray:
         """The raw features of a feature layer."""
@@ -446,7 +543,7 @@ class ActivationStore:
                 f"layer {name!r} {where} in {self.path}; layers: {', '.join(self.layers)}; with "
                 f"raw features: {', '.join(self.feature_layers) or 'none'} (activations.features)"
             )
-        return LayerArray(self.group[name], name)
+        return LayerArray(self._array(name), name, self.path)
 
     def select(self, names: Sequence[str] | None = None) -> list[LayerArray]:
         """Feature layer handles in network order (all feature layers by default)."""
@@ -454,12 +551,28 @@ class ActivationStore:
 
     def grams(self) -> StoredGrams:
         """Every Gram layer's packed Grams, batch by batch (columns in `layers` order)."""
-        return StoredGrams(self.group["gram"], self.layers, self.batch_sizes, self.batch_passes)
+        return StoredGrams(
+            self._array("gram"), self.layers, self.batch_sizes, self.batch_passes, self.path
+        )
+
+    def _read(self, name: str) -> np.ndarray:
+        """A whole small array, verified."""
+        return _checked(self.path, name, "all chunks", lambda: self._array(name)[:])
+
+    def _array(self, name: str) -> zarr.Array:
+        """An array the store's attributes promise; missing means damaged."""
+        try:
+            return self.group[name]
+        except KeyError:
+            raise DamagedStoreError(
+                f"activation store {self.path} lacks its array {name!r} (deleted or damaged); "
+                f"rebuild it: {rebuild_command(self.path)}"
+            ) from None
 
     @property
     def pass_order(self) -> np.ndarray:
         """(passes, N) positions into `sample_ids`: the order of each pass's minibatches."""
-        return self.group["pass_order"][:]
+        return self._read("pass_order")
 
     @property
     def cka_batch_size(self) -> int:
@@ -467,11 +580,11 @@ class ActivationStore:
 
     @property
     def sample_ids(self) -> np.ndarray:
-        return self.group["sample_ids"][:]
+        return self._read("sample_ids")
 
     @property
     def labels(self) -> np.ndarray:
-        return self.group["labels"][:]
+        return self._read("labels")
 
     def __len__(self) -> int:
         return int(self.attrs["n_examples"])

@@ -152,6 +152,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         except ValueError as err:
             raise ConfigError(f"architectures[{i}]: {err}") from None
     seen: dict[str, int] = {}
+    parsed: dict[tuple, int] = {}
     for i, method in enumerate(config.get("methods") or []):
         key = f"methods[{i}]"
         if not isinstance(method, Mapping):
@@ -178,6 +179,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                 raise ConfigError(
                     f"{key}.eps: 0 makes {kind!r} standard training; use method 'standard'"
                 )
+            check_linf_budget(method, key)
             if "beta" in method and kind != "trades":
                 raise ConfigError(f"{key}.beta: only method 'trades' takes beta")
         mid = method_id(method)
@@ -188,6 +190,14 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"method/norm/eps"
             )
         seen[mid] = i
+        same = (kind, method.get("norm"), parse_eps(method.get("eps", 0), f"{key}.eps"))
+        if same in parsed:
+            j = parsed[same]
+            raise ConfigError(
+                f"{key}: {kind} {same[1] or ''} eps {method.get('eps')!r} is methods[{j}] again "
+                f"(eps {config['methods'][j].get('eps')!r}): the same training twice; keep one"
+            )
+        parsed[same] = i
     seeds = config.get("seeds") or []
     for i, seed in enumerate(seeds):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -196,6 +206,45 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"seeds: {list(seeds)!r} repeats a seed")
     if "eps" in (config.get("evaluation") or {}):
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
+        check_linf_budget(config["evaluation"], "evaluation")
+    if config.get("analyses") == []:
+        from .analyses import ANALYSES
+
+        raise ConfigError(
+            f"analyses: empty, so nothing would be compared; choose from {', '.join(ANALYSES)}"
+        )
+
+
+def check_linf_budget(attack: Mapping[str, Any], key: str) -> None:
+    """An L∞ eps or step size of 1 or more spans the whole [0, 1] pixel range: refused."""
+    if attack.get("norm") != "linf":
+        return
+    eps = parse_eps(attack.get("eps", 0), f"{key}.eps")
+    if eps >= 1:
+        raise ConfigError(
+            f"{key}.eps: {attack['eps']!r} is >= 1, the whole [0, 1] pixel range under L∞; "
+            f"image attacks use e.g. 8/255 (CIFAR) or 0.1 (digits)"
+        )
+    step = attack.get("step_size")
+    if step is not None and not 0 < float(step) <= 1:
+        raise ConfigError(
+            f"{key}.step_size: {step!r} must lie in (0, 1] on [0, 1] images (L∞); the default "
+            f"is 2.5 eps / steps"
+        )
+
+
+def check_analyses(config: Mapping[str, Any]) -> None:
+    """Every configured analysis has at least one pair to compare in this config; refused at
+    start-up otherwise, naming what it compares. Runs on the validated config."""
+    from .analyses import ANALYSES, Study
+
+    study = Study.from_config(config)
+    for name in config["analyses"]:
+        if not list(ANALYSES[name].pairs(study)):
+            raise ConfigError(
+                f"analyses: {name!r} compares {ANALYSES[name].compares}, and this config gives it "
+                f"nothing to compare; add what it needs or drop it from analyses"
+            )
 
 
 def check_metrics(config: Mapping[str, Any]) -> None:

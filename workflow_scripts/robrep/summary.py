@@ -19,6 +19,7 @@ import xarray as xr
 from .analyses import ANALYSES
 from .compare import method_coords
 from .ids import ModelKey
+from .xrio import read_netcdf
 
 SUMMARY_METRIC = "minibatch_cka"
 _SIDE_COORDS = (
@@ -45,7 +46,7 @@ def aggregate(
     `metrics_files` are the models' metrics.json, in model order; `metric` is the similarity
     used for the per-model summaries.
     """
-    parts = [xr.load_dataset(f, engine="h5netcdf") for f in comparison_files]
+    parts = [read_netcdf(f) for f in comparison_files]
     if not parts:
         raise ValueError("no comparisons to aggregate")
     needed = [f"{key}_{side}" for key in _SIDE_COORDS for side in "ab"]

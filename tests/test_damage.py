@@ -1,0 +1,183 @@
+"""Nothing silently wrong: damaged stores fail their reads naming the store, non-finite activations
+are never stored, and no number comes out of damaged data."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from robrep.activation_store import (
+    ActivationStore,
+    DamagedStoreError,
+    NonFiniteActivationsError,
+    StoreLayout,
+    extract_to_store,
+)
+from robrep.data import pass_orders
+from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def extract(model, path, n=40, **kw):
+    return extract_to_store(
+        model,
+        images(n),
+        np.arange(n) % 10,
+        np.arange(100, 100 + n),
+        path,
+        model.probe_layers("blocks"),
+        {"model_id": "convnet.standard.seed0", "checkpoint": "final", "inputs": "benign"},
+        StoreLayout(chunk_rows=16, cka_batch_size=16),
+        pass_order=pass_orders(n, 2, 0),
+        progress=False,
+        **kw,
+    )
+
+
+def corrupt_middle(path, length=21):
+    """Overwrite `length` bytes in the middle of a file, keeping its size (a failing disk)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + length] = bytes((b + 1) % 256 for b in data[mid : mid + length])
+    path.write_bytes(bytes(data))
+
+
+def chunk_files(array_dir):
+    return sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("array", ["gram", "stage2.0"])
+def test_corrupted_chunk_fails_its_read_naming_store_and_array(tiny_model, tmp_path, array):
+    path = extract(tiny_model, tmp_path / "s.zarr")
+    corrupt_middle(chunk_files(path / array)[1])
+    store = ActivationStore(path)
+    with pytest.raises(DamagedStoreError, match=rf"{path}: array '{array}', .* checksum.*forcerun"):
+        if array == "gram":
+            minibatch_cka_grams([store.grams()], [(0, 0)])
+        else:
+            minibatch_cka_multi([store.select()], [(0, 0)], batch_size=16)
+
+
+def test_comparison_of_a_damaged_store_gives_no_number(tiny_model, tmp_path):
+    from robrep.compare import compare_stores
+
+    path = extract(tiny_model, tmp_path / "s.zarr")
+    corrupt_middle(chunk_files(path / "gram")[0])
+    with pytest.raises(DamagedStoreError, match="checksum"):
+        compare_stores(path, path, ["minibatch_cka"])
+
+
+def test_every_store_array_is_checksummed(tiny_model, tmp_path):
+    group = zarr.open_group(str(extract(tiny_model, tmp_path / "s.zarr")), mode="r")
+    names = [name for name, _ in group.arrays()]
+    assert "gram" in names and "sample_ids" in names
+    for name in names:
+        codecs = [type(c).__name__ for c in group[name].compressors]
+        assert codecs[-1] == "Crc32cCodec", (name, codecs)
+
+
+def test_deleted_layer_array_is_damage(tiny_model, tmp_path):
+    import shutil
+
+    path = extract(tiny_model, tmp_path / "s.zarr")
+    shutil.rmtree(path / "stage3.0")
+    with pytest.raises(DamagedStoreError, match=rf"{path} lacks its array 'stage3.0'.*forcerun"):
+        ActivationStore(path).layer("stage3.0")
+
+
+def test_non_finite_values_in_a_store_are_damage(tiny_model, tmp_path):
+    """NaN written with a valid checksum (by zarr itself) is still refused as damage."""
+    path = extract(tiny_model, tmp_path / "s.zarr")
+    layer = zarr.open_group(str(path), mode="r+")["stage2.0"]
+    block = layer[3:5]
+    block[:] = np.nan
+    layer[3:5] = block
+    with pytest.raises(DamagedStoreError, match="'stage2.0', rows 0-15, holds non-finite"):
+        ActivationStore(path).layer("stage2.0")[0:16]
+
+
+def test_nan_activations_stop_extraction_naming_model_layer_and_example(tiny_model, tmp_path):
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(broken.get_submodule("stage2.0").parameters()).view(-1)[0] = float("nan")
+    path = tmp_path / "s.zarr"
+    with pytest.raises(
+        NonFiniteActivationsError,
+        match=r"convnet.standard.seed0, checkpoint final, inputs benign: layer 'stage2.0' has "
+        r"non-finite activations, first at example 100 \(row 0",
+    ):
+        extract(broken, path)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_failing_rule_script_logs_its_traceback(tmp_path):
+    """The rule scripts' log helper writes the traceback into the job's log before re-raising
+    (Snakemake shows the log of a failed job; an empty one says nothing)."""
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_log", Path(__file__).parents[1] / "workflow_scripts" / "_log.py"
+    )
+    log_helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(log_helper)
+    log = tmp_path / "job.log"
+    with pytest.raises(ValueError, match="weights are damaged"):
+        with log_helper.redirect_to_log(types.SimpleNamespace(log=[str(log)])):
+            print("starting")
+            raise ValueError("weights are damaged")
+    text = log.read_text()
+    assert "starting" in text and "Traceback" in text and "ValueError: weights are damaged" in text
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_weights_are_refused_naming_the_file(tiny_model, tmp_path, damage):
+    from robrep.weights import DamagedWeightsError, load_model, save_weights
+
+    meta = {"arch": "convnet", "in_channels": 1, "num_classes": 10, "mean": [0.3], "std": [0.3]}
+    path = tmp_path / "model.safetensors"
+    save_weights(tiny_model, path, meta)
+    load_model(path)  # intact: loads
+    if damage == "flip":
+        data = bytearray(path.read_bytes())
+        data[-40] ^= 0xFF  # inside the last tensor's bytes
+        path.write_bytes(bytes(data))
+        why = "fails its SHA-256 checksum"
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+        why = "cannot be read"
+    with pytest.raises(DamagedWeightsError, match=rf"weights {path} {why}.*forcerun {path}"):
+        load_model(path)
+
+
+def test_tampered_netcdf_fails_its_checksum_naming_the_file(tmp_path):
+    """Comparison and summary netCDF files carry Fletcher-32 checksums on every numeric array."""
+    import xarray as xr
+
+    from robrep.xrio import DamagedArtefactError, read_netcdf, write_netcdf
+
+    values = np.random.default_rng(0).random((1, 30, 30))
+    ds = xr.Dataset(
+        {
+            "similarity": (("metric", "a", "b"), values),
+            "names": (("a",), [f"l{i}" for i in range(30)]),
+        }
+    )
+    path = tmp_path / "c.nc"
+    write_netcdf(ds, path)
+    np.testing.assert_array_equal(read_netcdf(path).similarity.values, values)
+    data = bytearray(path.read_bytes())
+    start = data.find(values.tobytes()[:64])
+    assert start > 0
+    data[start + 100 : start + 121] = bytes(21)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedArtefactError, match=rf"{path} .*checksum.*forcerun {path}"):
+        read_netcdf(path)
