@@ -476,7 +476,7 @@ def _shared_batches(models: Sequence[GramSource], used: Sequence[int]) -> tuple[
     for k in used[1:]:
         if list(models[k].batch_sizes) != sizes or list(models[k].batch_passes) != passes:
             raise ValueError(
-                f"models 0 and {k} have different minibatches: sizes {sizes} / "
+                f"models {used[0]} and {k} have different minibatches: sizes {sizes} / "
                 f"{list(models[k].batch_sizes)}, passes {passes} / {list(models[k].batch_passes)}"
             )
     return sizes, passes

@@ -18,10 +18,12 @@ class DamagedArtefactError(RuntimeError):
 
 
 def _checksummed(ds: xr.Dataset) -> list[str]:
-    """Variables that carry a checksum: numeric arrays of at least one dimension (HDF5 checksums
-    chunked data; scalars and strings are not chunked)."""
+    """Variables that carry a checksum: non-empty numeric arrays of at least one dimension (HDF5
+    checksums chunked data; scalars, empty arrays and strings are not chunked)."""
     return [
-        name for name, var in ds.variables.items() if var.ndim >= 1 and var.dtype.kind in "biuf"
+        name
+        for name, var in ds.variables.items()
+        if var.ndim >= 1 and var.size > 0 and var.dtype.kind in "biuf"
     ]
 
 
