@@ -12,7 +12,6 @@ in its own child process; the variants alternate, `--repeats` times, and the bes
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -21,6 +20,9 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from isolated import run_isolated  # noqa: E402
 
 
 def _unverified() -> None:
@@ -85,27 +87,6 @@ def _compare(verified: bool, a: str, b: str, threads: int):
     return time.perf_counter() - start
 
 
-def _child(fn, args, queue):
-    sys.path.insert(0, str(HERE))
-    try:
-        queue.put(fn(*args))
-    except BaseException as err:  # the parent must not wait for a result that never comes
-        queue.put(err)
-        raise
-
-
-def run(fn, *args) -> float:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    if isinstance(out, BaseException):
-        raise RuntimeError(f"{fn.__name__} failed in its child process") from out
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -130,12 +111,12 @@ def main() -> None:
             paths = [str(args.dir / f"{tag}{seed}.zarr") for seed in (0, 1)]
             for seed, path in enumerate(paths):
                 shutil.rmtree(path, ignore_errors=True)
-                seconds = run(
+                seconds = run_isolated(
                     _extract, verified, seed, path, n, args.batch, args.passes, args.threads
                 )
                 times.setdefault(f"extract_{tag}", []).append(seconds)
             times.setdefault(f"compare_{tag}", []).append(
-                run(_compare, verified, *paths, args.threads)
+                run_isolated(_compare, verified, *paths, args.threads)
             )
     best = {key: min(values) for key, values in times.items()}
     for key, value in best.items():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -36,6 +35,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from isolated import run_isolated  # noqa: E402
+
 MB = 2**20
 
 
@@ -205,25 +208,19 @@ TASKS = {
 }
 
 
-def _child(task, args, queue):
-    sys.path.insert(0, str(HERE))
+def _measured(task, *args):
+    """One task with its peak memory, measured in its own process (see isolated.run_isolated)."""
     import robrep.similarity  # noqa: F401  (imports count towards the baseline)
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = TASKS[task](*args)
     out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["rss_growth"] = out["rss"] - baseline
-    queue.put(out)
+    return out
 
 
 def run(task, *args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(task, args, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    return out
+    return run_isolated(_measured, task, *args)
 
 
 def du(path: Path) -> int:

@@ -23,28 +23,7 @@ from robrep.activation_store import (
 )
 from robrep.attacks import AttackSpec
 
-
-def images(n, seed=0):
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
-
-
-def extract(model, path, n=50, ids=None, **kw):
-    x = images(n)
-    ids = np.arange(100, 100 + n) if ids is None else ids
-    layers = kw.pop("layers", model.probe_layers("blocks"))
-    layout = {k: kw.pop(k) for k in list(kw) if k in StoreLayout.__dataclass_fields__}
-    return extract_to_store(
-        model,
-        x,
-        np.arange(n) % 10,
-        ids,
-        path,
-        layers,
-        {"model_id": "m"},
-        StoreLayout(chunk_rows=16, batch_size=32, **layout),
-        progress=False,
-        **kw,
-    )
+from store_helpers import extract, images
 
 
 def test_values_equal_direct_forward(tiny_model, tmp_path):

@@ -28,6 +28,8 @@ from robrep.similarity import (
 )
 
 from reference import hsic1_textbook
+from store_helpers import extract as extract_store
+from store_helpers import images
 
 
 class ArrayGrams:
@@ -142,24 +144,10 @@ def test_pass_orders_depend_on_split_seed_and_pass_only():
         np.testing.assert_array_equal(np.sort(row), np.arange(50))
 
 
-def images(n, seed=0):
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
-
-
 def extract(model, path, order, cka_batch_size=16, **kw):
     n = order.shape[1]
-    return extract_to_store(
-        model,
-        images(n),
-        np.arange(n) % 10,
-        np.arange(n),
-        path,
-        model.probe_layers("blocks"),
-        {"model_id": "m"},
-        StoreLayout(chunk_rows=16, batch_size=32, cka_batch_size=cka_batch_size),
-        pass_order=order,
-        progress=False,
-        **kw,
+    return extract_store(
+        model, path, n, ids=np.arange(n), pass_order=order, cka_batch_size=cka_batch_size, **kw
     )
 
 

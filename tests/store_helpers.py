@@ -1,0 +1,45 @@
+"""Tiny activation stores for tests: random 8x8 images through a model into a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from robrep.activation_store import StoreLayout, extract_to_store
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """`n` random single-channel 8x8 images in [0, 1)."""
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def extract(
+    model: nn.Module,
+    path: Path,
+    n: int = 50,
+    ids: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Path:
+    """A store of `model` on `images(n)` (labels i % 10, ids 100.. unless given) at the block
+    layers unless `layers` is given; StoreLayout fields in `kw` override chunk_rows 16 and
+    batch_size 32, the rest goes to `extract_to_store`."""
+    ids = np.arange(100, 100 + n) if ids is None else ids
+    layers = kw.pop("layers", model.probe_layers("blocks"))
+    layout = {"chunk_rows": 16, "batch_size": 32}
+    layout.update({k: kw.pop(k) for k in list(kw) if k in StoreLayout.__dataclass_fields__})
+    return extract_to_store(
+        model,
+        images(n),
+        np.arange(n) % 10,
+        ids,
+        path,
+        layers,
+        meta or {"model_id": "m"},
+        StoreLayout(**layout),
+        progress=False,
+        **kw,
+    )
