@@ -31,6 +31,12 @@ def test_block_score_ranks_block_above_uniform():
     )
 
 
+def test_block_score_of_a_nan_matrix_is_nan_not_inf():
+    block = block_matrix([3, 5])
+    block[0, :] = block[:, 0] = np.nan  # a constant first layer
+    assert np.isnan(block_structure_score(block))
+
+
 def test_block_score_smooth_decay_is_between():
     idx = np.arange(8)
     toeplitz = 0.9 ** np.abs(idx[:, None] - idx[None, :])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from robrep.checksums import read_json
 from robrep.config import resolve_method
 from robrep.data import load_splits, save_splits
 from robrep.runtime import pick_device
@@ -62,7 +63,7 @@ def test_outputs_and_bitwise_determinism(splits, tmp_path):
         for k in wa:
             assert np.array_equal(wa[k], wb[k]), (name, k)
     assert not (tmp_path / "a" / ".partial").exists()
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics = read_json(tmp_path / "a" / "metrics.json")  # its SHA-256 verified
     assert metrics == json.loads(json.dumps(m1))
     assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_clean_acc", "val_robust_acc"} <= metrics["history"][

@@ -30,6 +30,7 @@ from torch import nn
 from zarr.core.buffer.cpu import NDBuffer
 
 from .attacks import AttackSpec, pgd
+from .checksums import DamagedArtefactError, rebuild_command
 from .data import to_float
 from .runtime import atomic_output
 from .similarity import Batch, GramMaker, pass_batches, triangle_size
@@ -46,18 +47,13 @@ class MismatchedStoresError(ValueError):
     """Two stores hold different examples (sample ids or order) and cannot be compared."""
 
 
-class DamagedStoreError(RuntimeError):
+class DamagedStoreError(DamagedArtefactError):
     """A store's data fails its checksum, holds non-finite values or lacks an array: it was
     damaged after extraction (which never writes any of these) and must be rebuilt."""
 
 
 class NonFiniteActivationsError(ValueError):
     """A model produced NaN or inf activations: the model is broken; nothing is stored."""
-
-
-def rebuild_command(path: str | Path) -> str:
-    """The command that rebuilds one output of the workflow (and what depends on it)."""
-    return f"snakemake --cores all --forcerun {path}"
 
 
 def _codec(compressor: str) -> list:
@@ -588,6 +584,19 @@ class ActivationStore:
 
     def __len__(self) -> int:
         return int(self.attrs["n_examples"])
+
+    def verify(self) -> None:
+        """Read every array the store's attributes promise, chunk by chunk (one chunk in memory at
+        a time), each checksum and value verified; the first damage raises DamagedStoreError."""
+        for name in ("sample_ids", "labels", "pass_order", "gram_batch_size", "gram_batch_pass"):
+            self._read(name)
+        grams = self.grams()
+        buffer = np.empty(triangle_size(max(grams.batch_sizes)) * len(self.layers), np.float32)
+        for batch in range(len(grams.batch_sizes)):
+            grams.read(batch, buffer)
+        for layer in self.select():
+            for start in range(0, len(layer), layer.chunks[0]):
+                layer[start : start + layer.chunks[0]]
 
     def iter_chunks(
         self, names: Sequence[str] | None = None, rows: int | None = None

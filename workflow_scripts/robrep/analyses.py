@@ -86,6 +86,7 @@ def block_structure_score(cka: np.ndarray, min_size: int = 2) -> float:
     outside it, take the mean off-diagonal similarity inside the segment minus the mean
     similarity between the segment and the other layers; the score is the largest such contrast.
     A matrix of uniform similarity scores 0; a block-diagonal one scores near its block contrast.
+    NaN when any entry is NaN (a constant layer): a score from a NaN is NaN, never -inf.
     """
     c = np.asarray(cka, dtype=float)
     n = c.shape[0]
@@ -93,6 +94,8 @@ def block_structure_score(cka: np.ndarray, min_size: int = 2) -> float:
         raise ValueError(
             f"block score needs a square matrix with > {min_size} layers, got {c.shape}"
         )
+    if np.isnan(c).any():
+        return float("nan")
     best = -np.inf
     for start in range(n):
         for stop in range(start + min_size, n + 1):

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .analyses import ANALYSES
+from .checksums import read_json
 from .compare import method_coords
 from .ids import ModelKey
 from .xrio import read_netcdf
@@ -58,7 +59,7 @@ def aggregate(
                 f"recompute it: snakemake --forcerun extract (stores lack them too)"
             )
     ds = _stack(parts)
-    models = [json.loads(Path(f).read_text()) for f in metrics_files]
+    models = [read_json(f) for f in metrics_files]
     summary, accuracy = model_summaries(ds, models, metric)
     ds = xr.merge([ds, summary])
     ds.attrs.update(

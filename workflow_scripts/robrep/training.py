@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attacks import AttackSpec, pgd
+from .checksums import write_json
 from .config import saved_epochs
 from .data import Splits, to_float
 from .models import ProbedNet, build_model
@@ -384,7 +385,6 @@ def _finish(settings, splits, out_dir, work, model, history, best, device) -> di
         "test_best": {"clean_acc": best_clean, "robust_acc": best_robust, "epoch": best["epoch"]},
         "versions": software_versions(),
     }
-    with atomic_output(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
+    write_json(metrics, out_dir / "metrics.json")
     shutil.rmtree(work)
     return metrics

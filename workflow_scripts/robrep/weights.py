@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .checksums import DamagedArtefactError, rebuild_command
 from .models import ProbedNet, build_model
 from .runtime import atomic_output
 
@@ -20,7 +21,7 @@ METADATA_KEY = "robrep"
 DIGEST_KEY = "robrep_sha256"
 
 
-class DamagedWeightsError(RuntimeError):
+class DamagedWeightsError(DamagedArtefactError):
     """A weights file does not parse or fails its checksum: rebuild it."""
 
 
@@ -44,8 +45,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, A
 
 def _damaged(path: str | Path, why: str) -> DamagedWeightsError:
     return DamagedWeightsError(
-        f"weights {path} {why} (damaged or truncated); rebuild it: "
-        f"snakemake --cores all --forcerun {path}"
+        f"weights {path} {why} (damaged or truncated); rebuild it: {rebuild_command(path)}"
     )
 
 
@@ -68,10 +68,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise _damaged(path, f"has unreadable metadata: {err}") from err
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ProbedNet, dict]:
-    """Rebuild the architecture named in the file's metadata and load its weights (eval mode),
-    after verifying the tensors against the SHA-256 saved with them."""
-    meta = read_metadata(path)
+def verified_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors, verified against the SHA-256 saved with them (files written
+    before the digest existed are read as is)."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -79,6 +78,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     saved = _header(path).get(DIGEST_KEY)
     if saved is not None and saved != tensors_digest(state):
         raise _damaged(path, "fails its SHA-256 checksum")
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ProbedNet, dict]:
+    """Rebuild the architecture named in the file's metadata and load its weights (eval mode),
+    after verifying the tensors against the SHA-256 saved with them."""
+    meta = read_metadata(path)
+    state = verified_state(path)
     model = build_model(
         meta["arch"], meta["in_channels"], meta["num_classes"], meta["mean"], meta["std"]
     )

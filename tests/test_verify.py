@@ -1,0 +1,77 @@
+"""`robrep verify` on a real results tree: silent when intact, and names every damaged artefact
+(a corrupted chunk, a deleted layer, corrupted weights, a tampered comparison) with its rebuild
+command when not."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from robrep.activation_store import ActivationStore
+from robrep.verify import verify_results
+
+from test_damage import chunk_files, corrupt_middle
+
+pytestmark = pytest.mark.integration
+
+
+def robrep_verify(results):
+    """The console entry point, as a user runs it."""
+    robrep = shutil.which("robrep", path=str(sys.executable.rsplit("/", 1)[0]))
+    command = [robrep] if robrep else [sys.executable, "-m", "robrep.cli"]
+    return subprocess.run([*command, "verify", str(results)], capture_output=True, text=True)
+
+
+def test_verify_lists_every_damaged_artefact_and_its_rebuild(completed_run, tmp_path):
+    workdir = tmp_path / "wf"
+    shutil.copytree(completed_run / "results", workdir / "results", symlinks=True)
+    results = workdir / "results"
+    intact = robrep_verify(results)
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "all verified" in intact.stdout
+
+    stores = sorted(results.glob("activations/**/*.zarr"))
+    corrupt_middle(chunk_files(stores[0] / "gram")[0])
+    deleted = ActivationStore(stores[1]).feature_layers[-1]
+    shutil.rmtree(stores[1] / deleted)
+    weights = sorted(results.glob("models/**/model.safetensors"))[0]
+    corrupt_middle(weights)
+    comparison = sorted(results.glob("similarity/cross_layer/**/*.nc"))[0]
+    values = xr.load_dataset(comparison, engine="h5netcdf").similarity.values
+    data = bytearray(comparison.read_bytes())
+    start = data.find(np.ascontiguousarray(values).tobytes()[:32])
+    assert start > 0
+    data[start + 8 : start + 24] = bytes(16)
+    comparison.write_bytes(bytes(data))
+
+    out = robrep_verify(results)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for path in (stores[0], stores[1], weights, comparison):
+        relative = path.relative_to(workdir)
+        assert f"DAMAGED {path}" in out.stdout, (path, out.stdout)
+        assert f"rebuild: snakemake --cores all --forcerun {relative}" in out.stdout, out.stdout
+    assert "checksum" in out.stdout and repr(deleted) in out.stdout
+    assert "4 damaged" in out.stdout
+
+
+def test_verify_names_the_stores_to_rebuild_for_a_comparison_whose_store_is_gone(
+    completed_run, tmp_path
+):
+    workdir = tmp_path / "wf"
+    shutil.copytree(completed_run / "results", workdir / "results", symlinks=True)
+    results = workdir / "results"
+    comparison = sorted(results.glob("similarity/robust_vs_standard/**/*.nc"))[0]
+    ds = xr.load_dataset(comparison, engine="h5netcdf")
+    shutil.rmtree(workdir / ds.attrs["store_b"])
+    checked, findings = verify_results(results, progress=False)
+    assert checked > 0
+    (finding,) = [f for f in findings if f.path == comparison]
+    assert "which is gone" in finding.problem
+    assert finding.rebuild == (
+        f"snakemake --cores all --forcerun {ds.attrs['store_a']} {ds.attrs['store_b']}"
+    )
