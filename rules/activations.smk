@@ -18,7 +18,7 @@ rule extract:
     params:
         layers=ACT["layers"],
         features=FEATURES,
-        n_examples=ACT["n_examples"],
+        n_examples=lambda wc: EXAMPLES[wc.dataset],
         passes=ACT["passes"],
         subset_seed=config["split_seed"],
         layout=STORE_LAYOUT,

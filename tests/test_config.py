@@ -191,3 +191,38 @@ def test_activation_checkpoints_default_and_errors():
         rcfg.ConfigError, match=r"epoch 3 is not saved by training.*saved epochs: \[2, 4, 6\]"
     ):
         rcfg.activation_checkpoints(cfg)
+
+
+def validated(changes):
+    """The default config with `changes` merged into its sections, defaults filled as Snakemake
+    fills them from the schema."""
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(DEFAULT)
+    for key, value in changes.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    validate(cfg, str(ROOT / "config" / "schema.yaml"))
+    return cfg
+
+
+def test_n_examples_above_the_test_split_is_clamped_with_a_warning():
+    cfg = validated({"activations": {"n_examples": 10**9}})
+    assert rcfg.examples_used(cfg) == {"digits": 359}
+    (line,) = rcfg.clamp_warnings(cfg)
+    assert "activations.n_examples: 1000000000" in line and "all 359" in line
+    cfg = validated({"activations": {"n_examples": 300}})
+    assert rcfg.examples_used(cfg) == {"digits": 300} and not rcfg.clamp_warnings(cfg)
+
+
+def test_bootstrap_without_two_minibatches_is_refused():
+    few = {"n_examples": 64, "cka_batch_size": 100, "passes": 1}
+    cfg = validated({"activations": few, "similarity": {"bootstrap": 200}})
+    with pytest.raises(
+        rcfg.ConfigError,
+        match=r"similarity.bootstrap: 200 .* digits gives 1 \(64 examples.*cka_batch_size <= 32",
+    ):
+        rcfg.check_minibatches(cfg)
+    rcfg.check_minibatches(validated({"activations": few, "similarity": {"bootstrap": 0}}))
+    rcfg.check_minibatches(
+        validated({"activations": {**few, "passes": 2}, "similarity": {"bootstrap": 200}})
+    )

@@ -11,6 +11,7 @@ from PIL import Image
 from robrep.data import (
     DatasetMissingError,
     evaluation_subset,
+    examples_in_test_split,
     load_splits,
     read_splits,
     save_splits,
@@ -112,6 +113,9 @@ def test_digits_splits_are_fixed_stratified_and_in_unit_range(tmp_path):
     assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 1797
     counts = np.bincount(a.y_val)
     assert counts.max() - counts.min() <= 2
+    assert len(a.y_test) == examples_in_test_split("digits") == 359  # what n_examples can use
+    d = load_splits("digits", tmp_path, {"test_fraction": 0.3}, 0.15, 0)
+    assert len(d.y_test) == examples_in_test_split("digits", {"test_fraction": 0.3})
     save_splits(a, tmp_path / "s.npz")
     c = read_splits(tmp_path / "s.npz")
     np.testing.assert_array_equal(c.x_test, a.x_test)

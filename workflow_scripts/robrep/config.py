@@ -265,6 +265,46 @@ def check_metrics(config: Mapping[str, Any]) -> None:
         )
 
 
+def examples_used(config: Mapping[str, Any]) -> dict[str, int]:
+    """Examples each dataset's stores hold: `activations.n_examples`, at most its test split (the
+    one clamp, also behind the job resource estimates). Runs on the validated config."""
+    from .data import examples_in_test_split
+
+    n = config["activations"]["n_examples"]
+    return {
+        d: min(n, examples_in_test_split(d, config["dataset_options"].get(d)))
+        for d in config["datasets"]
+    }
+
+
+def clamp_warnings(config: Mapping[str, Any]) -> list[str]:
+    """One line per dataset whose test split is smaller than `activations.n_examples`."""
+    n = config["activations"]["n_examples"]
+    return [
+        f"activations.n_examples: {n} is more than the {used} examples of the {d} test split; "
+        f"its stores use all {used}"
+        for d, used in examples_used(config).items()
+        if used < n
+    ]
+
+
+def check_minibatches(config: Mapping[str, Any]) -> None:
+    """A bootstrap interval resamples minibatches: refused when a store has fewer than 2
+    (n_examples used, cka_batch_size and passes decide), rather than silently dropped."""
+    act, bootstrap = config["activations"], config["similarity"]["bootstrap"]
+    if not bootstrap:
+        return
+    for dataset, used in examples_used(config).items():
+        batches = act["passes"] * -(-used // act["cka_batch_size"])
+        if batches < 2:
+            raise ConfigError(
+                f"similarity.bootstrap: {bootstrap} resamples minibatches, but {dataset} gives "
+                f"{batches} ({used} examples, activations.cka_batch_size {act['cka_batch_size']}, "
+                f"activations.passes {act['passes']}); set cka_batch_size <= {max(used // 2, 1)}, "
+                f"passes >= 2, or bootstrap: 0"
+            )
+
+
 def study_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config without its execution settings (device, threads, resources): what the results
     depend on, recorded in the summary's attributes."""

@@ -22,22 +22,26 @@ from .runtime import atomic_output
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset is before it is read: examples shipped (train + test), channels, default
-    image size, classes and bytes per stored pixel value."""
+    image size, classes, bytes per stored pixel value and examples in its test split."""
 
     examples: int
     channels: int
     image_size: int
     classes: int
     pixel_bytes: int
+    test_examples: int
 
 
 DATASET_INFO = {
-    "digits": DatasetInfo(1797, 1, 16, 10, 4),  # scikit-learn's bundled 8x8 digits, resized
-    "cifar10": DatasetInfo(60000, 3, 32, 10, 1),
-    "cifar100": DatasetInfo(60000, 3, 32, 100, 1),
-    "imagenette": DatasetInfo(13394, 3, 128, 10, 1),
-    "imagewoof": DatasetInfo(12954, 3, 128, 10, 1),
+    "digits": DatasetInfo(1797, 1, 16, 10, 4, 359),  # scikit-learn's bundled digits, resized
+    "cifar10": DatasetInfo(60000, 3, 32, 10, 1, 10000),
+    "cifar100": DatasetInfo(60000, 3, 32, 100, 1, 10000),
+    "imagenette": DatasetInfo(13394, 3, 128, 10, 1, 3925),  # the val/ folder of the 160 px set
+    "imagewoof": DatasetInfo(12954, 3, 128, 10, 1, 3929),
 }
+# Examples per class of scikit-learn's digits: its test split holds round(test_fraction * count)
+# of each (see `stratified_split`).
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 DATASETS = tuple(DATASET_INFO)
 IMAGEFOLDER_DIRS = {"imagenette": "imagenette2-160", "imagewoof": "imagewoof2-160"}
 CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -68,6 +72,15 @@ def input_geometry(name: str, options: dict[str, Any] | None = None) -> tuple[in
     return resolved.get("channels", DATASET_INFO[name].channels), resolved.get(
         "image_size", DATASET_INFO[name].image_size
     )
+
+
+def examples_in_test_split(name: str, options: dict[str, Any] | None = None) -> int:
+    """Examples in the test split of dataset `name` as `prepare_splits` makes it: what
+    `activations.n_examples` can use at most."""
+    resolved = dataset_options(name, options)
+    if name == "digits":
+        return sum(int(round(resolved["test_fraction"] * c)) for c in DIGITS_CLASS_COUNTS)
+    return DATASET_INFO[name].test_examples
 
 
 class DatasetMissingError(FileNotFoundError):
