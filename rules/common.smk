@@ -1,11 +1,17 @@
 # What Snakemake needs from the library: config checks, paths, input functions, rule params
 # (each rule's params are exactly the settings that define its outputs) and resources.
+import functools
+import os
+import signal
 import yaml
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
+from robrep import cluster as rcluster
 from robrep import config as rcfg
 from robrep import resources as rres
 from robrep.analyses import ANALYSES, Study, comparisons, figures
@@ -31,10 +37,15 @@ ANALYSES_ASKED = "analyses" in config
 config.setdefault("analyses", list(ANALYSES))
 try:
     rcfg.check_metrics(config)
+    rcfg.check_minibatches(config)
     if ANALYSES_ASKED:
         rcfg.check_analyses(config)
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
+
+for line in rcfg.clamp_warnings(config):
+    logger.warning(line)
+EXAMPLES = rcfg.examples_used(config)  # per dataset: n_examples, at most the test split
 
 RESULTS = "results"
 ID = ID_PATTERN
@@ -165,6 +176,56 @@ def _hashable(layers):
     return layers if isinstance(layers, str) else tuple(layers)
 
 
+# On a cluster every submission must fit one node: config resources.node, else the largest node
+# SLURM lists. Group jobs are sized against the global cores and mem_mb (mem_mb is scoped per
+# submission, so it does not cap the cluster), a job no node holds is refused before anything is
+# submitted, and retries grow up to the node, never past it. The executor is known only once the
+# DAG is built, so the node is looked up on the first job's resources.
+def on_slurm():
+    return getattr(workflow.executor_plugin, "name", None) == "slurm"
+
+
+@functools.cache
+def cluster_node():
+    """The node every submission must fit (None when running locally); bounds group sizes."""
+    if workflow.executor_plugin is None or workflow.local_exec:
+        return None
+    node = rcluster.node_capacity(config["resources"].get("node"), ask_slurm=on_slurm())
+    if node is not None:
+        for name, limit in (("_cores", node.cores), ("mem_mb", node.mem_mb)):
+            given = workflow.global_resources.get(name)
+            given = given.value if given is not None else None
+            workflow.global_resources[name] = min(given, limit) if given else limit
+    return node
+
+
+# What sizes each rule's jobs, named when a job cannot fit a node.
+SIZE_SETTINGS = {
+    "train": "training.epochs/batch_size or resources.gflops",
+    "extract": "activations.n_examples/batch_size/cka_batch_size/passes or resources.gflops",
+    "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
+}
+
+
+def fitted(rule_name, est, key, attempt):
+    """est[key] scaled by the attempt number, within one node; a first attempt no node can run
+    stops the workflow, naming the rule and what to change."""
+    node = cluster_node()
+    if attempt == 1:
+        try:
+            rcluster.check_request(
+                rule_name, est["mem_mb"], est["runtime"], node, SIZE_SETTINGS[rule_name]
+            )
+        except rcluster.ResourceRequestError as err:
+            raise WorkflowError(str(err))
+    value = est[key] * attempt
+    if node is not None and key == "mem_mb":
+        value = min(value, node.mem_mb)
+    if node is not None and key == "runtime" and node.max_runtime is not None:
+        value = min(value, node.max_runtime)
+    return value
+
+
 def train_resource(key):
     def value(wildcards, attempt):
         geo, cost = _cost(wildcards.dataset, wildcards.arch)
@@ -178,7 +239,7 @@ def train_resource(key):
             GFLOPS,
             TRAINING["val_fraction"],
         )
-        return est[key] * attempt
+        return fitted("train", est, key, attempt)
 
     return value
 
@@ -190,7 +251,7 @@ def extract_resource(key):
         est = rres.extract_resources(
             geo,
             cost,
-            ACT["n_examples"],
+            EXAMPLES[wildcards.dataset],
             ACT["batch_size"],
             steps,
             GFLOPS,
@@ -198,7 +259,11 @@ def extract_resource(key):
             ACT["cka_batch_size"],
             ACT["passes"],
         )
-        return est[key] * attempt
+        return (
+            est[key] * attempt
+            if key == "disk_mb"
+            else fitted("extract", est, key, attempt)
+        )
 
     return value
 
@@ -212,12 +277,49 @@ def similarity_resource(key):
         est = rres.similarity_resources(
             cost_a,
             cost_b,
-            ACT["n_examples"],
+            EXAMPLES[wildcards.dataset],
             ACT["cka_batch_size"],
             ACT["passes"],
             full,
             GFLOPS,
         )
-        return est[key] * attempt
+        return fitted("similarity", est, key, attempt)
 
     return value
+
+
+def _end_run(messages):
+    """Called by the pending-job watch: say why, then interrupt Snakemake, which cancels the
+    run's SLURM jobs and exits non-zero."""
+    for message in messages:
+        logger.error(message)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def check_every_request():
+    """On a cluster, refuse before anything is submitted a job of the study that no node can
+    run (the same estimates the jobs will ask for, first attempt)."""
+    if cluster_node() is None:
+        return
+    for m in STUDY.models:
+        train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
+    for pair in COMPARISONS.values():
+        for s in pair:
+            fields = dict(vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs)
+            extract_resource("mem_mb")(SimpleNamespace(**fields), 1)
+    for analysis, dataset, pair in COMPARISONS:
+        fields = dict(analysis=analysis, dataset=dataset, pair=pair)
+        similarity_resource("mem_mb")(SimpleNamespace(**fields), 1)
+
+
+def cluster_start():
+    """Before anything is submitted: refuse a job no node holds; under SLURM, end the run when a
+    submitted job can never start (see robrep.cluster.PendingWatch)."""
+    check_every_request()
+    if on_slurm() and not workflow.dryrun:
+        interval = config["resources"]["pending_check_seconds"]
+        rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()
+
+
+onstart:
+    cluster_start()

@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_reruns import summaries_equal
 
 from slurm_cluster import ClusterError, missing_binaries, start, stop
+from test_reruns import summaries_equal
 from workflow_helpers import TINY, make_workdir, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -50,14 +50,12 @@ def cluster():
 
 
 def test_profile_runs_every_job_through_sbatch(cluster, completed_run, tmp_path):
+    # Exactly the command in the profile's header: no --cores, nothing else.
     workdir = make_workdir(tmp_path, TINY)
-    out = snakemake(
-        workdir,
-        "--workflow-profile",
-        "profiles/slurm",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-    )
+    header = (workdir / "profiles" / "slurm" / "config.yaml").read_text().splitlines()[1]
+    command = header.lstrip("# ").split()
+    assert command == ["snakemake", "--workflow-profile", "profiles/slurm"], header
+    out = snakemake(workdir, *command[1:], cores=None, timeout=1200)
     text = out.stdout + out.stderr
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", text)
     assert job_ids, text[-3000:]
@@ -66,12 +64,66 @@ def test_profile_runs_every_job_through_sbatch(cluster, completed_run, tmp_path)
     assert local <= {"all"}, local
     ran = set(re.findall(r"^\s*rule (\w+):", text, re.M))
     assert {"prepare_data", "train", "extract", "similarity", "aggregate", "figures"} <= ran
-    # The similarity jobs went out grouped: fewer submissions than comparisons.
+    # The similarity jobs went out grouped: fewer submissions than comparisons, each sized to
+    # fit the one node (its CPUs and memory), not the sum of all its members.
     assert "group_comparisons" in text
     states = subprocess.run(
-        ["squeue", "-h", "-t", "all", "-o", "%i %T"], capture_output=True, text=True, check=True
+        ["squeue", "-h", "-t", "all", "-o", "%i|%T|%C|%m|%k"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    finished = dict(line.split() for line in states.splitlines())
+    jobs = {line.split("|")[0]: line.split("|")[1:] for line in states.splitlines()}
     for job_id in job_ids:
-        assert finished.get(job_id) == "COMPLETED", (job_id, states)
+        assert jobs[job_id][0] == "COMPLETED", (job_id, states)
+    node_cpus, node_mem = node_size()
+    groups = [jobs[j] for j in job_ids if jobs[j][3].startswith("rule_comparisons")]
+    assert groups, states
+    for _, cpus, mem, _ in groups:
+        assert int(cpus) <= node_cpus and int(mem.rstrip("M")) <= node_mem, (cpus, mem, states)
     summaries_equal(completed_run, workdir)
+
+
+def node_size() -> tuple[int, int]:
+    cpus, mem = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%c %m"], capture_output=True, text=True, check=True
+    ).stdout.split()[:2]
+    return int(cpus), int(mem)
+
+
+def test_a_job_slurm_can_never_start_ends_the_run(cluster, tmp_path):
+    # 64 CPUs for one task on a node with fewer: SLURM keeps it pending (PartitionConfig).
+    workdir = make_workdir(tmp_path, {**TINY, "resources": {"pending_check_seconds": 1}})
+    out = snakemake(
+        workdir,
+        "--workflow-profile",
+        "profiles/slurm",
+        "--set-resources",
+        "prepare_data:cpus_per_task=64",
+        cores=None,
+        check=False,
+        timeout=600,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert re.search(r"SLURM job \d+ \(rule prepare_data\) can never start", text), text[-3000:]
+    assert "PartitionConfig" in text and "64 CPUs" in text and "set-resources" in text
+    pending = subprocess.run(
+        ["squeue", "-h", "-t", "PD", "-o", "%Z"], capture_output=True, text=True, check=True
+    ).stdout
+    assert str(workdir) not in pending  # the run cancelled what it had submitted
+
+
+def test_a_job_no_node_holds_is_refused_before_submission(cluster, tmp_path):
+    config = {**TINY, "resources": {"node": {"cores": 1, "mem_mb": 100}}}
+    workdir = make_workdir(tmp_path, config)
+    out = snakemake(
+        workdir, "--workflow-profile", "profiles/slurm", cores=None, check=False, timeout=600
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "submitted with SLURM jobid" not in text
+    assert re.search(r"rule \w+ asks for \d+ MB of memory, more than one node gives", text), text[
+        -3000:
+    ]
+    assert "config resources.node" in text

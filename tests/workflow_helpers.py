@@ -45,10 +45,18 @@ def write_config(path: Path, config: dict) -> None:
     (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    cores: str | None = "2",
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run snakemake in `workdir` (with `--cores cores` unless None; `timeout` guards a hang)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    command = [*SNAKEMAKE, *(["--cores", cores] if cores else []), *args]
     proc = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env
+        command, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(
