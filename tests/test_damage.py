@@ -4,6 +4,9 @@ are never stored, and no number comes out of damaged data."""
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,29 +17,25 @@ from robrep.activation_store import (
     ActivationStore,
     DamagedStoreError,
     NonFiniteActivationsError,
-    StoreLayout,
-    extract_to_store,
 )
 from robrep.data import pass_orders
 from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
 
-
-def images(n, seed=0):
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+from store_helpers import extract as extract_store
+from workflow_helpers import TINY, make_workdir, snakemake
 
 
 def extract(model, path, n=40, **kw):
-    return extract_to_store(
+    meta = {"model_id": "convnet.standard.seed0", "checkpoint": "final", "inputs": "benign"}
+    return extract_store(
         model,
-        images(n),
-        np.arange(n) % 10,
-        np.arange(100, 100 + n),
         path,
-        model.probe_layers("blocks"),
-        {"model_id": "convnet.standard.seed0", "checkpoint": "final", "inputs": "benign"},
-        StoreLayout(chunk_rows=16, cka_batch_size=16),
+        n,
+        meta=meta,
+        chunk_rows=16,
+        batch_size=32,
+        cka_batch_size=16,
         pass_order=pass_orders(n, 2, 0),
-        progress=False,
         **kw,
     )
 
@@ -84,8 +83,6 @@ def test_every_store_array_is_checksummed(tiny_model, tmp_path):
 
 
 def test_deleted_layer_array_is_damage(tiny_model, tmp_path):
-    import shutil
-
     path = extract(tiny_model, tmp_path / "s.zarr")
     shutil.rmtree(path / "stage3.0")
     with pytest.raises(DamagedStoreError, match=rf"{path} lacks its array 'stage3.0'.*forcerun"):
@@ -181,3 +178,91 @@ def test_tampered_netcdf_fails_its_checksum_naming_the_file(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(DamagedArtefactError, match=rf"{path} .*checksum.*forcerun {path}"):
         read_netcdf(path)
+
+
+@pytest.mark.parametrize(
+    "old, new", [(b"convnet.standard.seed0", b"convnet.standard.seed9"), (b"l17", b"l71")]
+)
+def test_tampered_netcdf_labels_fail_the_metadata_checksum(tmp_path, old, new):
+    """Attributes and string labels, which Fletcher-32 does not cover, carry a SHA-256."""
+    import xarray as xr
+
+    from robrep.xrio import DamagedArtefactError, read_netcdf, write_netcdf
+
+    ds = xr.Dataset(
+        {"similarity": (("a",), np.arange(30.0))},
+        coords={"a": [f"l{i}" for i in range(30)]},
+        attrs={"model_a": "convnet.standard.seed0", "n_examples": 64},
+    )
+    path = tmp_path / "c.nc"
+    write_netcdf(ds, path)
+    back = read_netcdf(path)
+    xr.testing.assert_identical(back, ds)
+    data = path.read_bytes()
+    assert data.count(old) == 1, data.count(old)
+    path.write_bytes(data.replace(old, new))
+    with pytest.raises(DamagedArtefactError, match=rf"{path} fails its metadata checksum"):
+        read_netcdf(path)
+
+
+def test_json_artefacts_carry_and_verify_a_sha256(tmp_path):
+    import json
+
+    from robrep.checksums import DamagedArtefactError, read_json, write_json
+
+    metrics = {"test": {"clean_acc": 0.9375, "robust_acc": float("nan")}, "seed": 0}
+    path = tmp_path / "metrics.json"
+    write_json(metrics, path)
+    assert "sha256" in json.loads(path.read_text())
+    back = read_json(path)
+    assert back["seed"] == 0 and back["test"]["clean_acc"] == 0.9375
+    path.write_text(path.read_text().replace("0.9375", "0.9376"))
+    with pytest.raises(DamagedArtefactError, match=rf"{path} fails its SHA-256.*forcerun {path}"):
+        read_json(path)
+    path.write_text('{"seed": 0')  # truncated
+    with pytest.raises(DamagedArtefactError, match=rf"{path} cannot be read as JSON"):
+        read_json(path)
+    path.write_text('{"seed": 0}')  # written before digests: read as is
+    assert read_json(path) == {"seed": 0}
+
+
+def tmpfs_reason_to_skip() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs as results/ needs root"
+    if not shutil.which("mount"):
+        return "no mount command"
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_full_disk_during_extraction_leaves_no_partial_output(completed_run, tmp_path):
+    reason = tmpfs_reason_to_skip()
+    if reason:
+        pytest.skip(reason)
+    (tmp_path / "wf").mkdir()
+    workdir = make_workdir(tmp_path / "wf", TINY)
+    results = workdir / "results"
+    done = completed_run / "results"
+    kept = [done / "data", done / "models"]
+    # Room for the data and models (in 4 KiB pages, as tmpfs counts) and 1 MiB more: less than
+    # the activation stores need.
+    need = sum(-(-f.stat().st_size // 4096) * 4096 for d in kept for f in d.rglob("*"))
+    stores = sum(f.stat().st_size for f in (done / "activations").rglob("*") if f.is_file())
+    assert stores > 2**20, stores
+    results.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={need + 2**20}", "tmpfs", str(results)], check=True
+    )
+    try:
+        for d in kept:
+            shutil.copytree(d, results / d.name)  # copy2 keeps mtimes: no retraining
+        out = snakemake(workdir, "--keep-going", check=False)
+        assert out.returncode != 0
+        logs = "".join(p.read_text() for p in (results / "logs").rglob("*.log"))
+        assert "No space left on device" in logs + out.stderr, out.stderr[-3000:]
+        left = [p for p in results.rglob("*") if p.name.endswith(".partial")]
+        assert not left, left
+        assert not list((results / "models").rglob("*.partial"))
+    finally:
+        subprocess.run(["umount", str(results)], check=False)
