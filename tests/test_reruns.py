@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -162,3 +163,26 @@ def test_minibatch_partition_is_a_store_setting(completed_run, key, value):
     config["activations"][key] = value
     counts = job_counts(dry_run_with(completed_run, config))
     assert "train" not in counts and counts["extract"] == 8 and counts["similarity"] == 11
+
+
+def test_n_examples_above_the_test_split_plans_as_the_split(completed_run):
+    """1e9 examples on digits' 359-example test split: a warning naming the size used, and the
+    same stores, params and job resources as asking for 359."""
+    plans = {}
+    for n in (10**9, 359):
+        config = copy.deepcopy(TINY)
+        config["activations"]["n_examples"] = n
+        write_config(completed_run, config)
+        try:
+            plans[n] = snakemake(completed_run, "-n")
+        finally:
+            write_config(completed_run, TINY)
+    warning = "activations.n_examples: 1000000000 is more than the 359 examples of the digits test"
+    assert warning in plans[10**9].stdout + plans[10**9].stderr
+    assert warning not in plans[359].stdout + plans[359].stderr
+
+    def resources(out):
+        return sorted(re.findall(r"^\s+resources: (.*)$", out.stdout, re.M))
+
+    assert resources(plans[10**9]) == resources(plans[359])
+    assert any("mem_mb" in line for line in resources(plans[359]))
