@@ -179,8 +179,9 @@ def _hashable(layers):
 # On a cluster every submission must fit one node: config resources.node, else the largest node
 # SLURM lists. Group jobs are sized against the global cores and mem_mb (mem_mb is scoped per
 # submission, so it does not cap the cluster), a job no node holds is refused before anything is
-# submitted, and retries grow up to the node, never past it. The executor is known only once the
-# DAG is built, so the node is looked up on the first job's resources.
+# submitted, and retries grow up to the node, never past it. The executor is unknown while this
+# file is read, so the node is looked up when the first job's resources are evaluated (threads
+# above the node's cores of a job evaluated before that are left to the pending-job watch).
 def on_slurm():
     return getattr(workflow.executor_plugin, "name", None) == "slurm"
 
