@@ -18,5 +18,6 @@ rule similarity:
         seed=SIM["seed"],
         rbf_sigma=SIM["rbf_sigma"],
         svcca_variance=SIM["svcca_variance"],
+        permutations=SIM["permutations"],
     script:
         "../workflow_scripts/similarity.py"

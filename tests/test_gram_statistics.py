@@ -202,21 +202,25 @@ def test_pass_order_must_be_permutations(tiny_model, tmp_path):
     assert not (tmp_path / "s.zarr").exists() and not list(tmp_path.iterdir())
 
 
+# What a comparison reads from its stores' attributes.
+STORE_META = {
+    "model_id": "m",
+    "dataset": "digits",
+    "arch": "convnet",
+    "method_id": "standard",
+    "method": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
+    "seed": 0,
+    "checkpoint": "final",
+    "epoch": 1,
+    "inputs": "benign",
+}
+
+
 def test_comparison_records_its_minibatches(tiny_model, tmp_path):
     from robrep.compare import compare_stores
 
     order = pass_orders(40, 2, split_seed=0)
-    attrs = {
-        "model_id": "m",
-        "dataset": "digits",
-        "arch": "convnet",
-        "method_id": "standard",
-        "method": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
-        "seed": 0,
-        "checkpoint": "final",
-        "epoch": 1,
-        "inputs": "benign",
-    }
+    attrs = STORE_META
     n = 40
     path = extract_to_store(
         tiny_model,
@@ -238,3 +242,45 @@ def test_comparison_records_its_minibatches(tiny_model, tmp_path):
     assert ds.cka_per_pass.shape == (2, 8, 8)
     assert list(ds.full_metric.values) == ["svcca"] and ds.full_similarity.shape == (1, 2, 2)
     np.testing.assert_allclose(np.diagonal(ds.similarity.sel(metric="minibatch_cka")), 1.0)
+
+
+@pytest.mark.parametrize("b", [4, 7, 16])
+def test_packed_permutation_is_the_permuted_gram(rng, b):
+    from robrep.similarity import pack_gram, packed_permutation
+
+    x = rng.standard_normal((b, 5))
+    gram = x @ x.T
+    order = rng.permutation(b)
+    packed = pack_gram(np.triu(gram))
+    np.testing.assert_array_equal(
+        packed[packed_permutation(b, order)], pack_gram(np.triu(gram[order][:, order]))
+    )
+
+
+def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tmp_path):
+    from robrep.compare import compare_stores
+
+    path = extract(
+        tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0), meta=STORE_META
+    )
+    ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
+    cka = ds.similarity.sel(metric="minibatch_cka").values
+    upper = ds.cka_null_upper.values
+    np.testing.assert_allclose(np.diagonal(cka), 1.0, atol=1e-6)
+    assert np.all(np.diagonal(upper) < 0.5), np.diagonal(upper)
+    assert np.all(upper < cka + 1e-9)  # nothing here is below its own null
+    again = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
+    np.testing.assert_array_equal(again.cka_null_upper.values, upper)  # reproducible from seed
+    other = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=4)
+    assert not np.array_equal(other.cka_null_upper.values, upper)
+    assert ds.attrs["null_permutations"] == 20 and ds.attrs["null_level"] == 0.95
+
+
+def test_permutation_null_centres_on_zero(tiny_model, tmp_path):
+    from robrep.similarity import minibatch_cka_null
+
+    path = extract(tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0))
+    grams = ActivationStore(path).grams()
+    null = minibatch_cka_null(grams, grams, 50, seed=0)
+    assert null.shape == (50, len(grams.names), len(grams.names))
+    assert abs(float(np.mean(null))) < 0.1, float(np.mean(null))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import xarray as xr
 
@@ -27,6 +28,10 @@ def test_full_run_outputs(completed_run):
     assert store.is_dir()
     ds = xr.open_zarr(wd / "results/summary/similarity.zarr", consolidated=False)
     assert {"comparison", "metric", "layer_a", "layer_b", "model"} <= set(ds.dims)
+    # The permutation null (default 20 draws) sits below the benign cross-layer diagonal (CKA 1).
+    cross = (ds.analysis == "cross_layer").values & (ds.inputs == "benign").values
+    null = ds.cka_null_upper.values[cross]
+    assert np.all(np.nan_to_num(np.diagonal(null, axis1=1, axis2=2), nan=0.0) < 0.9)
     for coord in (
         "analysis",
         "dataset",

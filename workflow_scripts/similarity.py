@@ -23,6 +23,7 @@ with redirect_to_log(snakemake):
         seed=p.seed,
         rbf_sigma=p.rbf_sigma,
         svcca_variance=p.svcca_variance,
+        permutations=p.permutations,
         attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
         device=pick_device(snakemake.config["device"]),
     )

@@ -20,8 +20,9 @@ import torch
 import xarray as xr
 
 from .activation_store import ActivationStore, check_aligned
-from .similarity import full_data_similarity, minibatch_cka_grams
+from .similarity import full_data_similarity, minibatch_cka_grams, minibatch_cka_null
 
+NULL_LEVEL = 0.95  # the permutation null's percentile reported as cka_null_upper
 STORE_COORDS = ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs")
 
 
@@ -42,13 +43,17 @@ def compare_stores(
     seed: int = 0,
     rbf_sigma: float = 0.8,
     svcca_variance: float = 0.99,
+    permutations: int = 0,
     attrs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> xr.Dataset:
     """All layer pairs of two stores under every metric, with minibatch-CKA HSIC terms and CIs.
 
     The minibatches are the stores' own (they must agree: `check_aligned`). Minibatch CKA runs on
-    `device`; the full-data metrics on the CPU (float64 eigensolves).
+    `device`; the full-data metrics on the CPU (float64 eigensolves). With `permutations`, the
+    95th percentile of minibatch CKA with side b's examples shuffled within each batch
+    (`similarity.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
+    it are indistinguishable from unrelated examples.
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)
@@ -69,6 +74,12 @@ def compare_stores(
         data_vars["hsic_a"] = (("batch", "layer_a"), res.self_a)
         data_vars["hsic_b"] = (("batch", "layer_b"), res.self_b)
         data_vars["cka_per_pass"] = (("pass", "layer_a", "layer_b"), res.per_pass())
+        if permutations:
+            null = minibatch_cka_null(models[0], models[-1], permutations, seed, device)
+            data_vars["cka_null_upper"] = (
+                ("layer_a", "layer_b"),
+                np.percentile(null, NULL_LEVEL * 100, axis=0),
+            )
         if bootstrap and res.n_batches >= 2:
             low, high = res.bootstrap(bootstrap, seed)
             data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
@@ -105,6 +116,8 @@ def compare_stores(
         meta[f"store_{side}"] = str(store.path)
         meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
     meta["n_examples"] = len(sa)
+    meta["null_permutations"] = permutations
+    meta["null_level"] = NULL_LEVEL
     meta["batch_size"] = sa.cka_batch_size
     meta["passes"] = len(sa.pass_order)
     return xr.Dataset(data_vars, coords=coords, attrs=meta)

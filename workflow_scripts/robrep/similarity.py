@@ -547,6 +547,67 @@ def minibatch_cka_grams(
     return results
 
 
+@functools.lru_cache(maxsize=64)
+def _strict_index(b: int) -> np.ndarray:
+    """(b, b) position in the packed order of each off-diagonal entry (either triangle)."""
+    rows, cols = np.triu_indices(b, 1)
+    index = np.zeros((b, b), np.int64)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    return index
+
+
+def packed_permutation(b: int, order: np.ndarray) -> np.ndarray:
+    """Gather indices that turn a packed b x b Gram K into the packed P K Pᵀ, the Gram of the
+    same rows in `order` ((P K Pᵀ)_ij = K_order[i],order[j]): `packed[packed_permutation(...)]`."""
+    rows, cols = np.triu_indices(b, 1)
+    strict = _strict_index(b)[order[rows], order[cols]]
+    return np.concatenate([strict, len(rows) + np.asarray(order)])
+
+
+NULL_STREAM = 0x4E11  # keeps the null's permutations apart from other uses of the seed
+
+
+def minibatch_cka_null(
+    a: GramSource,
+    b: GramSource,
+    permutations: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(permutations, len(a.names), len(b.names)) minibatch CKA of every layer pair with the
+    examples of `b` shuffled within each minibatch (its Gram becomes P K Pᵀ, a gather of the stored
+    triangle): what the metric shows when the two sides' examples do not correspond. HSIC_1 is
+    invariant to relabelling both of its arguments, so the self terms are the unshuffled ones.
+    Reproducible from `seed`."""
+    models = [a, b]
+    sizes, passes = _shared_batches(models, [0, 1])
+    keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
+    width_a = len(a.names)
+    largest = triangle_size(max(sizes))
+    buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
+    staging = torch.empty(
+        max(1024, 2**24 // (8 * (width_a + len(b.names)))),
+        width_a + len(b.names),
+        dtype=torch.float64,
+    )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
+    cross = np.zeros((permutations, width_a, len(b.names)))
+    self_a, self_b = np.zeros(width_a), np.zeros(len(b.names))
+    for t in keep:
+        n = sizes[t]
+        stats_a = a.read(t, buffers[0])
+        stats_b = b.read(t, buffers[1])
+        for r in range(permutations):
+            shuffled = stats_b[packed_permutation(n, rng.permutation(n))]
+            hsic = _batch_hsic([stats_a, shuffled], n, staging, torch.device(device))
+            cross[r] += hsic[:width_a, width_a:]
+            if r == 0:
+                self_a += np.diagonal(hsic)[:width_a]
+                self_b += np.diagonal(hsic)[width_a:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(np.outer(self_a, self_b))
+
+
 def _batch_hsic(
     stats: Sequence[np.ndarray], b: int, staging: torch.Tensor, device: torch.device
 ) -> np.ndarray:

@@ -101,6 +101,11 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
     for key in ("eps", "eps_b"):
         coords[key] = [float(v) for v in coords[key]]
     data_vars = {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)}
+    if all("cka_null_upper" in p for p in parts):  # the permutation null's upper percentile
+        null = np.full((len(parts), n_a, n_b), np.nan)
+        for c, part in enumerate(parts):
+            null[c, : part.sizes["layer_a"], : part.sizes["layer_b"]] = part.cka_null_upper.values
+        data_vars["cka_null_upper"] = (("comparison", "layer_a", "layer_b"), null)
     extra_coords = {}
     if "full_similarity" in parts[0]:
         data_vars["full_similarity"], extra_coords = _stack_full(parts)
