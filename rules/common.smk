@@ -77,6 +77,9 @@ MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
 MODEL_ID = WILDCARD_MODEL.id
 COMPARISONS = comparisons(STUDY, config["analyses"])
 FIGURES = figures({analysis for analysis, _, _ in COMPARISONS})
+STORES = sorted(  # every store a comparison reads, once
+    {s for pair in COMPARISONS.values() for s in pair}, key=lambda s: s.path(RESULTS)
+)
 
 
 def splits_path(dataset):
@@ -143,7 +146,7 @@ def all_targets():
     """The default targets: the summary dataset, the accuracy table, every figure, and every
     activation store (kept as data: a deleted store is rebuilt, and with it its comparisons).
     """
-    stores = sorted({s.path(RESULTS) for pair in COMPARISONS.values() for s in pair})
+    stores = [s.path(RESULTS) for s in STORES]
     return (
         [f"{RESULTS}/summary/similarity.zarr", f"{RESULTS}/summary/accuracy.csv"]
         + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
@@ -304,10 +307,9 @@ def check_every_request():
         return
     for m in STUDY.models:
         train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
-    for pair in COMPARISONS.values():
-        for s in pair:
-            fields = dict(vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs)
-            extract_resource("mem_mb")(SimpleNamespace(**fields), 1)
+    for s in STORES:
+        fields = dict(vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs)
+        extract_resource("mem_mb")(SimpleNamespace(**fields), 1)
     for analysis, dataset, pair in COMPARISONS:
         fields = dict(analysis=analysis, dataset=dataset, pair=pair)
         similarity_resource("mem_mb")(SimpleNamespace(**fields), 1)

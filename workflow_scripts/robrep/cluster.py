@@ -235,9 +235,3 @@ def _squeue_pending() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout if out.returncode == 0 else ""
-
-
-def cancel(job_ids: list[str]) -> None:
-    """scancel the given jobs (best effort: they are being given up on)."""
-    if job_ids:
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)

@@ -500,7 +500,7 @@ def minibatch_cka_grams(
     largest = triangle_size(max(sizes))
     buffers = {k: [np.empty(largest * widths[k], np.float32) for _ in range(2)] for k in used}
     total = sum(widths.values())
-    staging = torch.empty(max(1024, 2**24 // (8 * total)), total, dtype=torch.float64)
+    staging = _staging(total)
     spent = {"read": 0.0, "hsic": 0.0}
 
     def read(flat: int) -> np.ndarray:
@@ -547,21 +547,21 @@ def minibatch_cka_grams(
     return results
 
 
-@functools.lru_cache(maxsize=64)
-def _strict_index(b: int) -> np.ndarray:
-    """(b, b) position in the packed order of each off-diagonal entry (either triangle)."""
+@functools.lru_cache(maxsize=16)
+def _strict_index(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column of each packed strict-upper entry, and the (b, b) position in the packed
+    order of each off-diagonal entry (either triangle)."""
     rows, cols = np.triu_indices(b, 1)
     index = np.zeros((b, b), np.int64)
     index[rows, cols] = index[cols, rows] = np.arange(len(rows))
-    return index
+    return rows, cols, index
 
 
 def packed_permutation(b: int, order: np.ndarray) -> np.ndarray:
     """Gather indices that turn a packed b x b Gram K into the packed P K Pᵀ, the Gram of the
     same rows in `order` ((P K Pᵀ)_ij = K_order[i],order[j]): `packed[packed_permutation(...)]`."""
-    rows, cols = np.triu_indices(b, 1)
-    strict = _strict_index(b)[order[rows], order[cols]]
-    return np.concatenate([strict, len(rows) + np.asarray(order)])
+    rows, cols, index = _strict_index(b)
+    return np.concatenate([index[order[rows], order[cols]], len(rows) + np.asarray(order)])
 
 
 NULL_STREAM = 0x4E11  # keeps the null's permutations apart from other uses of the seed
@@ -585,11 +585,7 @@ def minibatch_cka_null(
     width_a = len(a.names)
     largest = triangle_size(max(sizes))
     buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
-    staging = torch.empty(
-        max(1024, 2**24 // (8 * (width_a + len(b.names)))),
-        width_a + len(b.names),
-        dtype=torch.float64,
-    )
+    staging = _staging(width_a + len(b.names))
     rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
     cross = np.zeros((permutations, width_a, len(b.names)))
     self_a, self_b = np.zeros(width_a), np.zeros(len(b.names))
@@ -606,6 +602,11 @@ def minibatch_cka_null(
                 self_b += np.diagonal(hsic)[width_a:]
     with np.errstate(invalid="ignore", divide="ignore"):
         return cross / np.sqrt(np.outer(self_a, self_b))
+
+
+def _staging(columns: int) -> torch.Tensor:
+    """`_batch_hsic`'s float64 row-block buffer for `columns` stacked layers (about 16 MB)."""
+    return torch.empty(max(1024, 2**24 // (8 * columns)), columns, dtype=torch.float64)
 
 
 def _batch_hsic(
