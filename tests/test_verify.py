@@ -34,6 +34,11 @@ def test_verify_lists_every_damaged_artefact_and_its_rebuild(completed_run, tmp_
     intact = robrep_verify(results)
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "all verified" in intact.stdout
+    # A copy under another name and place verifies too: comparisons find their stores in it.
+    elsewhere = tmp_path / "archive" / "run-2026"
+    shutil.copytree(results, elsewhere, symlinks=True)
+    moved = robrep_verify(elsewhere)
+    assert moved.returncode == 0, moved.stdout[-3000:]
 
     stores = sorted(results.glob("activations/**/*.zarr"))
     corrupt_middle(chunk_files(stores[0] / "gram")[0])

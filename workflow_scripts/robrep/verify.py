@@ -41,26 +41,26 @@ class StoresDisagree(ValueError):
         self.stores = stores
 
 
-def _weights(path: Path, workdir: Path) -> None:
+def _weights(path: Path, results: Path) -> None:
     from .weights import read_metadata, verified_state
 
     read_metadata(path)
     verified_state(path)
 
 
-def _metrics(path: Path, workdir: Path) -> None:
+def _metrics(path: Path, results: Path) -> None:
     from .checksums import read_json
 
     read_json(path)
 
 
-def _store(path: Path, workdir: Path) -> None:
+def _store(path: Path, results: Path) -> None:
     from .activation_store import ActivationStore
 
     ActivationStore(path).verify()
 
 
-def _comparison(path: Path, workdir: Path) -> None:
+def _comparison(path: Path, results: Path) -> None:
     from .activation_store import ActivationStore, MismatchedStoresError, check_aligned
     from .xrio import read_netcdf
 
@@ -70,7 +70,10 @@ def _comparison(path: Path, workdir: Path) -> None:
         store = ds.attrs.get(f"store_{side}")
         if store is None:
             raise ValueError(f"names no store_{side} (written by an older robrep?)")
-        paths.append(Path(store) if Path(store).is_absolute() else workdir / store)
+        store = Path(store)
+        # Recorded relative to the workflow's directory (`results/...`): found under `results`
+        # wherever the tree now lies and whatever it is called.
+        paths.append(store if store.is_absolute() else results.joinpath(*store.parts[1:]))
     try:
         for store in paths:
             if not store.exists():
@@ -88,13 +91,13 @@ def _comparison(path: Path, workdir: Path) -> None:
         raise ValueError("holds no finite similarity")
 
 
-def _summary_nc(path: Path, workdir: Path) -> None:
+def _summary_nc(path: Path, results: Path) -> None:
     from .xrio import read_netcdf
 
     read_netcdf(path)
 
 
-def _summary_zarr(path: Path, workdir: Path) -> None:
+def _summary_zarr(path: Path, results: Path) -> None:
     import warnings
 
     import xarray as xr
@@ -125,18 +128,21 @@ def artefacts(results: Path) -> Iterator[tuple[str, Path]]:
                 yield kind, path
 
 
-def _rebuild(path: Path, workdir: Path, err: Exception) -> str:
-    """The command that rebuilds a damaged artefact; a comparison whose stores disagree needs
+def _rebuild(path: Path, results: Path, err: Exception) -> str:
+    """The command that rebuilds a damaged artefact, with its target as the workflow names it
+    (`results/...`, run from the workflow's directory); a comparison whose stores disagree needs
     them rebuilt (which reruns it too), not itself alone."""
     targets = err.stores if isinstance(err, StoresDisagree) else [path]
-    relative = [t.relative_to(workdir) if t.is_relative_to(workdir) else t for t in targets]
-    return rebuild_command(" ".join(str(r) for r in relative))
+    named = [
+        Path("results") / t.relative_to(results) if t.is_relative_to(results) else t
+        for t in targets
+    ]
+    return rebuild_command(" ".join(str(t) for t in named))
 
 
 def verify_results(results: str | Path, progress: bool = True) -> tuple[int, list[Finding]]:
     """Verify every artefact under `results`; returns (artefacts checked, findings)."""
     results = Path(results).resolve()
-    workdir = results.parent
     found = list(artefacts(results))
     findings = []
     for i, (kind, path) in enumerate(found, 1):
@@ -148,10 +154,10 @@ def verify_results(results: str | Path, progress: bool = True) -> tuple[int, lis
                 flush=True,
             )
         try:
-            CHECKS[kind][1](path, workdir)
+            CHECKS[kind][1](path, results)
         except Exception as err:  # noqa: BLE001 - every failure is a finding, none stops the walk
             problem = f"{kind}: {type(err).__name__}: {err}"
-            findings.append(Finding(path, problem, _rebuild(path, workdir, err)))
+            findings.append(Finding(path, problem, _rebuild(path, results, err)))
     if progress and found:
         print(file=sys.stderr)
     return len(found), findings
