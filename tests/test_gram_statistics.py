@@ -284,3 +284,89 @@ def test_permutation_null_centres_on_zero(tiny_model, tmp_path):
     null = minibatch_cka_null(grams, grams, 50, seed=0)
     assert null.shape == (50, len(grams.names), len(grams.names))
     assert abs(float(np.mean(null))) < 0.1, float(np.mean(null))
+
+
+@pytest.mark.parametrize("b, m", [(4, 4), (9, 5), (16, 7)])
+def test_packed_subset_is_the_gram_of_the_subset(rng, b, m):
+    from robrep.similarity import packed_permutation
+
+    x = rng.standard_normal((b, 5))
+    gram = x @ x.T
+    rows = np.sort(rng.choice(b, m, replace=False))
+    packed = pack_gram(np.triu(gram))
+    np.testing.assert_array_equal(
+        packed[packed_permutation(b, rows)], pack_gram(np.triu(gram[rows][:, rows]))
+    )
+
+
+def _row_batches(pass_order, batch_size):
+    """`pass_batches` with every batch's rows as an index array."""
+    return [
+        (p, np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows)
+        for p, rows in pass_batches(pass_order, batch_size)
+    ]
+
+
+def _class_batches(batches, labels, c):
+    """`batches` restricted to the rows of class c (those with >= 4 of them)."""
+    out = []
+    for p, rows in batches:
+        sub = rows[labels[rows] == c]
+        if len(sub) >= 4:
+            out.append((p, sub))
+    return out
+
+
+def test_class_conditional_cka_is_minibatch_cka_of_each_class_rows(rng):
+    """Each class's CKA pools the HSIC_1 terms of that class's rows of every batch, exactly as
+    minibatch CKA of batches made of those rows alone (a class with < 4 rows in a batch skips it)."""
+    from robrep.similarity import minibatch_cka_by_class
+
+    n, labels = 90, rng.integers(0, 3, 90)
+    labels[:3] = 2  # the first batch has few of class 2 at the end
+    layers = [rng.standard_normal((n, 6)), rng.standard_normal((n, 3, 2)) ** 2]
+    batches = _row_batches(np.stack([np.arange(n), rng.permutation(n)]), 20)
+    grams = ArrayGrams(layers, batches)
+    batch_labels = [labels[rows] for _, rows in batches]
+    got = minibatch_cka_by_class(grams, None, batch_labels, [0, 1, 2])
+    for c in range(3):
+        sub = _class_batches(batches, labels, c)
+        want = minibatch_cka_grams([ArrayGrams(layers, sub)], [(0, 0)])[(0, 0)].cka
+        np.testing.assert_allclose(got[c], want, rtol=1e-10)
+
+
+def test_class_conditional_cka_equals_unconditional_when_classes_share_one_representation(rng):
+    """Labels independent of the features, one map from layer to layer for every class: each
+    class's CKA is the unconditional value (exactly 1 for an isometry, within sampling error
+    otherwise)."""
+    from robrep.similarity import minibatch_cka_by_class
+
+    n = 4000
+    x = rng.standard_normal((n, 12))
+    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    layers = [x, 3 * x @ q, np.tanh(x @ rng.standard_normal((12, 8)))]
+    labels = rng.integers(0, 2, n)
+    batches = _row_batches(np.arange(n)[None], 400)
+    grams = ArrayGrams(layers, batches)
+    batch_labels = [labels[rows] for _, rows in batches]
+    by_class = minibatch_cka_by_class(grams, None, batch_labels, [0, 1])
+    overall = minibatch_cka_grams([grams], [(0, 0)])[(0, 0)].cka
+    np.testing.assert_allclose(by_class[:, 0, 1], 1.0, atol=1e-10)
+    np.testing.assert_allclose(by_class, np.broadcast_to(overall, by_class.shape), atol=0.03)
+
+
+def test_compare_stores_by_class(tiny_model, tmp_path):
+    from robrep.compare import compare_stores
+
+    order = pass_orders(64, 2, split_seed=0)
+    path = extract(tiny_model, tmp_path / "s.zarr", order, cka_batch_size=64, meta=STORE_META)
+    ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, by_class=True)
+    n_layers = len(ActivationStore(path).layers)
+    assert ds.cka_by_class.shape == (10, n_layers, n_layers)
+    assert list(ds["class"].values) == list(range(10))
+    # labels i % 10: 6 or 7 examples of each class per batch of 64
+    for c in range(10):
+        np.testing.assert_allclose(np.diagonal(ds.cka_by_class.values[c]), 1.0, atol=1e-6)
+    assert np.isfinite(ds.cka_by_class.values).all()
+    plain = compare_stores(path, path, ["minibatch_cka"], bootstrap=0)
+    assert "cka_by_class" not in plain and "class" not in plain.coords

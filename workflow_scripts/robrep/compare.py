@@ -20,7 +20,13 @@ import torch
 import xarray as xr
 
 from .activation_store import ActivationStore, check_aligned
-from .similarity import full_data_similarity, minibatch_cka_grams, minibatch_cka_null
+from .similarity import (
+    full_data_similarity,
+    minibatch_cka_by_class,
+    minibatch_cka_grams,
+    minibatch_cka_null,
+    pass_batches,
+)
 
 NULL_LEVEL = 0.95  # the permutation null's percentile reported as cka_null_upper
 STORE_COORDS = ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs")
@@ -44,6 +50,7 @@ def compare_stores(
     rbf_sigma: float = 0.8,
     svcca_variance: float = 0.99,
     permutations: int = 0,
+    by_class: bool = False,
     attrs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> xr.Dataset:
@@ -53,7 +60,8 @@ def compare_stores(
     `device`; the full-data metrics on the CPU (float64 eigensolves). With `permutations`, the
     95th percentile of minibatch CKA with side b's examples shuffled within each batch
     (`similarity.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
-    it are indistinguishable from unrelated examples.
+    it are indistinguishable from unrelated examples. With `by_class`, `cka_by_class` holds
+    minibatch CKA restricted to each class's examples (`similarity.minibatch_cka_by_class`).
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)
@@ -80,6 +88,14 @@ def compare_stores(
                 ("layer_a", "layer_b"),
                 np.percentile(null, NULL_LEVEL * 100, axis=0),
             )
+        if by_class:
+            labels = sa.labels
+            classes = np.unique(labels)
+            batches = pass_batches(sa.pass_order, sa.cka_batch_size)
+            batch_labels = [labels[rows] for _, rows in batches]
+            other = None if same else models[1]
+            by = minibatch_cka_by_class(models[0], other, batch_labels, classes, device)
+            data_vars["cka_by_class"] = (("class", "layer_a", "layer_b"), by)
         if bootstrap and res.n_batches >= 2:
             low, high = res.bootstrap(bootstrap, seed)
             data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
@@ -94,6 +110,8 @@ def compare_stores(
         "layer_a": sa.layers,
         "layer_b": sb.layers,
     }
+    if "cka_by_class" in data_vars:
+        coords["class"] = classes
     if full:
         got = _full_data(sa, sb, same, full, rbf_sigma, svcca_variance)
         data_vars["full_similarity"] = (
@@ -116,6 +134,8 @@ def compare_stores(
         meta[f"store_{side}"] = str(store.path)
         meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
     meta["n_examples"] = len(sa)
+    meta["bootstrap"] = bootstrap if "cka_ci_low" in data_vars else 0
+    meta["bootstrap_seed"] = seed
     meta["null_permutations"] = permutations
     meta["null_level"] = NULL_LEVEL
     meta["batch_size"] = sa.cka_batch_size

@@ -133,10 +133,9 @@ class CKAResult:
             ]
         )
 
-    def bootstrap(
-        self, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile confidence interval of CKA from resampling minibatches with replacement."""
+    def bootstrap_draws(self, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+        """(n_resamples, len(a), len(b)) CKA of minibatches resampled with replacement (over
+        every batch of every pass): the draws behind `bootstrap` and any statistic of the matrix."""
         if self.n_batches < 2:
             raise ValueError("bootstrap needs at least 2 minibatches")
         rng = np.random.default_rng(seed)
@@ -146,11 +145,23 @@ class CKAResult:
             draws[r] = _normalise(
                 self.cross[idx].sum(0), self.self_a[idx].sum(0), self.self_b[idx].sum(0)
             )
-        tail = (1 - level) / 2 * 100
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
-        return low, high
+        return draws
+
+    def bootstrap(
+        self, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile confidence interval of CKA from resampling minibatches with replacement."""
+        return percentile_interval(self.bootstrap_draws(n_resamples, seed), level)
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The central `level` percentile interval of bootstrap `draws` along their first axis
+    (Efron & Tibshirani 1993, ch. 13), NaN draws left out."""
+    tail = (1 - level) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
+    return low, high
 
 
 def _normalise(cross: np.ndarray, self_a: np.ndarray, self_b: np.ndarray) -> np.ndarray:
@@ -558,13 +569,59 @@ def _strict_index(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def packed_permutation(b: int, order: np.ndarray) -> np.ndarray:
-    """Gather indices that turn a packed b x b Gram K into the packed P K Pᵀ, the Gram of the
-    same rows in `order` ((P K Pᵀ)_ij = K_order[i],order[j]): `packed[packed_permutation(...)]`."""
-    rows, cols, index = _strict_index(b)
-    return np.concatenate([index[order[rows], order[cols]], len(rows) + np.asarray(order)])
+    """Gather indices that turn a packed b x b Gram K into the packed Gram of the rows `order`
+    ((P K Pᵀ)_ij = K_order[i],order[j]): `packed[packed_permutation(b, order)]`. `order` may be a
+    permutation of the b rows (the Gram of the same rows relabelled) or any m of them (the m x m
+    Gram of that subset)."""
+    order = np.asarray(order)
+    rows, cols, _ = _strict_index(len(order))
+    index = _strict_index(b)[2]
+    return np.concatenate([index[order[rows], order[cols]], b * (b - 1) // 2 + order])
 
 
 NULL_STREAM = 0x4E11  # keeps the null's permutations apart from other uses of the seed
+View = tuple[np.ndarray | None, np.ndarray | None]  # rows of a batch taken by side a, side b
+
+
+def _view_cka(
+    a: GramSource,
+    b: GramSource | None,
+    views: Callable[[int, int], Sequence[View]],
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(views, len(a.names), len(b.names)) minibatch CKA of every layer pair, each view taking
+    rows of every batch from each side (`views(t, n)` for batch t of n rows: per view, the rows
+    of side a and of side b, None for all of them in stored order; fewer than 4 rows skip that
+    batch for that view). HSIC_1 terms come from gathers of the stored triangles; `b` None is
+    `a` itself, read once."""
+    models = [a] if b is None else [a, b]
+    sizes, passes = _shared_batches(models, list(range(len(models))))
+    keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
+    width_a, width_b = len(a.names), len(models[-1].names)
+    largest = triangle_size(max(sizes))
+    buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
+    staging = _staging(width_a + width_b)
+    cross = self_a = self_b = None
+    dev = torch.device(device)
+    for t in keep:
+        n = sizes[t]
+        stats = [m.read(t, buf) for m, buf in zip(models, buffers, strict=True)]
+        chosen = views(t, n)
+        if cross is None:
+            cross = np.zeros((len(chosen), width_a, width_b))
+            self_a, self_b = np.zeros((len(chosen), width_a)), np.zeros((len(chosen), width_b))
+        for v, (rows_a, rows_b) in enumerate(chosen):
+            m = n if rows_a is None else len(rows_a)
+            if m < MIN_BATCH:
+                continue
+            side_a = stats[0] if rows_a is None else stats[0][packed_permutation(n, rows_a)]
+            side_b = stats[-1] if rows_b is None else stats[-1][packed_permutation(n, rows_b)]
+            hsic = _batch_hsic([side_a, side_b], m, staging, dev)
+            cross[v] += hsic[:width_a, width_a:]
+            self_a[v] += np.diagonal(hsic)[:width_a]
+            self_b[v] += np.diagonal(hsic)[width_a:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(self_a[:, :, None] * self_b[:, None, :])
 
 
 def minibatch_cka_null(
@@ -579,29 +636,40 @@ def minibatch_cka_null(
     triangle): what the metric shows when the two sides' examples do not correspond. HSIC_1 is
     invariant to relabelling both of its arguments, so the self terms are the unshuffled ones.
     Reproducible from `seed`."""
-    models = [a, b]
-    sizes, passes = _shared_batches(models, [0, 1])
-    keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
-    width_a = len(a.names)
-    largest = triangle_size(max(sizes))
-    buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
-    staging = _staging(width_a + len(b.names))
     rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
-    cross = np.zeros((permutations, width_a, len(b.names)))
-    self_a, self_b = np.zeros(width_a), np.zeros(len(b.names))
-    for t in keep:
-        n = sizes[t]
-        stats_a = a.read(t, buffers[0])
-        stats_b = b.read(t, buffers[1])
-        for r in range(permutations):
-            shuffled = stats_b[packed_permutation(n, rng.permutation(n))]
-            hsic = _batch_hsic([stats_a, shuffled], n, staging, torch.device(device))
-            cross[r] += hsic[:width_a, width_a:]
-            if r == 0:
-                self_a += np.diagonal(hsic)[:width_a]
-                self_b += np.diagonal(hsic)[width_a:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cross / np.sqrt(np.outer(self_a, self_b))
+    return _view_cka(
+        a, b, lambda t, n: [(None, rng.permutation(n)) for _ in range(permutations)], device
+    )
+
+
+def minibatch_cka_by_class(
+    a: GramSource,
+    b: GramSource | None,
+    batch_labels: Sequence[np.ndarray],
+    classes: Sequence[int],
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(classes, len(a.names), len(b.names)) class-conditional minibatch CKA: each class's
+    examples of every minibatch alone (the Gram restricted to their rows, a gather of the stored
+    triangle), pooled over batches as `minibatch_cka_grams` pools whole ones. `batch_labels[t]`
+    are the labels of batch t's rows in stored order; a class with fewer than 4 examples in a
+    batch skips that batch; `b` None compares `a` with itself."""
+
+    def views(t: int, n: int) -> list[View]:
+        labels = np.asarray(batch_labels[t])
+        if len(labels) != n:
+            raise ValueError(f"batch {t} has {n} rows but {len(labels)} labels")
+        return [(rows, rows) for rows in (np.flatnonzero(labels == c) for c in classes)]
+
+    cka = _view_cka(a, b, views, device)
+    few = [int(c) for c, m in zip(classes, cka, strict=True) if np.isnan(m).all()]
+    if few:
+        warnings.warn(
+            f"class-conditional CKA: classes {few} never have {MIN_BATCH} examples in one "
+            f"minibatch; their values are NaN (raise activations.cka_batch_size)",
+            stacklevel=2,
+        )
+    return cka
 
 
 def _staging(columns: int) -> torch.Tensor:
