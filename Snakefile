@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "rules/train.smk"
 include: "rules/activations.smk"
 include: "rules/similarity.smk"
+include: "rules/probes.smk"
 include: "rules/aggregate.smk"
 
 

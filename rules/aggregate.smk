@@ -5,10 +5,12 @@ rule aggregate:
     input:
         comparisons=[comparison_path(RESULTS, *key) for key in COMPARISONS],
         metrics=[f"{m.dir(RESULTS)}/metrics.json" for m in STUDY.models],
+        probes=[s.probe_path(RESULTS) for s in PROBED],
     output:
         zarr=directory(f"{RESULTS}/summary/similarity.zarr"),
         netcdf=f"{RESULTS}/summary/similarity.nc",
         accuracy=f"{RESULTS}/summary/accuracy.csv",
+        findings=f"{RESULTS}/summary/findings.csv",
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:

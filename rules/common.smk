@@ -38,6 +38,7 @@ config.setdefault("analyses", list(ANALYSES))
 try:
     rcfg.check_metrics(config)
     rcfg.check_minibatches(config)
+    rcfg.check_probes(config)
     if ANALYSES_ASKED:
         rcfg.check_analyses(config)
 except rcfg.ConfigError as err:
@@ -76,9 +77,11 @@ WILDCARD_MODEL = ModelKey("{dataset}", "{arch}", "{method_id}", "{seed}")
 MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
 MODEL_ID = WILDCARD_MODEL.id
 COMPARISONS = comparisons(STUDY, config["analyses"])
-FIGURES = figures({analysis for analysis, _, _ in COMPARISONS})
-STORES = sorted(  # every store a comparison reads, once
-    {s for pair in COMPARISONS.values() for s in pair}, key=lambda s: s.path(RESULTS)
+PROBED = [StoreKey(m) for m in STUDY.models] if config["probes"]["folds"] else []
+FIGURES = figures({analysis for analysis, _, _ in COMPARISONS}, probes=bool(PROBED))
+STORES = sorted(  # every store a comparison or a probe reads, once
+    {s for pair in COMPARISONS.values() for s in pair} | set(PROBED),
+    key=lambda s: s.path(RESULTS),
 )
 
 
@@ -148,7 +151,10 @@ def all_targets():
     """
     stores = [s.path(RESULTS) for s in STORES]
     return (
-        [f"{RESULTS}/summary/similarity.zarr", f"{RESULTS}/summary/accuracy.csv"]
+        [
+            f"{RESULTS}/summary/{name}"
+            for name in ("similarity.zarr", "accuracy.csv", "findings.csv")
+        ]
         + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
         + stores
     )
@@ -208,6 +214,7 @@ SIZE_SETTINGS = {
     "train": "training.epochs/batch_size or resources.gflops",
     "extract": "activations.n_examples/batch_size/cka_batch_size/passes or resources.gflops",
     "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
+    "probe": "probes.n_examples/folds or activations.features",
 }
 
 
@@ -292,6 +299,16 @@ def similarity_resource(key):
     return value
 
 
+def probe_resource(key):
+    def value(wildcards, attempt):
+        _, cost = _cost(wildcards.dataset, wildcards.arch)
+        n = min(EXAMPLES[wildcards.dataset], config["probes"]["n_examples"])
+        est = rres.probe_resources(cost, n, config["probes"]["folds"], GFLOPS)
+        return fitted("probe", est, key, attempt)
+
+    return value
+
+
 def _end_run(messages):
     """Called by the pending-job watch: say why, then interrupt Snakemake, which cancels the
     run's SLURM jobs and exits non-zero."""
@@ -313,6 +330,8 @@ def check_every_request():
     for analysis, dataset, pair in COMPARISONS:
         fields = dict(analysis=analysis, dataset=dataset, pair=pair)
         similarity_resource("mem_mb")(SimpleNamespace(**fields), 1)
+    for s in PROBED:
+        probe_resource("mem_mb")(SimpleNamespace(**vars(s.model)), 1)
 
 
 def cluster_start():

@@ -19,5 +19,6 @@ rule similarity:
         rbf_sigma=SIM["rbf_sigma"],
         svcca_variance=SIM["svcca_variance"],
         permutations=SIM["permutations"],
+        by_class=lambda wc: ANALYSES[wc.analysis].by_class,
     script:
         "../workflow_scripts/similarity.py"

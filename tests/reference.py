@@ -39,3 +39,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
     finally:
         model.train(was_training)
+
+
+def block_score_loops(c: np.ndarray, min_size: int = 2) -> float:
+    """The block-structure score segment by segment (the definition, no prefix sums)."""
+    n = c.shape[0]
+    best = -np.inf
+    for start in range(n):
+        for stop in range(start + min_size, n + 1):
+            if stop - start == n:
+                continue
+            inside = np.zeros(n, bool)
+            inside[start:stop] = True
+            block = c[np.ix_(inside, inside)]
+            k = inside.sum()
+            within = (block.sum() - np.trace(block)) / (k * (k - 1))
+            best = max(best, within - c[np.ix_(inside, ~inside)].mean())
+    return float(best)

@@ -31,6 +31,15 @@ def test_block_score_ranks_block_above_uniform():
     )
 
 
+@pytest.mark.parametrize("n, min_size", [(3, 2), (7, 2), (12, 3)])
+def test_block_score_is_its_definition(rng, n, min_size):
+    from reference import block_score_loops
+
+    c = rng.random((n, n))
+    c = (c + c.T) / 2
+    assert block_structure_score(c, min_size) == pytest.approx(block_score_loops(c, min_size))
+
+
 def test_block_score_of_a_nan_matrix_is_nan_not_inf():
     block = block_matrix([3, 5])
     block[0, :] = block[:, 0] = np.nan  # a constant first layer
@@ -144,7 +153,7 @@ def test_registry_is_consistent():
     from robrep.analyses import ANALYSES, STUDY_FIGURES, figures
     from robrep.figures import FIGURES
 
-    names = figures(ANALYSES)
+    names = figures(ANALYSES, probes=True)
     assert set(names) == set(FIGURES) and len(names) == len(set(names))
     assert names[-len(STUDY_FIGURES) :] == list(STUDY_FIGURES)
     root = Path(__file__).parents[1]

@@ -49,12 +49,13 @@ def assert_only_one_model_planned(out: str, method_id: str) -> None:
         "extract": 4,
         # cross_layer 2 + benign_vs_adversarial 1 + epochs 2 + robust_vs_standard 1
         "similarity": 6,
+        "probe": 1,
         "aggregate": 1,
         "figures": 1,
         "all": 1,
     }
     for job in planned_jobs(out):
-        if job["rule"] in ("train", "extract"):
+        if job["rule"] in ("train", "extract", "probe"):
             assert f"method_id={method_id}" in job["wildcards"], job
         if job["rule"] == "similarity":
             assert method_id in job["wildcards"], job
@@ -134,7 +135,16 @@ def test_similarity_setting_plans_no_extraction(completed_run, key, value):
     config["similarity"][key] = value
     counts = job_counts(dry_run_with(completed_run, config))
     assert "extract" not in counts and "train" not in counts and "prepare_data" not in counts
-    assert counts["similarity"] == 11 and counts["aggregate"] == 1
+    assert counts["similarity"] == 11 and counts["aggregate"] == 1 and "probe" not in counts
+
+
+@pytest.mark.parametrize("key, value", [("folds", 3), ("seed", 1), ("n_examples", 40)])
+def test_probe_setting_reruns_only_the_probes(completed_run, key, value):
+    """A probe setting reruns the probes (one per model) and the summary, nothing upstream."""
+    config = copy.deepcopy(TINY)
+    config["probes"] = {key: value}
+    counts = job_counts(dry_run_with(completed_run, config))
+    assert counts == {"probe": 2, "aggregate": 1, "figures": 1, "all": 1}
 
 
 @pytest.mark.parametrize(
@@ -181,8 +191,9 @@ def test_n_examples_above_the_test_split_plans_as_the_split(completed_run):
     assert warning in plans[10**9].stdout + plans[10**9].stderr
     assert warning not in plans[359].stdout + plans[359].stderr
 
-    def resources(out):
-        return sorted(re.findall(r"^\s+resources: (.*)$", out.stdout, re.M))
+    def resources(out):  # each job's resources as a set: Snakemake lists them in any order
+        lines = re.findall(r"^\s+resources: (.*)$", out.stdout, re.M)
+        return sorted(", ".join(sorted(line.split(", "))) for line in lines)
 
     assert resources(plans[10**9]) == resources(plans[359])
     assert any("mem_mb" in line for line in resources(plans[359]))

@@ -56,10 +56,27 @@ def test_full_run_outputs(completed_run):
     assert "config" in ds.attrs and "versions" in ds.attrs
     for name in ("clean_acc", "robust_acc", "block_score", "best_final_drop"):
         assert name in ds
+    # #13: bootstrap interval of the block score, class-conditional CKA, linear probes, seed
+    # baselines (NaN: one seed) and the paper's claims (no seed baseline to hold them against).
+    benign = np.flatnonzero(ds.model_method_id.values == "standard")
+    low, high = ds.block_score_low.values[benign], ds.block_score_high.values[benign]
+    assert np.all(low <= ds.block_score.values[benign]) and np.all(
+        ds.block_score.values[benign] <= high
+    )
+    assert ds.cka_by_class.dims == ("comparison", "class", "layer_a", "layer_b")
+    assert ds.sizes["class"] == 10
+    probes = wd / "results/probes/digits/convnet/standard/seed0/final/benign.nc"
+    assert probes.is_file()
+    accuracy = ds.probe_accuracy.values
+    assert np.isfinite(accuracy).any() and np.nanmax(accuracy) <= 1.0
+    assert np.isnan(ds.seed_effect.values).all()
+    findings = (wd / "results/summary/findings.csv").read_text().splitlines()
+    assert findings[0].startswith("claim,dataset,arch,method_id,robust,standard,difference")
+    assert all(line.endswith("no seed baseline") for line in findings[1:]) and len(findings) > 1
     nc = xr.load_dataset(wd / "results/summary/similarity.nc", engine="h5netcdf")
     assert nc.sizes == ds.sizes
     figures = sorted(p.name for p in (wd / "results/figures").glob("*.png"))
-    assert len(figures) == 6
+    assert len(figures) == 8
     for fig in (wd / "results/figures").glob("*.png"):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
@@ -115,6 +132,7 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
     # cross_layer 4 + benign_vs_adversarial 2 + epochs 4 + robust_vs_standard 1 + seeds 2
     assert counts["similarity"] == 13
     assert counts["aggregate"] == 1 and counts["figures"] == 1
+    assert counts["probe"] == 2  # the new models' final benign stores
     assert "seed1" in out
     jobs = planned_jobs(out)
     for job in jobs:
@@ -158,6 +176,11 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
             r"'similarity\.batch_size' moved to 'activations\.cka_batch_size'",
         ),
         ({"similarity": {"metrics": ["svcca"]}}, r"lacks 'minibatch_cka'"),
+        ({"probes": {"folds": 1}}, r"probes\.folds: 1 is no cross-validation"),
+        (
+            {"activations": {"features": "none"}, "similarity": {"metrics": ["minibatch_cka"]}},
+            r"probes\.folds: linear probes read raw features, but activations\.features is none",
+        ),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, change, pattern):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from robrep.findings import paper_claims
 from robrep.runtime import atomic_output, software_versions
 from robrep.summary import aggregate
 from robrep.xrio import write_netcdf, write_zarr
@@ -15,12 +16,17 @@ with redirect_to_log(snakemake):
     ds, accuracy = aggregate(
         snakemake.input.comparisons,
         snakemake.input.metrics,
+        probe_files=snakemake.input.probes,
         attrs={"config": dict(snakemake.params.settings), "versions": software_versions()},
     )
     write_zarr(ds, snakemake.output.zarr)
     write_netcdf(ds, snakemake.output.netcdf)
-    with atomic_output(snakemake.output.accuracy) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(accuracy[0]))
-        writer.writeheader()
-        writer.writerows(accuracy)
+    claims = paper_claims(ds)
+    for path, rows in ((snakemake.output.accuracy, accuracy), (snakemake.output.findings, claims)):
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["claim"])
+            writer.writeheader()
+            writer.writerows(rows)
     print(ds)
+    for row in claims:
+        print(row)

@@ -24,6 +24,7 @@ with redirect_to_log(snakemake):
         rbf_sigma=p.rbf_sigma,
         svcca_variance=p.svcca_variance,
         permutations=p.permutations,
+        by_class=p.by_class,
         attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
         device=pick_device(snakemake.config["device"]),
     )

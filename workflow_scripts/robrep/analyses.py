@@ -12,6 +12,7 @@ Snakemake, testable on its own.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from .config import activation_checkpoints, resolve_method
 from .ids import ModelKey, StoreKey, comparison_id
 from .models import arch_family
+from .similarity import CKAResult, percentile_interval
 
 ADV_THRESHOLD = 0.9
 Pair = tuple[StoreKey, StoreKey]
@@ -64,7 +66,10 @@ class Analysis:
     """One analysis: its pairs, its per-model summaries and its figures (see the module doc).
 
     `summaries` maps each variable `summarise` may return to whether it is per layer (a vector
-    along the first model's layers) or a scalar.
+    along the first model's layers) or a scalar. `by_class`: its comparisons also hold
+    class-conditional CKA. `seed_baseline`: its per-layer values are set against the seed-to-seed
+    similarity of the configurations they compare (`summary.seed_baselines`; both sides must
+    have the same architecture).
     """
 
     name: str
@@ -73,6 +78,8 @@ class Analysis:
     summarise: Summarise
     summaries: Mapping[str, bool]
     figures: tuple[str, ...]
+    by_class: bool = False
+    seed_baseline: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,19 +103,19 @@ def block_structure_score(cka: np.ndarray, min_size: int = 2) -> float:
         )
     if np.isnan(c).any():
         return float("nan")
-    best = -np.inf
-    for start in range(n):
-        for stop in range(start + min_size, n + 1):
-            if stop - start == n:
-                continue
-            inside = np.zeros(n, bool)
-            inside[start:stop] = True
-            block = c[np.ix_(inside, inside)]
-            k = inside.sum()
-            within = (block.sum() - np.trace(block)) / (k * (k - 1))
-            across = c[np.ix_(inside, ~inside)].mean()
-            best = max(best, within - across)
-    return float(best)
+    # Sums over any rectangle from 2-D prefix sums, every segment at once.
+    total = np.zeros((n + 1, n + 1))
+    total[1:, 1:] = c.cumsum(0).cumsum(1)
+    trace = np.concatenate([[0.0], np.cumsum(np.diagonal(c))])
+    start, stop = np.triu_indices(n + 1, min_size)
+    keep = stop - start < n
+    start, stop = start[keep], stop[keep]
+    k = stop - start
+    block = total[stop, stop] - total[start, stop] - total[stop, start] + total[start, start]
+    rows = total[stop, n] - total[start, n]
+    within = (block - (trace[stop] - trace[start])) / (k * (k - 1))
+    across = (rows - block) / (k * (n - k))
+    return float(np.max(within - across))
 
 
 def diagonal(cka: np.ndarray) -> np.ndarray:
@@ -155,8 +162,49 @@ def _cross_layer_pairs(study: Study) -> Iterable[Pair]:
 
 
 def _cross_layer_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
-    name = "block_score" if comparison["inputs"] == "benign" else "block_score_pgd"
-    return {name: block_structure_score(m)}
+    if comparison["inputs"] != "benign":
+        return {"block_score_pgd": block_structure_score(m)}
+    out = {"block_score": block_structure_score(m)}
+    part = comparison.get("part")
+    if part is not None and comparison.get("metric") == "minibatch_cka":
+        out["block_score_low"], out["block_score_high"] = block_score_interval(part)
+    if part is not None and "cka_by_class" in part:
+        out.update(class_conditional_summary(part["cka_by_class"].values))
+    return out
+
+
+def block_score_interval(part: Any, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the block score of one comparison (an xarray Dataset of
+    `compare.compare_stores`): its minibatches, over every pass, resampled with replacement
+    as for CKA's own interval (same resamples and seed); NaN without HSIC terms or bootstrap."""
+    resamples = int(part.attrs.get("bootstrap", 0))
+    if "hsic_cross" not in part or resamples == 0 or part.sizes["batch"] < 2:
+        return float("nan"), float("nan")
+    res = CKAResult(
+        part["hsic_cross"].values,
+        part["hsic_a"].values,
+        part["hsic_b"].values,
+        list(part.layer_a.values),
+        list(part.layer_b.values),
+    )
+    draws = res.bootstrap_draws(resamples, int(part.attrs.get("bootstrap_seed", 0)))
+    low, high = percentile_interval(np.array([block_structure_score(d) for d in draws]), level)
+    return float(low), float(high)
+
+
+def class_conditional_summary(by_class: np.ndarray) -> dict[str, float]:
+    """Class-conditional cross-layer CKA ((classes, layers, layers)) in two numbers over the
+    distinct layer pairs: its mean over classes and pairs, and its spread across classes (the
+    standard deviation over classes, averaged over pairs). A specialised network treats classes
+    differently from layer to layer: high spread."""
+    rows, cols = np.triu_indices(by_class.shape[1], 1)
+    pairs = by_class[:, rows, cols]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            "class_cka_mean": float(np.nanmean(pairs)),
+            "class_cka_spread": float(np.nanmean(np.nanstd(pairs, axis=0))),
+        }
 
 
 def _robust_vs_standard_pairs(study: Study) -> Iterable[Pair]:
@@ -219,8 +267,16 @@ ANALYSES: dict[str, Analysis] = {
             "each model's layers x its own layers, benign (and PGD) inputs",
             _cross_layer_pairs,
             _cross_layer_summary,
-            {"block_score": False, "block_score_pgd": False},
-            ("cross_layer_heatmaps", "block_score_vs_eps"),
+            {
+                "block_score": False,
+                "block_score_low": False,
+                "block_score_high": False,
+                "block_score_pgd": False,
+                "class_cka_mean": False,
+                "class_cka_spread": False,
+            },
+            ("cross_layer_heatmaps", "block_score_vs_eps", "class_conditional_cka"),
+            by_class=True,
         ),
         Analysis(
             "robust_vs_standard",
@@ -229,6 +285,7 @@ ANALYSES: dict[str, Analysis] = {
             _mean_diagonal("robust_vs_standard_mean_diag"),
             {"robust_vs_standard_mean_diag": False},
             ("robust_vs_standard_diagonal",),
+            seed_baseline=True,
         ),
         Analysis(
             "benign_vs_adversarial",
@@ -239,6 +296,7 @@ ANALYSES: dict[str, Analysis] = {
             },
             {f"adversarial_depth_below_{ADV_THRESHOLD}": False},
             ("benign_vs_adversarial_diagonal",),
+            seed_baseline=True,
         ),
         Analysis(
             "epochs",
@@ -247,6 +305,7 @@ ANALYSES: dict[str, Analysis] = {
             _epochs_summary,
             {"best_final_drop": True},
             ("epochs_heatmaps",),
+            seed_baseline=True,
         ),
         Analysis(
             "threat_models",
@@ -255,6 +314,7 @@ ANALYSES: dict[str, Analysis] = {
             _mean_diagonal("threat_model_mean_diag"),
             {"threat_model_mean_diag": False},
             ("threat_models_diagonal",),
+            seed_baseline=True,
         ),
         Analysis(
             "seeds",
@@ -277,6 +337,7 @@ ANALYSES: dict[str, Analysis] = {
     )
 }
 STUDY_FIGURES = ("accuracy_vs_eps",)  # drawn from the models' metrics, whatever the analyses
+PROBE_FIGURES = ("linear_probe_accuracy",)  # drawn from the linear probes, when computed
 
 
 def comparisons(study: Study, analyses: Sequence[str]) -> dict[tuple[str, str, str], Pair]:
@@ -294,7 +355,8 @@ def comparisons(study: Study, analyses: Sequence[str]) -> dict[tuple[str, str, s
     return out
 
 
-def figures(analyses: Iterable[str]) -> list[str]:
-    """The figures of `analyses` (those with at least one comparison), then the study's own."""
+def figures(analyses: Iterable[str], probes: bool = False) -> list[str]:
+    """The figures of `analyses` (those with at least one comparison), the linear probes' (with
+    `probes`), then the study's own."""
     names = [f for name in ANALYSES if name in set(analyses) for f in ANALYSES[name].figures]
-    return names + list(STUDY_FIGURES)
+    return names + list(PROBE_FIGURES if probes else ()) + list(STUDY_FIGURES)

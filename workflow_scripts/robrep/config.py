@@ -305,6 +305,19 @@ def check_minibatches(config: Mapping[str, Any]) -> None:
             )
 
 
+def check_probes(config: Mapping[str, Any]) -> None:
+    """Linear probes need 2 or more folds (0 turns them off) and stores that keep features."""
+    folds = config["probes"]["folds"]
+    if folds == 1:
+        raise ConfigError("probes.folds: 1 is no cross-validation; use 0 (no probes) or >= 2")
+    act = config["activations"]
+    if folds and act.get("features", act["layers"]) in ("none", []):
+        raise ConfigError(
+            "probes.folds: linear probes read raw features, but activations.features is none; "
+            "keep features for some layers or set probes.folds: 0"
+        )
+
+
 def study_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config without its execution settings (device, threads, resources): what the results
     depend on, recorded in the summary's attributes."""

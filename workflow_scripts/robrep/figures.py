@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from .analyses import depth_matched_diagonal  # noqa: E402
+from .analyses import ANALYSES, depth_matched_diagonal  # noqa: E402
 from .runtime import atomic_output  # noqa: E402
 from .summary import SUMMARY_METRIC as METRIC  # noqa: E402
 
@@ -69,9 +69,19 @@ def _mean_matrix(ds: xr.Dataset, idx: np.ndarray, metric: str) -> tuple[np.ndarr
     return np.nanmean(mats, axis=0), names_a, names_b
 
 
+def _mean_null(ds: xr.Dataset, idx: np.ndarray) -> np.ndarray:
+    """Seed-averaged upper percentile of the permutation null of comparisons `idx`."""
+    c0 = int(idx[0])
+    la, lb = int(ds.n_layers_a[c0]), int(ds.n_layers_b[c0])
+    return np.nanmean(ds["cka_null_upper"].isel(comparison=idx).values[:, :la, :lb], axis=0)
+
+
 def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
-    """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1."""
+    """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1; values at or
+    below the permutation null's upper percentile (when computed) are grey."""
     metric = _metric(ds)
+    null = ds.get("cka_null_upper") if metric == "minibatch_cka" else None
+    cmap = plt.get_cmap("magma").with_extremes(bad="lightgrey")
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     methods = _methods(ds)
     fig, axes = plt.subplots(
@@ -90,18 +100,31 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                 ax.axis("off")
                 continue
             mat, names, _ = _mean_matrix(ds, idx, metric)
-            image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
+            if null is not None:  # indistinguishable from the permutation null: grey
+                mat = np.where(mat > _mean_null(ds, idx), mat, np.nan)
+            image = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap, origin="lower")
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
             ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
             ax.set_title(f"{arch}\n{method}", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label=f"{metric} (mean over seeds)")
-    fig.suptitle("Cross-layer similarity, benign inputs")
+    masked = (
+        " (grey: not above the permutation null's upper percentile)" if null is not None else ""
+    )
+    fig.suptitle(f"Cross-layer similarity, benign inputs{masked}")
     _save(fig, path)
 
 
-def _eps_lines(ds: xr.Dataset, ax, values: np.ndarray, label_fmt: str, band: bool = True) -> None:
-    """Plot `values` (per model) against eps, a line per (arch, method kind, norm), seed band."""
+def _eps_lines(
+    ds: xr.Dataset,
+    ax,
+    values: np.ndarray,
+    label_fmt: str,
+    band: bool = True,
+    interval: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """Plot `values` (per model) against eps, a line per (arch, method kind, norm), seed band;
+    with `interval` (per-model low and high), bars from the lowest low to the highest high."""
     arch = ds.model_arch.values
     kind = ds.model_method.values
     norm = ds.model_norm.values
@@ -114,7 +137,20 @@ def _eps_lines(ds: xr.Dataset, ax, values: np.ndarray, label_fmt: str, band: boo
                     continue
                 xs = sorted(set(eps[sel].tolist()))
                 mean = [np.nanmean(values[sel & (eps == x)]) for x in xs]
-                ax.plot(xs, mean, marker="o", label=label_fmt.format(arch=a, kind=k, norm=n))
+                (line,) = ax.plot(
+                    xs, mean, marker="o", label=label_fmt.format(arch=a, kind=k, norm=n)
+                )
+                if interval is not None:
+                    lo = np.array([np.nanmin(interval[0][sel & (eps == x)]) for x in xs])
+                    hi = np.array([np.nanmax(interval[1][sel & (eps == x)]) for x in xs])
+                    ax.errorbar(
+                        xs,
+                        mean,
+                        yerr=[np.subtract(mean, lo), hi - mean],
+                        fmt="none",
+                        color=line.get_color(),
+                        capsize=3,
+                    )
                 if band:
                     lo = [np.nanmin(values[sel & (eps == x)]) for x in xs]
                     hi = [np.nanmax(values[sel & (eps == x)]) for x in xs]
@@ -124,11 +160,35 @@ def _eps_lines(ds: xr.Dataset, ax, values: np.ndarray, label_fmt: str, band: boo
 
 
 def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
-    """Block-structure score of the cross-layer CKA matrix against training eps."""
+    """Block-structure score of the cross-layer CKA matrix against training eps: the seed range
+    as a band, the bootstrap interval (widest over seeds) as bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    _eps_lines(ds, ax, ds.block_score.values, "{arch} {kind}-{norm}")
+    _eps_lines(
+        ds,
+        ax,
+        ds.block_score.values,
+        "{arch} {kind}-{norm}",
+        interval=(ds.block_score_low.values, ds.block_score_high.values),
+    )
     ax.set_ylabel("block-structure score")
-    ax.set_title("Block structure vs training eps (band: seed range)")
+    ax.set_title(
+        "Block structure vs training eps\n(band: seed range; bars: bootstrap 95% interval)",
+        fontsize=9,
+    )
+    _save(fig, path)
+
+
+def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
+    """Class-conditional cross-layer CKA against training eps: its spread across classes and its
+    mean (band: seed range)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _eps_lines(ds, axes[0], ds.class_cka_spread.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[1], ds.class_cka_mean.values, "{arch} {kind}-{norm}")
+    axes[0].set_ylabel("std over classes, mean over layer pairs")
+    axes[0].set_title("spread of class-conditional CKA across classes", fontsize=9)
+    axes[1].set_ylabel("mean over classes and layer pairs")
+    axes[1].set_title("class-conditional cross-layer CKA", fontsize=9)
+    fig.suptitle("Cross-layer similarity within each class (band: seed range)")
     _save(fig, path)
 
 
@@ -139,6 +199,7 @@ def _diagonal_panels(
     each layer's similarity with the layer at the same relative depth, mean over seeds."""
     metric = _metric(ds)
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    banded = ANALYSES[analysis].seed_baseline if analysis in ANALYSES else False
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         for method in _methods(ds):
@@ -148,7 +209,13 @@ def _diagonal_panels(
                 mat, names, _ = _mean_matrix(ds, sub, metric)
                 diag = depth_matched_diagonal(mat)
                 label = method if arch_b == arch else f"{method} vs {arch_b}"
-                ax.plot(np.linspace(0, 1, len(diag)), diag, marker=".", label=label)
+                depth = np.linspace(0, 1, len(diag))
+                (line,) = ax.plot(depth, diag, marker=".", label=label)
+                if banded:
+                    lo, hi = _seed_band(ds, sub, metric, len(diag))
+                    ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        if banded and not (ds.analysis.values == "seeds").any():
+            ax.text(0.02, 0.03, "one seed: no seed baseline", transform=ax.transAxes, fontsize=7)
         ax.set_title(arch)
         ax.set_xlabel("relative depth of layer")
         ax.set_ylabel(ylabel)
@@ -156,6 +223,29 @@ def _diagonal_panels(
         ax.legend(fontsize=7)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def _seed_band(
+    ds: xr.Dataset, idx: np.ndarray, metric: str, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, the range of same-layer similarity between seeds of the configurations that
+    comparisons `idx` compare (their `seeds` comparisons, benign, final): the seed baseline."""
+    configs = {
+        (ds.dataset.values[c], ds[f"arch{s}"].values[c], ds[f"method_id{s}"].values[c])
+        for c in idx
+        for s in ("", "_b")
+    }
+    base = [
+        c
+        for c in _select(ds, analysis="seeds", inputs="benign", checkpoint="final")
+        if (ds.dataset.values[c], ds.arch.values[c], ds.method_id.values[c]) in configs
+    ]
+    if not base:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    la = int(ds.n_layers_a[base[0]])
+    mats = ds["similarity"].sel(metric=metric).isel(comparison=base).values[:, :la, :la]
+    diags = np.diagonal(mats, axis1=1, axis2=2)[:, :n]
+    return np.nanmin(diags, axis=0), np.nanmax(diags, axis=0)
 
 
 def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
@@ -266,6 +356,34 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
     _save(fig, path)
 
 
+def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
+    """Linear-probe accuracy of each layer against relative depth, a panel per architecture, a
+    line per method (mean over seeds, band: seed range), chance dashed."""
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        for method in _methods(ds):
+            sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+            rows = ds.probe_accuracy.values[sel]
+            layers = np.flatnonzero(~np.all(np.isnan(rows), axis=0))
+            if len(layers) == 0:
+                continue
+            n = int(ds.n_layers_a.values[_select(ds, arch=arch, analysis="cross_layer")[0]])
+            depth = layers / max(n - 1, 1)
+            (line,) = ax.plot(depth, np.nanmean(rows[:, layers], 0), marker=".", label=method)
+            lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
+            ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        chance = np.nanmean(ds.probe_chance.values[ds.model_arch.values == arch])
+        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_title(arch)
+        ax.set_xlabel("relative depth of layer")
+        ax.set_ylabel("linear-probe accuracy (k-fold)")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    fig.suptitle("Linear probes: class read out from each layer (band: seed range)")
+    _save(fig, path)
+
+
 def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
     """Test clean and robust accuracy against training eps (band: seed range)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -282,12 +400,14 @@ FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
     for draw in (
         cross_layer_heatmaps,
         block_score_vs_eps,
+        class_conditional_cka,
         robust_vs_standard_diagonal,
         benign_vs_adversarial_diagonal,
         epochs_heatmaps,
         threat_models_diagonal,
         seeds_diagonal,
         width_depth_diagonal,
+        linear_probe_accuracy,
         accuracy_vs_eps,
     )
 }

@@ -82,6 +82,10 @@ class StoreKey:
         """``{root}/activations/{model id}/{checkpoint}/{inputs}.zarr``"""
         return f"{root}/activations/{self.id}.zarr"
 
+    def probe_path(self, root: str) -> str:
+        """``{root}/probes/{model id}/{checkpoint}/{inputs}.nc``: the store's linear probes."""
+        return f"{root}/probes/{self.id}.nc"
+
     @property
     def tag(self) -> str:
         """A one-component spelling within a dataset: ``arch.method_id.seed0.final.benign``."""

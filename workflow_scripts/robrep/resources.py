@@ -236,3 +236,14 @@ def similarity_resources(
         flops += feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
     seconds = flops / (gflops * 1e9)
     return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+
+
+def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of the linear probes of one store: per feature layer, the
+    N x N Gram of its features (read in blocks) and, per fold, an eigendecomposition of the
+    training part's Gram (about 9 n³ flops) and a few n x n copies."""
+    n = n_examples
+    mem = 1500 + 6 * n * n * 8 / MB
+    flops = cost.feature_layers * (2 * n * n * cost.widest_feature + folds * 10 * n**3)
+    seconds = flops / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}

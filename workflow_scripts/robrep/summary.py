@@ -9,6 +9,7 @@ gives the model's coordinates). Nothing is re-derived from the config or parsed 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from .ids import ModelKey
 from .xrio import read_netcdf
 
 SUMMARY_METRIC = "minibatch_cka"
+# Per layer pair variables of a comparison stacked when every comparison has them: the permutation
+# null's upper percentile and minibatch CKA's bootstrap interval.
+PAIR_VARIABLES = ("cka_null_upper", "cka_ci_low", "cka_ci_high")
 _SIDE_COORDS = (
     "arch",
     "method_id",
@@ -41,8 +45,10 @@ def aggregate(
     metrics_files: Sequence[str | Path],
     metric: str = SUMMARY_METRIC,
     attrs: Mapping[str, Any] | None = None,
+    probe_files: Sequence[str | Path] = (),
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
-    """Stack comparisons along `comparison`, add per-model summaries; also return accuracy rows.
+    """Stack comparisons along `comparison`, add per-model summaries, seed baselines and the
+    linear probes (`probe_files`, one per model); also return accuracy rows.
 
     `metrics_files` are the models' metrics.json, in model order; `metric` is the similarity
     used for the per-model summaries.
@@ -60,8 +66,10 @@ def aggregate(
             )
     ds = _stack(parts)
     models = [read_json(f) for f in metrics_files]
-    summary, accuracy = model_summaries(ds, models, metric)
-    ds = xr.merge([ds, summary])
+    summary, accuracy = model_summaries(ds, models, metric, parts)
+    ds = xr.merge([ds, summary, seed_baselines(ds, metric)])
+    if probe_files:
+        ds = xr.merge([ds, probe_summary(ds, [read_netcdf(f) for f in probe_files])])
     ds.attrs.update(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
     )
@@ -101,12 +109,24 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
     for key in ("eps", "eps_b"):
         coords[key] = [float(v) for v in coords[key]]
     data_vars = {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)}
-    if all("cka_null_upper" in p for p in parts):  # the permutation null's upper percentile
-        null = np.full((len(parts), n_a, n_b), np.nan)
-        for c, part in enumerate(parts):
-            null[c, : part.sizes["layer_a"], : part.sizes["layer_b"]] = part.cka_null_upper.values
-        data_vars["cka_null_upper"] = (("comparison", "layer_a", "layer_b"), null)
+    for name in PAIR_VARIABLES:
+        if all(name in p for p in parts):
+            stacked = np.full((len(parts), n_a, n_b), np.nan)
+            for c, part in enumerate(parts):
+                stacked[c, : part.sizes["layer_a"], : part.sizes["layer_b"]] = part[name].values
+            data_vars[name] = (("comparison", "layer_a", "layer_b"), stacked)
     extra_coords = {}
+    classes = sorted({int(k) for p in parts if "cka_by_class" in p for k in p["class"].values})
+    if classes:  # class-conditional CKA where a comparison has it, NaN elsewhere
+        by_class = np.full((len(parts), len(classes), n_a, n_b), np.nan)
+        for c, part in enumerate(parts):
+            if "cka_by_class" in part:
+                rows = [classes.index(int(k)) for k in part["class"].values]
+                by_class[c, rows, : part.sizes["layer_a"], : part.sizes["layer_b"]] = part[
+                    "cka_by_class"
+                ].values
+        data_vars["cka_by_class"] = (("comparison", "class", "layer_a", "layer_b"), by_class)
+        extra_coords["class"] = classes
     if "full_similarity" in parts[0]:
         data_vars["full_similarity"], extra_coords = _stack_full(parts)
     return xr.Dataset(
@@ -166,10 +186,14 @@ def _model_key(model: Mapping[str, Any]) -> ModelKey:
 
 
 def model_summaries(
-    ds: xr.Dataset, models: Sequence[Mapping[str, Any]], metric: str
+    ds: xr.Dataset,
+    models: Sequence[Mapping[str, Any]],
+    metric: str,
+    parts: Sequence[xr.Dataset] | None = None,
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
     """Every analysis's per-model summaries (NaN where a model has none) and the accuracies, from
-    the comparisons in `ds` and the models' parsed metrics.json."""
+    the comparisons in `ds` (and, given, each comparison's own Dataset `parts[c]`, for summaries
+    that need its per-batch terms) and the models' parsed metrics.json."""
     keys = [_model_key(m["model"]) for m in models]
     index = {key: i for i, key in enumerate(keys)}
     n_layer = ds.sizes["layer_a"]
@@ -181,6 +205,7 @@ def model_summaries(
     use = metric if metric in ds.metric.values else str(ds.metric.values[0])
     for c in range(ds.sizes["comparison"]):
         comparison = {k: ds[k].values[c].item() for k in ("analysis", "checkpoint", "inputs")}
+        comparison.update(metric=use, part=parts[c] if parts is not None else None)
         key = ModelKey(
             str(ds.dataset.values[c]),
             str(ds.arch.values[c]),
@@ -228,3 +253,122 @@ def model_summaries(
         coords={"model": np.arange(len(keys)), **{k: ("model", v) for k, v in coords.items()}},
     )
     return summary, accuracy
+
+
+def _diagonals(ds: xr.Dataset, name: str, idx: Sequence[int], metric: str | None) -> np.ndarray:
+    """(len(idx), layer_a) same-layer values of `name` (NaN-padded) for comparisons `idx`."""
+    values = ds[name].sel(metric=metric) if metric is not None else ds[name]
+    values = values.isel(comparison=list(idx)).values
+    n = min(values.shape[1:])
+    out = np.full(values.shape[:2], np.nan)
+    out[:, :n] = np.diagonal(values, axis1=1, axis2=2)
+    return out
+
+
+def seed_baselines(ds: xr.Dataset, metric: str = SUMMARY_METRIC) -> xr.Dataset:
+    """Each layer's value in every comparison of a `seed_baseline` analysis set against how much
+    two seeds of the configurations it compares differ (the `seeds` comparisons of side a's and
+    side b's dataset/arch/method, benign, final).
+
+    `seed_baseline`: the mean same-layer similarity of those seed pairs; `seed_effect`: this
+    comparison's value minus it; `seed_effect_low/high`: an interval for the effect from the
+    bootstrap intervals of this comparison and of every seed pair (this comparison's low end
+    minus the highest baseline's high end, and the reverse), so it covers both the minibatch
+    sampling and the spread across seed pairs. NaN without seed pairs (one seed) or for other
+    analyses.
+    """
+    use = metric if metric in ds.metric.values else str(ds.metric.values[0])
+    shape = (ds.sizes["comparison"], ds.sizes["layer_a"])
+    out = {k: np.full(shape, np.nan) for k in ("baseline", "effect", "effect_low", "effect_high")}
+    analysis = ds.analysis.values
+    config = {
+        side: list(
+            zip(
+                ds.dataset.values,
+                ds[f"arch{sfx}"].values,
+                ds[f"method_id{sfx}"].values,
+                strict=True,
+            )
+        )
+        for side, sfx in (("a", ""), ("b", "_b"))
+    }
+    seeds = [
+        c
+        for c in range(shape[0])
+        if analysis[c] == "seeds"
+        and ds.inputs.values[c] == "benign"
+        and ds.checkpoint.values[c] == "final"
+    ]
+    has_ci = "cka_ci_low" in ds and use == "minibatch_cka"
+    for c in range(shape[0]):
+        name = str(analysis[c])
+        if name not in ANALYSES or not ANALYSES[name].seed_baseline:
+            continue
+        base = [s for s in seeds if config["a"][s] in (config["a"][c], config["b"][c])]
+        if not base:
+            continue
+        value = _diagonals(ds, "similarity", [c], use)[0]
+        baseline = _diagonals(ds, "similarity", base, use)
+        low, high = (
+            (
+                _diagonals(ds, "cka_ci_low", [c], None)[0],
+                _diagonals(ds, "cka_ci_high", [c], None)[0],
+            )
+            if has_ci
+            else (value, value)
+        )
+        base_low, base_high = (
+            (_diagonals(ds, "cka_ci_low", base, None), _diagonals(ds, "cka_ci_high", base, None))
+            if has_ci
+            else (baseline, baseline)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["baseline"][c] = np.nanmean(baseline, axis=0)
+            out["effect_low"][c] = low - np.nanmax(base_high, axis=0)
+            out["effect_high"][c] = high - np.nanmin(base_low, axis=0)
+        out["effect"][c] = value - out["baseline"][c]
+    return xr.Dataset(
+        {
+            "seed_baseline": (("comparison", "layer_a"), out["baseline"]),
+            "seed_effect": (("comparison", "layer_a"), out["effect"]),
+            "seed_effect_low": (("comparison", "layer_a"), out["effect_low"]),
+            "seed_effect_high": (("comparison", "layer_a"), out["effect_high"]),
+        },
+        attrs={},
+    )
+
+
+def probe_summary(ds: xr.Dataset, probes: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Each model's linear-probe accuracy along its layers (`probe_accuracy(model, layer_a)`,
+    NaN for layers without features) and its chance level, from `probes.probe_store` results."""
+    index = {
+        (d, a, m, int(s)): i
+        for i, (d, a, m, s) in enumerate(
+            zip(
+                ds.model_dataset.values,
+                ds.model_arch.values,
+                ds.model_method_id.values,
+                ds.model_seed.values,
+                strict=True,
+            )
+        )
+    }
+    accuracy = np.full((ds.sizes["model"], ds.sizes["layer_a"]), np.nan)
+    chance = np.full(ds.sizes["model"], np.nan)
+    for part in probes:
+        key = tuple(part.attrs[k] for k in ("dataset", "arch", "method_id")) + (
+            int(part.attrs["seed"]),
+        )
+        if key not in index:
+            raise ValueError(f"linear probes of {part.attrs.get('store')} match no model")
+        row = index[key]
+        layers = part.layer_index.values
+        accuracy[row, layers[layers >= 0]] = part.probe_accuracy.values[layers >= 0]
+        chance[row] = part.attrs["chance"]
+    return xr.Dataset(
+        {
+            "probe_accuracy": (("model", "layer_a"), accuracy),
+            "probe_chance": ("model", chance),
+        }
+    )

@@ -91,7 +91,7 @@ def _comparison(path: Path, results: Path) -> None:
         raise ValueError("holds no finite similarity")
 
 
-def _summary_nc(path: Path, results: Path) -> None:
+def _netcdf(path: Path, results: Path) -> None:
     from .xrio import read_netcdf
 
     read_netcdf(path)
@@ -114,7 +114,8 @@ CHECKS: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
     "metrics": ("models/**/metrics.json", _metrics),
     "store": ("activations/**/*.zarr", _store),
     "comparison": ("similarity/**/*.nc", _comparison),
-    "summary": ("summary/*.nc", _summary_nc),
+    "probe": ("probes/**/*.nc", _netcdf),
+    "summary": ("summary/*.nc", _netcdf),
     "summary store": ("summary/*.zarr", _summary_zarr),
 }
 

@@ -1,0 +1,138 @@
+"""Seed baselines, block-score bootstrap intervals and the paper's claims, on real stores of one
+untrained model saved under several configurations (identical models) and on synthetic
+summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from robrep.analyses import block_score_interval, block_structure_score
+from robrep.compare import compare_stores
+from robrep.data import pass_orders
+from robrep.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_claims
+from robrep.summary import _stack, seed_baselines
+
+from store_helpers import extract
+
+METHODS = {
+    "standard": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
+    "pgd-linf-eps0.1": {"method": "pgd", "id": "pgd-linf-eps0.1", "norm": "linf", "eps": 0.1},
+}
+
+
+@pytest.fixture(scope="module")
+def identical_stores(tiny_model, tmp_path_factory):
+    """The same model's store saved as standard and robust, seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("stores")
+    order = pass_orders(64, 2, split_seed=0)
+    stores = {}
+    for method_id, method in METHODS.items():
+        for seed in (0, 1):
+            meta = {
+                "model_id": f"{method_id}{seed}",
+                "dataset": "digits",
+                "arch": "convnet",
+                "method_id": method_id,
+                "method": method,
+                "seed": seed,
+                "checkpoint": "final",
+                "epoch": 8,
+                "inputs": "benign",
+            }
+            stores[(method_id, seed)] = extract(
+                tiny_model,
+                root / f"{method_id}{seed}.zarr",
+                64,
+                ids=np.arange(64),
+                meta=meta,
+                pass_order=order,
+                cka_batch_size=16,
+            )
+    return stores
+
+
+def _compare(stores, analysis, a, b, **kw):
+    ds = compare_stores(stores[a], stores[b], ["minibatch_cka"], bootstrap=50, **kw)
+    ds.attrs["analysis"] = analysis
+    return ds
+
+
+def test_seed_baseline_of_identical_models_is_zero_effect(identical_stores):
+    s = identical_stores
+    robust = "pgd-linf-eps0.1"
+    parts = [
+        _compare(s, "robust_vs_standard", (robust, 0), ("standard", 0)),
+        _compare(s, "robust_vs_standard", (robust, 1), ("standard", 1)),
+        _compare(s, "seeds", ("standard", 0), ("standard", 1)),
+        _compare(s, "seeds", (robust, 0), (robust, 1)),
+        _compare(s, "cross_layer", ("standard", 0), ("standard", 0)),
+    ]
+    ds = _stack(parts)
+    base = seed_baselines(ds)
+    vs = np.flatnonzero(ds.analysis.values == "robust_vs_standard")
+    n = int(ds.n_layers_a.values[0])
+    effect = base.seed_effect.values[vs][:, :n]
+    np.testing.assert_allclose(base.seed_baseline.values[vs][:, :n], 1.0, atol=1e-6)
+    np.testing.assert_allclose(effect, 0.0, atol=1e-6)
+    assert np.all(base.seed_effect_low.values[vs][:, :n] <= 1e-6)
+    assert np.all(base.seed_effect_high.values[vs][:, :n] >= -1e-6)
+    others = np.flatnonzero(ds.analysis.values != "robust_vs_standard")
+    assert np.isnan(base.seed_effect.values[others]).all()  # seeds, cross_layer: no baseline
+
+
+def test_one_seed_has_no_baseline(identical_stores):
+    s = identical_stores
+    ds = _stack([_compare(s, "robust_vs_standard", ("pgd-linf-eps0.1", 0), ("standard", 0))])
+    assert np.isnan(seed_baselines(ds).seed_effect.values).all()
+
+
+def test_block_score_interval_contains_the_point_estimate(identical_stores):
+    part = _compare(identical_stores, "cross_layer", ("standard", 0), ("standard", 0), seed=2)
+    point = block_structure_score(part.similarity.sel(metric="minibatch_cka").values)
+    low, high = block_score_interval(part)
+    assert low <= point <= high and low < high
+    assert block_score_interval(part) == (low, high)  # reproducible from the seed
+    part.attrs["bootstrap"] = 0
+    assert np.isnan(block_score_interval(part)).all()
+
+
+def _summary(block, spread, methods, seeds, low=None, high=None):
+    n = len(block)
+    data = {"block_score": ("model", np.asarray(block, float))}
+    data["class_cka_spread"] = ("model", np.asarray(spread, float))
+    if low is not None:
+        data["block_score_low"] = ("model", np.asarray(low, float))
+        data["block_score_high"] = ("model", np.asarray(high, float))
+    coords = {
+        "model_dataset": ("model", ["digits"] * n),
+        "model_arch": ("model", ["convnet"] * n),
+        "model_method_id": ("model", methods),
+        "model_seed": ("model", seeds),
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+def test_claims_held_against_the_seed_range():
+    methods = ["standard", "standard", "pgd", "pgd"]
+    ds = _summary([0.5, 0.52, 0.2, 0.21], [0.1, 0.1, 0.3, 0.31], methods, [0, 1, 0, 1])
+    got = {row["claim"]: row for row in paper_claims(ds)}
+    assert got["block_structure"]["difference"] == pytest.approx(-0.305)
+    assert got["block_structure"]["seed_noise"] == pytest.approx(0.02)
+    assert got["block_structure"]["verdict"] == EXCEEDS
+    assert got["specialisation_class_cka"]["verdict"] == OPPOSITE
+    close = _summary([0.5, 0.6, 0.45, 0.5], [0.1] * 4, methods, [0, 1, 0, 1])
+    assert {r["verdict"] for r in paper_claims(close)} == {WITHIN}
+    one = _summary([0.5, 0.2], [0.1, 0.2], ["standard", "pgd"], [0, 0])
+    assert {r["verdict"] for r in paper_claims(one)} == {NO_BASELINE}
+
+
+def test_claim_within_bootstrap_is_not_beyond_it():
+    """Beyond the seed range but not beyond the bootstrap intervals: within the noise."""
+    methods = ["standard", "standard", "pgd", "pgd"]
+    ds = _summary(
+        [0.5, 0.5, 0.4, 0.4], [0.1] * 4, methods, [0, 1, 0, 1], low=[0.3] * 4, high=[0.6] * 4
+    )
+    row = next(r for r in paper_claims(ds) if r["claim"] == "block_structure")
+    assert row["low"] < 0 < row["high"] and row["verdict"] == WITHIN

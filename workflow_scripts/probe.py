@@ -1,0 +1,19 @@
+"""Rule probe: linear-probe accuracy of every feature layer of one store, one netCDF."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch
+
+from robrep.probes import probe_store
+from robrep.xrio import write_netcdf
+
+from _log import redirect_to_log
+
+with redirect_to_log(snakemake):
+    p = snakemake.params
+    torch.set_num_threads(snakemake.threads)
+    ds = probe_store(snakemake.input[0], folds=p.folds, seed=p.seed, n_examples=p.n_examples)
+    write_netcdf(ds, snakemake.output[0])
+    print(ds)
