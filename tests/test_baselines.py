@@ -136,3 +136,23 @@ def test_claim_within_bootstrap_is_not_beyond_it():
     )
     row = next(r for r in paper_claims(ds) if r["claim"] == "block_structure")
     assert row["low"] < 0 < row["high"] and row["verdict"] == WITHIN
+
+
+def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
+    """The figures' band behind a curve: the seed pairs of its configurations, with their
+    bootstrap intervals (so one seed pair still gives a band around its value)."""
+    from robrep.figures import _seed_band
+
+    s = identical_stores
+    robust = "pgd-linf-eps0.1"
+    parts = [
+        _compare(s, "robust_vs_standard", (robust, 0), ("standard", 0)),
+        _compare(s, "seeds", ("standard", 0), ("standard", 1)),
+    ]
+    ds = _stack(parts)
+    n = int(ds.n_layers_a.values[0])
+    low, high = _seed_band(ds, np.array([0]), "minibatch_cka", n)
+    assert np.all(low <= 1 + 1e-6) and np.all(high >= 1 - 1e-6)
+    np.testing.assert_allclose(low, np.diagonal(ds.cka_ci_low.values[1])[:n])
+    none = _stack([parts[0]])
+    assert np.isnan(_seed_band(none, np.array([0]), "minibatch_cka", n)).all()

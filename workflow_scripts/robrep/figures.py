@@ -229,7 +229,9 @@ def _seed_band(
     ds: xr.Dataset, idx: np.ndarray, metric: str, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per layer, the range of same-layer similarity between seeds of the configurations that
-    comparisons `idx` compare (their `seeds` comparisons, benign, final): the seed baseline."""
+    comparisons `idx` compare (their `seeds` comparisons, benign, final), widened to the seed
+    pairs' bootstrap intervals where the summary has them: the seed baseline and its sampling
+    uncertainty (a single seed pair still gives a band)."""
     configs = {
         (ds.dataset.values[c], ds[f"arch{s}"].values[c], ds[f"method_id{s}"].values[c])
         for c in idx
@@ -243,9 +245,15 @@ def _seed_band(
     if not base:
         return np.full(n, np.nan), np.full(n, np.nan)
     la = int(ds.n_layers_a[base[0]])
-    mats = ds["similarity"].sel(metric=metric).isel(comparison=base).values[:, :la, :la]
-    diags = np.diagonal(mats, axis1=1, axis2=2)[:, :n]
-    return np.nanmin(diags, axis=0), np.nanmax(diags, axis=0)
+
+    def diagonals(values: xr.DataArray) -> np.ndarray:
+        mats = values.isel(comparison=base).values[:, :la, :la]
+        return np.diagonal(mats, axis1=1, axis2=2)[:, :n]
+
+    low = high = diagonals(ds["similarity"].sel(metric=metric))
+    if "cka_ci_low" in ds and metric == "minibatch_cka":
+        low, high = diagonals(ds["cka_ci_low"]), diagonals(ds["cka_ci_high"])
+    return np.nanmin(low, axis=0), np.nanmax(high, axis=0)
 
 
 def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
