@@ -20,6 +20,7 @@ wildcard_constraints:
 
 
 include: "rules/train.smk"
+include: "rules/robustness.smk"
 include: "rules/activations.smk"
 include: "rules/similarity.smk"
 include: "rules/probes.smk"

@@ -6,6 +6,7 @@ rule aggregate:
         comparisons=[comparison_path(RESULTS, *key) for key in COMPARISONS],
         metrics=[f"{m.dir(RESULTS)}/metrics.json" for m in STUDY.models],
         probes=[s.probe_path(RESULTS) for s in PROBED],
+        autoattack=[f"{m.dir(RESULTS)}/autoattack.json" for m in AUTOATTACKED],
     output:
         zarr=directory(f"{RESULTS}/summary/similarity.zarr"),
         netcdf=f"{RESULTS}/summary/similarity.nc",
@@ -16,6 +17,7 @@ rule aggregate:
     params:
         # What the results depend on, recorded in the summary (not device/threads/resources).
         settings=rcfg.study_settings(config),
+        masking_gap=AUTOATTACK["masking_gap"],
     script:
         "../workflow_scripts/aggregate.py"
 

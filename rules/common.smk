@@ -78,6 +78,8 @@ MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
 MODEL_ID = WILDCARD_MODEL.id
 COMPARISONS = comparisons(STUDY, config["analyses"])
 PROBED = [StoreKey(m) for m in STUDY.models] if config["probes"]["folds"] else []
+AUTOATTACK = config["evaluation"]["autoattack"]
+AUTOATTACKED = list(STUDY.models) if AUTOATTACK["n_examples"] else []
 FIGURES = figures({analysis for analysis, _, _ in COMPARISONS}, probes=bool(PROBED))
 STORES = sorted(  # every store a comparison or a probe reads, once
     {s for pair in COMPARISONS.values() for s in pair} | set(PROBED),
@@ -94,6 +96,7 @@ def evaluation_attack():
     ev = dict(config["evaluation"])
     ev["eps"] = rcfg.parse_eps(ev["eps"], "evaluation.eps")
     ev.pop("batch_size", None)
+    ev.pop("autoattack", None)  # AutoAttack has its own rule: it never retrains a model
     return ev
 
 
@@ -215,6 +218,7 @@ SIZE_SETTINGS = {
     "extract": "activations.n_examples/batch_size/cka_batch_size/passes or resources.gflops",
     "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
     "probe": "probes.n_examples/folds or activations.features",
+    "autoattack": "evaluation.autoattack.n_examples/version or resources.gflops",
 }
 
 
@@ -309,6 +313,24 @@ def probe_resource(key):
     return value
 
 
+def autoattack_resource(key):
+    def value(wildcards, attempt):
+        geo, cost = _cost(wildcards.dataset, wildcards.arch)
+        version = AUTOATTACK["version"]
+        est = rres.autoattack_resources(
+            geo,
+            cost,
+            min(EXAMPLES[wildcards.dataset], AUTOATTACK["n_examples"]),
+            version if isinstance(version, str) else tuple(version),
+            config["evaluation"]["steps"],
+            AUTOATTACK["batch_size"],
+            GFLOPS,
+        )
+        return fitted("autoattack", est, key, attempt)
+
+    return value
+
+
 def _end_run(messages):
     """Called by the pending-job watch: say why, then interrupt Snakemake, which cancels the
     run's SLURM jobs and exits non-zero."""
@@ -332,6 +354,8 @@ def check_every_request():
         similarity_resource("mem_mb")(SimpleNamespace(**fields), 1)
     for s in PROBED:
         probe_resource("mem_mb")(SimpleNamespace(**vars(s.model)), 1)
+    for m in AUTOATTACKED:
+        autoattack_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
 
 
 def cluster_start():

@@ -50,12 +50,13 @@ def assert_only_one_model_planned(out: str, method_id: str) -> None:
         # cross_layer 2 + benign_vs_adversarial 1 + epochs 2 + robust_vs_standard 1
         "similarity": 6,
         "probe": 1,
+        "autoattack": 1,
         "aggregate": 1,
         "figures": 1,
         "all": 1,
     }
     for job in planned_jobs(out):
-        if job["rule"] in ("train", "extract", "probe"):
+        if job["rule"] in ("train", "extract", "probe", "autoattack"):
             assert f"method_id={method_id}" in job["wildcards"], job
         if job["rule"] == "similarity":
             assert method_id in job["wildcards"], job
@@ -136,6 +137,18 @@ def test_similarity_setting_plans_no_extraction(completed_run, key, value):
     counts = job_counts(dry_run_with(completed_run, config))
     assert "extract" not in counts and "train" not in counts and "prepare_data" not in counts
     assert counts["similarity"] == 11 and counts["aggregate"] == 1 and "probe" not in counts
+
+
+@pytest.mark.parametrize(
+    "change", [{"n_examples": 16}, {"version": ["apgd-ce"]}, {"batch_size": 8}]
+)
+def test_autoattack_setting_reruns_only_autoattack(completed_run, change):
+    """An AutoAttack setting reruns AutoAttack (one per model) and the summary: never training,
+    whose evaluation attack is the same."""
+    config = copy.deepcopy(TINY)
+    config["evaluation"]["autoattack"].update(change)
+    counts = job_counts(dry_run_with(completed_run, config))
+    assert counts == {"autoattack": 2, "aggregate": 1, "figures": 1, "all": 1}
 
 
 @pytest.mark.parametrize("key, value", [("folds", 3), ("seed", 1), ("n_examples", 40)])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from robrep.checksums import read_json
+
 from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
@@ -70,6 +72,13 @@ def test_full_run_outputs(completed_run):
     accuracy = ds.probe_accuracy.values
     assert np.isfinite(accuracy).any() and np.nanmax(accuracy) <= 1.0
     assert np.isnan(ds.seed_effect.values).all()
+    # AutoAttack on the same 32 test images as PGD: never above PGD, never above clean, for the
+    # robust model (#11); both models have a result, the accuracy table shows them side by side.
+    result = read_json(model / "autoattack.json")
+    assert result["n_examples"] == 32 and result["autoattack"]["attacks"] == ["apgd-ce", "apgd-t"]
+    assert result["autoattack_acc"] <= result["pgd_acc"] <= result["clean_acc"]
+    assert result["largest_perturbation"] <= 0.1 + 1e-6
+    assert np.isfinite(ds.autoattack_acc.values).all() and "gradient_masking" in ds
     findings = (wd / "results/summary/findings.csv").read_text().splitlines()
     assert findings[0].startswith("claim,dataset,arch,method_id,robust,standard,difference")
     assert all(line.endswith("no seed baseline") for line in findings[1:]) and len(findings) > 1
@@ -81,6 +90,8 @@ def test_full_run_outputs(completed_run):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
     assert csv[0].startswith("id,dataset,arch") and len(csv) == 3
+    header = csv[0].split(",")
+    assert {"robust_acc", "autoattack_acc", "autoattack_pgd_acc", "gradient_masking"} <= set(header)
 
 
 def test_nothing_to_do_after_complete_run(completed_run):
@@ -177,6 +188,15 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
         ),
         ({"similarity": {"metrics": ["svcca"]}}, r"lacks 'minibatch_cka'"),
         ({"probes": {"folds": 1}}, r"probes\.folds: 1 is no cross-validation"),
+        (
+            {"evaluation": {"autoattack": {"version": ["apgd-ce", "apgd_t"]}}},
+            r"evaluation\.autoattack\.version\[1\]: unknown attack 'apgd_t' \(did you mean "
+            r"'apgd-t'\?\); valid: apgd-ce, apgd-t",
+        ),
+        (
+            {"evaluation": {"autoattack": {"version": "strongest"}}},
+            r"evaluation\.autoattack\.version: unknown version 'strongest'; valid: standard, plus",
+        ),
         (
             {"activations": {"features": "none"}, "similarity": {"metrics": ["minibatch_cka"]}},
             r"probes\.folds: linear probes read raw features, but activations\.features is none",

@@ -21,7 +21,13 @@ TINY = {
     "methods": [{"method": "standard"}, {"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 2}],
     "seeds": [0],
     "training": {"epochs": 2, "batch_size": 128, "checkpoint_every": 1},
-    "evaluation": {"norm": "linf", "eps": 0.1, "steps": 3, "val_steps": 1},
+    "evaluation": {
+        "norm": "linf",
+        "eps": 0.1,
+        "steps": 3,
+        "val_steps": 1,
+        "autoattack": {"version": ["apgd-ce", "apgd-t"], "n_examples": 32},
+    },
     "activations": {"n_examples": 64, "cka_batch_size": 32, "passes": 2},
     "similarity": {
         "metrics": ["minibatch_cka", "linear_cka_debiased", "svcca"],

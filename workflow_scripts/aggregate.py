@@ -17,6 +17,8 @@ with redirect_to_log(snakemake):
         snakemake.input.comparisons,
         snakemake.input.metrics,
         probe_files=snakemake.input.probes,
+        autoattack_files=snakemake.input.autoattack,
+        masking_gap=snakemake.params.masking_gap,
         attrs={"config": dict(snakemake.params.settings), "versions": software_versions()},
     )
     write_zarr(ds, snakemake.output.zarr)

@@ -207,6 +207,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     if "eps" in (config.get("evaluation") or {}):
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
         check_linf_budget(config["evaluation"], "evaluation")
+    version = ((config.get("evaluation") or {}).get("autoattack") or {}).get("version")
+    if version is not None:
+        check_autoattack_version(version)
     if config.get("analyses") == []:
         from .analyses import ANALYSES
 
@@ -302,6 +305,28 @@ def check_minibatches(config: Mapping[str, Any]) -> None:
                 f"{batches} ({used} examples, activations.cka_batch_size {act['cka_batch_size']}, "
                 f"activations.passes {act['passes']}); set cka_batch_size <= {max(used // 2, 1)}, "
                 f"passes >= 2, or bootstrap: 0"
+            )
+
+
+def check_autoattack_version(version: Any) -> None:
+    """evaluation.autoattack.version: a version name or a list of attack names."""
+    from .robustness import ATTACKS, VERSIONS
+
+    key = "evaluation.autoattack.version"
+    if isinstance(version, str):
+        if version not in VERSIONS:
+            raise ConfigError(
+                f"{key}: unknown version {version!r}; valid: {', '.join(VERSIONS)} or a list of "
+                f"attacks ({', '.join(ATTACKS)})"
+            )
+        return
+    if not isinstance(version, list) or not version:
+        raise ConfigError(f"{key}: {version!r} is neither a version nor a list of attacks")
+    for i, attack in enumerate(version):
+        if attack not in ATTACKS:
+            raise ConfigError(
+                f"{key}[{i}]: unknown attack {attack!r}{suggest(str(attack), list(ATTACKS))}; "
+                f"valid: {', '.join(ATTACKS)}"
             )
 
 

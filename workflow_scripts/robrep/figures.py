@@ -393,13 +393,28 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
 
 
 def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
-    """Test clean and robust accuracy against training eps (band: seed range)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    """Test clean, PGD and (when computed) AutoAttack accuracy against training eps (band: seed
+    range); AutoAttack's panel also draws PGD on the same examples, dashed."""
+    panels = 3 if "autoattack_acc" in ds else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), sharey=True)
     _eps_lines(ds, axes[0], ds.clean_acc.values, "{arch} {kind}-{norm}")
     _eps_lines(ds, axes[1], ds.robust_acc.values, "{arch} {kind}-{norm}")
     axes[0].set_ylabel("test accuracy")
     axes[0].set_title("clean")
     axes[1].set_title("robust (evaluation PGD attack)")
+    if panels == 3:
+        ax = axes[2]
+        _eps_lines(ds, ax, ds.autoattack_acc.values, "{arch} {kind}-{norm} AutoAttack")
+        drawn = len(ax.get_lines())
+        ax.set_prop_cycle(None)  # PGD in the colour of the same configuration's AutoAttack
+        _eps_lines(ds, ax, ds.autoattack_pgd_acc.values, "{arch} {kind}-{norm} PGD", band=False)
+        for line in ax.get_lines()[drawn:]:
+            line.set_linestyle("--")
+        ax.legend(fontsize=6)
+        flagged = int(np.nansum(ds.gradient_masking.values))
+        ax.set_title(
+            f"AutoAttack (solid) vs PGD (dashed), same examples\nflagged: {flagged}", fontsize=9
+        )
     _save(fig, path)
 
 

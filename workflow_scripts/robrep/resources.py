@@ -247,3 +247,39 @@ def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float)
     flops = cost.feature_layers * (2 * n * n * cost.widest_feature + folds * 10 * n**3)
     seconds = flops / (gflops * 1e9)
     return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+
+
+# Forward passes per example of each AutoAttack attack with the standard settings (backward
+# passes count as two): APGD 100 iterations, targeted ones per target class, Square 5000 queries.
+AUTOATTACK_PASSES = {"apgd-ce": 300, "apgd-dlr": 300, "apgd-t": 2700, "fab": 1500, "fab-t": 2700}
+AUTOATTACK_PASSES["square"] = 5000
+AUTOATTACK_VERSIONS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+
+def autoattack_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    n_examples: int,
+    attacks: str | tuple[str, ...],
+    pgd_steps: int,
+    batch_size: int,
+    gflops: float,
+) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of one model's AutoAttack and PGD evaluation on `n_examples`:
+    every attack on every example (an upper bound: AutoAttack only attacks what is still
+    robust)."""
+    names = AUTOATTACK_VERSIONS[attacks] if isinstance(attacks, str) else attacks
+    passes = sum(AUTOATTACK_PASSES[a] for a in names) + 3 * pgd_steps + 1
+    mem = (
+        1500
+        + geometry.megabytes
+        + 4 * cost.params * 4 / MB
+        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
+        + 3 * n_examples * geometry.channels * geometry.size**2 * 4 / MB
+    )
+    seconds = n_examples * cost.flops_per_image * passes / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}

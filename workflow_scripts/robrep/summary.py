@@ -21,6 +21,7 @@ from .analyses import ANALYSES
 from .checksums import read_json
 from .compare import method_coords
 from .ids import ModelKey
+from .robustness import gradient_masking
 from .xrio import read_netcdf
 
 SUMMARY_METRIC = "minibatch_cka"
@@ -46,9 +47,13 @@ def aggregate(
     metric: str = SUMMARY_METRIC,
     attrs: Mapping[str, Any] | None = None,
     probe_files: Sequence[str | Path] = (),
+    autoattack_files: Sequence[str | Path] = (),
+    masking_gap: float = 0.1,
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
     """Stack comparisons along `comparison`, add per-model summaries, seed baselines and the
-    linear probes (`probe_files`, one per model); also return accuracy rows.
+    linear probes (`probe_files`, one per model) and AutoAttack (`autoattack_files`, one per
+    model; a model `masking_gap` or more below its PGD accuracy is flagged and warned about);
+    also return accuracy rows.
 
     `metrics_files` are the models' metrics.json, in model order; `metric` is the similarity
     used for the per-model summaries.
@@ -70,6 +75,9 @@ def aggregate(
     ds = xr.merge([ds, summary, seed_baselines(ds, metric)])
     if probe_files:
         ds = xr.merge([ds, probe_summary(ds, [read_netcdf(f) for f in probe_files])])
+    if autoattack_files:
+        robust = autoattack_summary(accuracy, [read_json(f) for f in autoattack_files], masking_gap)
+        ds = xr.merge([ds, robust])
     ds.attrs.update(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
     )
@@ -372,3 +380,39 @@ def probe_summary(ds: xr.Dataset, probes: Sequence[xr.Dataset]) -> xr.Dataset:
             "probe_chance": ("model", chance),
         }
     )
+
+
+def autoattack_summary(
+    accuracy: list[dict[str, Any]], results: Sequence[Mapping[str, Any]], masking_gap: float
+) -> xr.Dataset:
+    """Each model's AutoAttack result (`robustness.evaluate_robustness`) added to its accuracy row
+    (in place) and as variables along `model`: `autoattack_acc` and, on the same examples,
+    `autoattack_clean_acc`, `autoattack_pgd_acc`, and `gradient_masking` (1 when AutoAttack is
+    more than `masking_gap` below PGD; warned about)."""
+    by_model = {r["model"]: r for r in results}
+    names = ("autoattack_acc", "autoattack_clean_acc", "autoattack_pgd_acc", "gradient_masking")
+    values = {name: np.full(len(accuracy), np.nan) for name in names}
+    for i, row in enumerate(accuracy):
+        result = by_model.get(row["id"])
+        if result is None:
+            raise ValueError(f"no AutoAttack result for model {row['id']}")
+        flagged = gradient_masking(result["pgd_acc"], result["autoattack_acc"], masking_gap)
+        if flagged:
+            warnings.warn(
+                f"model {row['id']}: AutoAttack accuracy {result['autoattack_acc']:.3f} is more "
+                f"than {masking_gap} below PGD accuracy {result['pgd_acc']:.3f} on the same "
+                f"{result['n_examples']} examples: its PGD robustness is not to be trusted "
+                f"(gradient masking or a too weak PGD)",
+                stacklevel=2,
+            )
+        row.update(
+            autoattack_acc=result["autoattack_acc"],
+            autoattack_clean_acc=result["clean_acc"],
+            autoattack_pgd_acc=result["pgd_acc"],
+            autoattack_n_examples=result["n_examples"],
+            gradient_masking=int(flagged),
+            autoattack=json.dumps(result["autoattack"]),
+        )
+        for name in names:
+            values[name][i] = row[name]
+    return xr.Dataset({name: ("model", v) for name, v in values.items()})

@@ -3,9 +3,9 @@ every comparison hold the same examples in the same minibatches.
 
 Snakemake decides what to rerun from file times, parameters and code, so it cannot see a chunk
 damaged inside a store or a comparison file edited in place. `verify_results` reads every weights
-file, metrics.json, activation store (every chunk), comparison and summary under `results/` with
-the same verified readers the workflow uses, and lists what is damaged with the command that
-rebuilds it (run from the directory that holds `results/`).
+file, metrics.json, autoattack.json, activation store (every chunk), comparison, probe file and
+summary under `results/` with the same verified readers the workflow uses, and lists what is
+damaged with the command that rebuilds it (run from the directory that holds `results/`).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def _summary_zarr(path: Path, results: Path) -> None:
 CHECKS: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
     "weights": ("models/**/*.safetensors", _weights),
     "metrics": ("models/**/metrics.json", _metrics),
+    "autoattack": ("models/**/autoattack.json", _metrics),
     "store": ("activations/**/*.zarr", _store),
     "comparison": ("similarity/**/*.nc", _comparison),
     "probe": ("probes/**/*.nc", _netcdf),
