@@ -156,3 +156,35 @@ def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
     np.testing.assert_allclose(low, np.diagonal(ds.cka_ci_low.values[1])[:n])
     none = _stack([parts[0]])
     assert np.isnan(_seed_band(none, np.array([0]), "minibatch_cka", n)).all()
+
+
+def test_block_score_seed_range():
+    from robrep.summary import seed_range
+
+    methods = ["standard", "standard", "pgd", "pgd", "trades"]
+    ds = _summary([0.5, 0.52, 0.2, np.nan, 0.1], [0.0] * 5, methods, [0, 1, 0, 1, 0])
+    np.testing.assert_allclose(seed_range(ds, "block_score"), [0.02, 0.02, np.nan, np.nan, np.nan])
+
+
+def test_deeper_layers_claim_of_identical_models_is_within_noise(identical_stores):
+    """Claim 2 on real comparisons of identical models: no effect, interval around 0."""
+    s = identical_stores
+    robust = "pgd-linf-eps0.1"
+    parts = [
+        _compare(s, "robust_vs_standard", (robust, 0), ("standard", 0)),
+        _compare(s, "robust_vs_standard", (robust, 1), ("standard", 1)),
+        _compare(s, "seeds", ("standard", 0), ("standard", 1)),
+        _compare(s, "seeds", (robust, 0), (robust, 1)),
+    ]
+    ds = _stack(parts)
+    ds = xr.merge([ds, seed_baselines(ds)])
+    ds = ds.assign_coords(
+        model_dataset=("model", ["digits"] * 4),
+        model_arch=("model", ["convnet"] * 4),
+        model_method_id=("model", ["standard", "standard", robust, robust]),
+        model_seed=("model", [0, 1, 0, 1]),
+    )
+    (row,) = [r for r in paper_claims(ds) if r["claim"] == "deeper_layers"]
+    assert row["method_id"] == robust and row["verdict"] == WITHIN
+    assert row["difference"] == pytest.approx(0, abs=1e-6)
+    assert row["low"] <= 0 <= row["high"] and row["standard"] == pytest.approx(1, abs=1e-6)

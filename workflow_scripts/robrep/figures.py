@@ -146,7 +146,8 @@ def _eps_lines(
                     ax.errorbar(
                         xs,
                         mean,
-                        yerr=[np.subtract(mean, lo), hi - mean],
+                        # a percentile interval may miss its point estimate: never a negative bar
+                        yerr=np.fmax([np.subtract(mean, lo), hi - mean], 0),
                         fmt="none",
                         color=line.get_color(),
                         capsize=3,

@@ -72,6 +72,7 @@ def aggregate(
     ds = _stack(parts)
     models = [read_json(f) for f in metrics_files]
     summary, accuracy = model_summaries(ds, models, metric, parts)
+    summary["block_score_seed_range"] = ("model", seed_range(summary, "block_score"))
     ds = xr.merge([ds, summary, seed_baselines(ds, metric)])
     if probe_files:
         ds = xr.merge([ds, probe_summary(ds, [read_netcdf(f) for f in probe_files])])
@@ -136,7 +137,8 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
         data_vars["cka_by_class"] = (("comparison", "class", "layer_a", "layer_b"), by_class)
         extra_coords["class"] = classes
     if "full_similarity" in parts[0]:
-        data_vars["full_similarity"], extra_coords = _stack_full(parts)
+        data_vars["full_similarity"], full_coords = _stack_full(parts)
+        extra_coords.update(full_coords)
     return xr.Dataset(
         data_vars,
         coords={
@@ -261,6 +263,27 @@ def model_summaries(
         coords={"model": np.arange(len(keys)), **{k: ("model", v) for k, v in coords.items()}},
     )
     return summary, accuracy
+
+
+def seed_range(summary: xr.Dataset, name: str) -> np.ndarray:
+    """Per model, max - min of the per-model scalar `name` over the seeds of its configuration
+    (dataset, arch, method); NaN with one seed."""
+    config = list(
+        zip(
+            summary.model_dataset.values,
+            summary.model_arch.values,
+            summary.model_method_id.values,
+            strict=True,
+        )
+    )
+    values = summary[name].values
+    out = np.full(len(config), np.nan)
+    for i, key in enumerate(config):
+        same = [values[j] for j, other in enumerate(config) if other == key]
+        finite = [v for v in same if np.isfinite(v)]
+        if len(finite) >= 2:
+            out[i] = max(finite) - min(finite)
+    return out
 
 
 def _diagonals(ds: xr.Dataset, name: str, idx: Sequence[int], metric: str | None) -> np.ndarray:
