@@ -103,3 +103,33 @@ def test_probe_store_subset_reads_the_drawn_rows(tiny_model, tmp_path):
     np.testing.assert_allclose(accumulate_gram(sub), accumulate_gram(layer[:][rows]))
     ds = probe_store(path, folds=2, seed=0, n_examples=40, progress=False)
     assert ds.attrs["n_examples"] == 40
+
+
+def test_penalty_choice_is_brute_force_leave_one_out(rng):
+    """The closed-form leave-one-out error that picks the penalty equals refitting without each
+    example in turn (ridge with an intercept), so the chosen penalty is the brute-force best."""
+    from robrep.probes import PENALTIES
+
+    x = rng.standard_normal((24, 5))
+    classes = rng.integers(0, 3, 24)
+    classes[:3] = [0, 1, 2]
+    y = np.eye(3)[classes]
+    full = x - x.mean(0)
+    scale = np.linalg.eigvalsh(full @ full.T).clip(0).mean()  # the penalty's unit, all 24 rows
+    keys = []
+    for penalty in PENALTIES:
+        wrong, squares = 0, 0.0
+        for i in range(24):
+            keep = np.arange(24) != i
+            xm, ym = x[keep].mean(0), y[keep].mean(0)
+            xc = x[keep] - xm
+            w = np.linalg.solve(xc.T @ xc + penalty * scale * np.eye(5), xc.T @ (y[keep] - ym))
+            pred = (x[i] - xm) @ w + ym
+            wrong += int(np.argmax(pred) != classes[i])
+            squares += float(np.sum((y[i] - pred) ** 2))
+        keys.append((wrong / 24, squares / 72))
+    train = np.arange(24)
+    _, chosen = ridge_probe_fold(accumulate_gram(x), classes, train, train[:5], 3)
+    best = min(range(len(PENALTIES)), key=lambda k: keys[k])
+    assert chosen == PENALTIES[best], keys
+    assert len(set(keys)) > 1  # the penalties do differ on this data

@@ -50,12 +50,12 @@ def ridge_probe_fold(
     best = None
     for penalty in PENALTIES:
         shrink = eigval / (eigval + penalty * scale)
-        hat = (eigvec**2) @ shrink
+        hat = 1 / len(train) + (eigvec**2) @ shrink  # the intercept's 1/n, then the ridge part
         fitted = eigvec @ (shrink[:, None] * projected)
-        loo = y_c - (y_c - fitted) / (1 - hat)[:, None]  # leave-one-out predictions (centred)
+        loo_residual = (y_c - fitted) / (1 - hat)[:, None]  # exact for a linear smoother
         key = (
-            float(np.mean(np.argmax(loo, 1) != classes[train])),
-            float(np.mean((y_c - loo) ** 2)),
+            float(np.mean(np.argmax(y - loo_residual, 1) != classes[train])),
+            float(np.mean(loo_residual**2)),
         )
         if best is None or key < best[0]:
             best = (key, penalty)
