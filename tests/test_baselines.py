@@ -188,3 +188,18 @@ def test_deeper_layers_claim_of_identical_models_is_within_noise(identical_store
     assert row["method_id"] == robust and row["verdict"] == WITHIN
     assert row["difference"] == pytest.approx(0, abs=1e-6)
     assert row["low"] <= 0 <= row["high"] and row["standard"] == pytest.approx(1, abs=1e-6)
+
+
+def test_claims_without_their_analysis_are_left_out():
+    """No cross-layer comparisons (block score and class spread NaN): no row for those claims;
+    the probe claim reads relative depth from the probes' own layer count."""
+    methods = ["standard", "standard", "pgd", "pgd"]
+    ds = _summary([np.nan] * 4, [np.nan] * 4, methods, [0, 1, 0, 1])
+    accuracy = np.array([[0.5, 0.9, 0.95], [0.5, 0.9, 0.97], [0.5, 0.8, 0.8], [0.5, 0.8, 0.82]])
+    ds["probe_accuracy"] = (("model", "layer_a"), accuracy)
+    ds["probe_n_layers"] = ("model", [3] * 4)
+    (row,) = paper_claims(ds)
+    assert row["claim"] == "specialisation_probe"
+    # deeper layers: relative depth 0.5 and 1 of 3 layers
+    assert row["standard"] == pytest.approx(0.93) and row["robust"] == pytest.approx(0.805)
+    assert row["verdict"] == EXCEEDS

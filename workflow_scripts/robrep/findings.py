@@ -136,27 +136,20 @@ def _metric(ds: xr.Dataset) -> str:
     return "minibatch_cka" if "minibatch_cka" in ds.metric.values else str(ds.metric.values[0])
 
 
+def _measured(ds: xr.Dataset, name: str, rows: np.ndarray) -> bool:
+    """A claim needs its quantity: present and finite for some of the models (its analysis ran)."""
+    return name in ds and bool(np.isfinite(ds[name].values[rows]).any())
+
+
 def _deep_probe(ds: xr.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Per model of `rows`, mean probe accuracy over its deeper probed layers."""
+    """Per model of `rows`, mean probe accuracy over its probed layers at relative depth >= DEEP
+    (depth among the model's `probe_n_layers` Gram layers)."""
     out = []
     for r in rows:
         probed = np.flatnonzero(np.isfinite(ds.probe_accuracy.values[r]))
-        n = int(ds.n_layers_a.values[_cross_layer(ds, r)]) if probed.size else 0
-        deep = np.intersect1d(probed, _deep_layers(n)[0]) if n else probed
+        deep = np.intersect1d(probed, _deep_layers(int(ds.probe_n_layers.values[r]))[0])
         out.append(float(_nan(np.nanmean, ds.probe_accuracy.values[r, deep])))
     return np.array(out)
-
-
-def _cross_layer(ds: xr.Dataset, row: int) -> int:
-    """The benign cross-layer comparison of model `row` (its layer count)."""
-    match = np.flatnonzero(
-        (ds.analysis.values == "cross_layer")
-        & (ds.dataset.values == ds.model_dataset.values[row])
-        & (ds.arch.values == ds.model_arch.values[row])
-        & (ds.method_id.values == ds.model_method_id.values[row])
-        & (ds.seed.values == ds.model_seed.values[row])
-    )
-    return int(match[0])
 
 
 COLUMNS = (
@@ -199,21 +192,13 @@ def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
     rows = []
     for dataset, arch, method, robust, standard in _configs(ds):
         got: dict[str, dict | None] = {}
-        if "block_score" in ds:
-            low, high = (
-                ("block_score_low", "block_score_high")
-                if "block_score_low" in ds
-                else (
-                    None,
-                    None,
-                )
-            )
-            got["block_structure"] = _scalar_claim(
-                ds, "block_score", robust, standard, -1, low, high
-            )
+        models = np.concatenate([robust, standard])
+        if _measured(ds, "block_score", models):
+            bounds = ("block_score_low", "block_score_high") if "block_score_low" in ds else ()
+            got["block_structure"] = _scalar_claim(ds, "block_score", robust, standard, -1, *bounds)
         if "seed_effect" in ds:
             got["deeper_layers"] = _layer_claim(ds, dataset, arch, method)
-        if "probe_accuracy" in ds:
+        if _measured(ds, "probe_accuracy", models):
             r, s = _deep_probe(ds, robust), _deep_probe(ds, standard)
             difference = float(_nan(np.nanmean, r) - _nan(np.nanmean, s))
             noise = max(_seed_range(r), _seed_range(s))
@@ -226,7 +211,7 @@ def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
                 "high": float("nan"),
                 "verdict": _verdict(difference, noise, -1),
             }
-        if "class_cka_spread" in ds:
+        if _measured(ds, "class_cka_spread", models):
             got["specialisation_class_cka"] = _scalar_claim(
                 ds, "class_cka_spread", robust, standard, -1
             )

@@ -147,6 +147,7 @@ def probe_store(
         folds=folds,
         fold_seed=seed,
         n_examples=len(labels),
+        n_layers=len(store.layers),
         chance=float(np.max(np.bincount(np.unique(labels, return_inverse=True)[1])) / len(labels)),
         store=str(store.path),
         inputs=store.attrs["inputs"],

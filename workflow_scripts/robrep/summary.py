@@ -372,7 +372,8 @@ def seed_baselines(ds: xr.Dataset, metric: str = SUMMARY_METRIC) -> xr.Dataset:
 
 def probe_summary(ds: xr.Dataset, probes: Sequence[xr.Dataset]) -> xr.Dataset:
     """Each model's linear-probe accuracy along its layers (`probe_accuracy(model, layer_a)`,
-    NaN for layers without features) and its chance level, from `probes.probe_store` results."""
+    NaN for layers without features), its chance level and its number of Gram layers (relative
+    depth, whatever the analyses), from `probes.probe_store` results."""
     index = {
         (d, a, m, int(s)): i
         for i, (d, a, m, s) in enumerate(
@@ -387,6 +388,7 @@ def probe_summary(ds: xr.Dataset, probes: Sequence[xr.Dataset]) -> xr.Dataset:
     }
     accuracy = np.full((ds.sizes["model"], ds.sizes["layer_a"]), np.nan)
     chance = np.full(ds.sizes["model"], np.nan)
+    n_layers = np.zeros(ds.sizes["model"], int)
     for part in probes:
         key = tuple(part.attrs[k] for k in ("dataset", "arch", "method_id")) + (
             int(part.attrs["seed"]),
@@ -397,10 +399,12 @@ def probe_summary(ds: xr.Dataset, probes: Sequence[xr.Dataset]) -> xr.Dataset:
         layers = part.layer_index.values
         accuracy[row, layers[layers >= 0]] = part.probe_accuracy.values[layers >= 0]
         chance[row] = part.attrs["chance"]
+        n_layers[row] = int(part.attrs.get("n_layers", ds.sizes["layer_a"]))
     return xr.Dataset(
         {
             "probe_accuracy": (("model", "layer_a"), accuracy),
             "probe_chance": ("model", chance),
+            "probe_n_layers": ("model", n_layers),  # the model's Gram layers: depth of a layer
         }
     )
 
