@@ -377,7 +377,7 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
             layers = np.flatnonzero(~np.all(np.isnan(rows), axis=0))
             if len(layers) == 0:
                 continue
-            n = int(ds.n_layers_a.values[_select(ds, arch=arch, analysis="cross_layer")[0]])
+            n = int(np.max(ds.probe_n_layers.values[sel]))  # the architecture's Gram layers
             depth = layers / max(n - 1, 1)
             (line,) = ax.plot(depth, np.nanmean(rows[:, layers], 0), marker=".", label=method)
             lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
