@@ -303,10 +303,20 @@ def similarity_resource(key):
     return value
 
 
+def probe_examples(wildcards):
+    """Examples a probe reads: probes.n_examples, at most what the store holds."""
+    return min(EXAMPLES[wildcards.dataset], config["probes"]["n_examples"])
+
+
+def autoattack_examples(wildcards):
+    """Examples AutoAttack attacks: its n_examples, at most the test split."""
+    return min(EXAMPLES[wildcards.dataset], AUTOATTACK["n_examples"])
+
+
 def probe_resource(key):
     def value(wildcards, attempt):
         _, cost = _cost(wildcards.dataset, wildcards.arch)
-        n = min(EXAMPLES[wildcards.dataset], config["probes"]["n_examples"])
+        n = probe_examples(wildcards)
         est = rres.probe_resources(cost, n, config["probes"]["folds"], GFLOPS)
         return fitted("probe", est, key, attempt)
 
@@ -320,7 +330,7 @@ def autoattack_resource(key):
         est = rres.autoattack_resources(
             geo,
             cost,
-            min(EXAMPLES[wildcards.dataset], AUTOATTACK["n_examples"]),
+            autoattack_examples(wildcards),
             version if isinstance(version, str) else tuple(version),
             config["evaluation"]["steps"],
             AUTOATTACK["batch_size"],

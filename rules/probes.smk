@@ -15,6 +15,6 @@ rule probe:
     params:
         folds=config["probes"]["folds"],
         seed=config["probes"]["seed"],
-        n_examples=lambda wc: min(EXAMPLES[wc.dataset], config["probes"]["n_examples"]),
+        n_examples=probe_examples,
     script:
         "../workflow_scripts/probe.py"

@@ -18,7 +18,7 @@ rule autoattack:
         evaluation=evaluation_attack(),
         version=AUTOATTACK["version"],
         batch_size=AUTOATTACK["batch_size"],
-        n_examples=lambda wc: min(EXAMPLES[wc.dataset], AUTOATTACK["n_examples"]),
+        n_examples=autoattack_examples,
         subset_seed=config["split_seed"],
     script:
         "../workflow_scripts/autoattack.py"

@@ -59,14 +59,23 @@ def _compare(stores, analysis, a, b, **kw):
     return ds
 
 
+ROBUST = "pgd-linf-eps0.1"
+
+
+def _seed_design(stores):
+    """Robust vs standard at seeds 0 and 1, and each configuration's seed pair."""
+    return [
+        _compare(stores, "robust_vs_standard", (ROBUST, 0), ("standard", 0)),
+        _compare(stores, "robust_vs_standard", (ROBUST, 1), ("standard", 1)),
+        _compare(stores, "seeds", ("standard", 0), ("standard", 1)),
+        _compare(stores, "seeds", (ROBUST, 0), (ROBUST, 1)),
+    ]
+
+
 def test_seed_baseline_of_identical_models_is_zero_effect(identical_stores):
     s = identical_stores
-    robust = "pgd-linf-eps0.1"
     parts = [
-        _compare(s, "robust_vs_standard", (robust, 0), ("standard", 0)),
-        _compare(s, "robust_vs_standard", (robust, 1), ("standard", 1)),
-        _compare(s, "seeds", ("standard", 0), ("standard", 1)),
-        _compare(s, "seeds", (robust, 0), (robust, 1)),
+        *_seed_design(s),
         _compare(s, "cross_layer", ("standard", 0), ("standard", 0)),
     ]
     ds = _stack(parts)
@@ -168,24 +177,17 @@ def test_block_score_seed_range():
 
 def test_deeper_layers_claim_of_identical_models_is_within_noise(identical_stores):
     """Claim 2 on real comparisons of identical models: no effect, interval around 0."""
-    s = identical_stores
-    robust = "pgd-linf-eps0.1"
-    parts = [
-        _compare(s, "robust_vs_standard", (robust, 0), ("standard", 0)),
-        _compare(s, "robust_vs_standard", (robust, 1), ("standard", 1)),
-        _compare(s, "seeds", ("standard", 0), ("standard", 1)),
-        _compare(s, "seeds", (robust, 0), (robust, 1)),
-    ]
+    parts = _seed_design(identical_stores)
     ds = _stack(parts)
     ds = xr.merge([ds, seed_baselines(ds)])
     ds = ds.assign_coords(
         model_dataset=("model", ["digits"] * 4),
         model_arch=("model", ["convnet"] * 4),
-        model_method_id=("model", ["standard", "standard", robust, robust]),
+        model_method_id=("model", ["standard", "standard", ROBUST, ROBUST]),
         model_seed=("model", [0, 1, 0, 1]),
     )
     (row,) = [r for r in paper_claims(ds) if r["claim"] == "deeper_layers"]
-    assert row["method_id"] == robust and row["verdict"] == WITHIN
+    assert row["method_id"] == ROBUST and row["verdict"] == WITHIN
     assert row["difference"] == pytest.approx(0, abs=1e-6)
     assert row["low"] <= 0 <= row["high"] and row["standard"] == pytest.approx(1, abs=1e-6)
 

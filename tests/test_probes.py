@@ -67,15 +67,7 @@ def test_probe_store_names_layers_and_chance(tiny_model, tmp_path):
         tiny_model,
         tmp_path / "s.zarr",
         n=60,
-        meta={
-            "model_id": "m",
-            "dataset": "d",
-            "arch": "convnet",
-            "method_id": "standard",
-            "seed": 0,
-            "checkpoint": "final",
-            "inputs": "benign",
-        },
+        meta=STORE_META,
         features=["stage3.0", "head.logits"],
     )
     ds = probe_store(path, folds=3, seed=1, progress=False)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .summary import finite_range
+
 DEEP = 0.5  # layers at relative depth >= DEEP are "deeper", the others "shallower"
 EXCEEDS, OPPOSITE, WITHIN, NO_BASELINE = (
     "exceeds",
@@ -42,12 +44,6 @@ def _verdict(difference: float, noise: float, claimed_sign: int) -> str:
     return EXCEEDS if np.sign(difference) == claimed_sign else OPPOSITE
 
 
-def _seed_range(values: np.ndarray) -> float:
-    """max - min over seeds; NaN with fewer than two finite values."""
-    finite = values[np.isfinite(values)]
-    return float(np.ptp(finite)) if len(finite) >= 2 else float("nan")
-
-
 def _configs(ds: xr.Dataset) -> Iterator[tuple[str, str, str, np.ndarray, np.ndarray]]:
     """(dataset, arch, robust method id, its model rows, the standard model rows)."""
     for dataset in dict.fromkeys(ds.model_dataset.values.tolist()):
@@ -62,19 +58,24 @@ def _configs(ds: xr.Dataset) -> Iterator[tuple[str, str, str, np.ndarray, np.nda
                     yield dataset, arch, method, robust, standard
 
 
-def _scalar_claim(ds, name, robust, standard, claimed_sign, low=None, high=None) -> dict:
-    r, s = ds[name].values[robust], ds[name].values[standard]
+def _seed_claim(r: np.ndarray, s: np.ndarray, claimed_sign: int) -> dict:
+    """The row of a per-model quantity, robust models' values `r` against standard ones' `s`:
+    means, difference, the larger seed range as noise, and the verdict (no interval)."""
     difference = float(_nan(np.nanmean, r) - _nan(np.nanmean, s))
-    noise = max(_seed_range(r), _seed_range(s))
-    row = {
+    noise = max(finite_range(r), finite_range(s))
+    return {
         "robust": float(_nan(np.nanmean, r)),
         "standard": float(_nan(np.nanmean, s)),
         "difference": difference,
         "seed_noise": noise,
         "low": float("nan"),
         "high": float("nan"),
+        "verdict": _verdict(difference, noise, claimed_sign),
     }
-    verdict = _verdict(difference, noise, claimed_sign)
+
+
+def _scalar_claim(ds, name, robust, standard, claimed_sign, low=None, high=None) -> dict:
+    row = _seed_claim(ds[name].values[robust], ds[name].values[standard], claimed_sign)
     if low is not None and high is not None:  # bootstrap intervals, widest over the seeds
         row["low"] = float(
             _nan(np.nanmin, ds[low].values[robust]) - _nan(np.nanmax, ds[high].values[standard])
@@ -82,9 +83,8 @@ def _scalar_claim(ds, name, robust, standard, claimed_sign, low=None, high=None)
         row["high"] = float(
             _nan(np.nanmax, ds[high].values[robust]) - _nan(np.nanmin, ds[low].values[standard])
         )
-        if verdict == EXCEEDS and row["low"] <= 0 <= row["high"]:
-            verdict = WITHIN  # beyond the seed range, but not beyond the minibatch bootstrap
-    row["verdict"] = verdict
+        if row["verdict"] == EXCEEDS and row["low"] <= 0 <= row["high"]:
+            row["verdict"] = WITHIN  # beyond the seed range, but not beyond the bootstrap
     return row
 
 
@@ -199,18 +199,9 @@ def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
         if "seed_effect" in ds:
             got["deeper_layers"] = _layer_claim(ds, dataset, arch, method)
         if _measured(ds, "probe_accuracy", models):
-            r, s = _deep_probe(ds, robust), _deep_probe(ds, standard)
-            difference = float(_nan(np.nanmean, r) - _nan(np.nanmean, s))
-            noise = max(_seed_range(r), _seed_range(s))
-            got["specialisation_probe"] = {
-                "robust": float(_nan(np.nanmean, r)),
-                "standard": float(_nan(np.nanmean, s)),
-                "difference": difference,
-                "seed_noise": noise,
-                "low": float("nan"),
-                "high": float("nan"),
-                "verdict": _verdict(difference, noise, -1),
-            }
+            got["specialisation_probe"] = _seed_claim(
+                _deep_probe(ds, robust), _deep_probe(ds, standard), -1
+            )
         if _measured(ds, "class_cka_spread", models):
             got["specialisation_class_cka"] = _scalar_claim(
                 ds, "class_cka_spread", robust, standard, -1

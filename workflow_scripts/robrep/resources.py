@@ -251,12 +251,13 @@ def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float)
 
 # Forward passes per example of each AutoAttack attack with the standard settings (backward
 # passes count as two): APGD 100 iterations, targeted ones per target class, Square 5000 queries.
-AUTOATTACK_PASSES = {"apgd-ce": 300, "apgd-dlr": 300, "apgd-t": 2700, "fab": 1500, "fab-t": 2700}
-AUTOATTACK_PASSES["square"] = 5000
-AUTOATTACK_VERSIONS = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-    "rand": ("apgd-ce", "apgd-dlr"),
+AUTOATTACK_PASSES = {
+    "apgd-ce": 300,
+    "apgd-dlr": 300,
+    "apgd-t": 2700,
+    "fab": 1500,
+    "fab-t": 2700,
+    "square": 5000,
 }
 
 
@@ -272,7 +273,9 @@ def autoattack_resources(
     """mem_mb and runtime (minutes) of one model's AutoAttack and PGD evaluation on `n_examples`:
     every attack on every example (an upper bound: AutoAttack only attacks what is still
     robust)."""
-    names = AUTOATTACK_VERSIONS[attacks] if isinstance(attacks, str) else attacks
+    from .robustness import VERSIONS
+
+    names = VERSIONS[attacks] if isinstance(attacks, str) else attacks
     passes = sum(AUTOATTACK_PASSES[a] for a in names) + 3 * pgd_steps + 1
     mem = (
         1500

@@ -23,7 +23,11 @@ from .data import to_float
 
 # AutoAttack's attacks (pyautoattack's names) and versions.
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-VERSIONS = ("standard", "plus", "rand")
+VERSIONS = {  # pyautoattack's versions and the attacks each runs
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
 NORMS = {"linf": "Linf", "l2": "L2"}
 
 

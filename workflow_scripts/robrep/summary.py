@@ -277,13 +277,20 @@ def seed_range(summary: xr.Dataset, name: str) -> np.ndarray:
         )
     )
     values = summary[name].values
-    out = np.full(len(config), np.nan)
-    for i, key in enumerate(config):
-        same = [values[j] for j, other in enumerate(config) if other == key]
-        finite = [v for v in same if np.isfinite(v)]
-        if len(finite) >= 2:
-            out[i] = max(finite) - min(finite)
-    return out
+    return np.array(
+        [
+            finite_range(
+                np.array([v for v, other in zip(values, config, strict=True) if other == key])
+            )
+            for key in config
+        ]
+    )
+
+
+def finite_range(values: np.ndarray) -> float:
+    """max - min of the finite `values` (a quantity over seeds); NaN with fewer than two."""
+    finite = values[np.isfinite(values)]
+    return float(np.ptp(finite)) if len(finite) >= 2 else float("nan")
 
 
 def _diagonals(ds: xr.Dataset, name: str, idx: Sequence[int], metric: str | None) -> np.ndarray:
