@@ -14,7 +14,7 @@ wildcard_constraints:
     method_id=ID,
     seed=r"\d+",
     checkpoint=CHECKPOINT_PATTERN,
-    inputs="|".join(INPUTS),
+    inputs=INPUTS_PATTERN,
     analysis="|".join(ANALYSES),
     pair=ID,
 

@@ -28,9 +28,9 @@ from isolated import run_isolated  # noqa: E402
 def _unverified() -> None:
     import robrep.activation_store as store
 
-    codec = store._codec
-    store._codec = lambda name: [c for c in codec(name) if type(c).__name__ != "Crc32cCodec"]
-    store._checked = lambda path, array, where, read: read()
+    codec = store.chunk_codecs
+    store.chunk_codecs = lambda name: [c for c in codec(name) if type(c).__name__ != "Crc32cCodec"]
+    store.checked_read = lambda path, array, where, read: read()
 
 
 def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: int, threads: int):
@@ -64,7 +64,7 @@ def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: i
             "epoch": 1,
             "inputs": "benign",
         },
-        StoreLayout(chunk_rows=batch, batch_size=batch, cka_batch_size=batch),
+        StoreLayout(chunk_rows=batch, cka_batch_size=batch),
         features=net.probe_layers("blocks"),
         pass_order=pass_orders(n, passes, 0),
         progress=False,

@@ -62,7 +62,7 @@ def extract(model, images, batch, path, compressor, pool=None):
         path,
         model.probe_layers("blocks"),
         {},
-        StoreLayout(chunk_rows=batch, batch_size=batch, compressor=compressor, pool=pool),
+        StoreLayout(chunk_rows=batch, compressor=compressor, pool=pool),
         progress=False,
     )
 

@@ -89,7 +89,7 @@ def _extract(arch, seed, n, batch, passes, path, features, threads):
         path,
         layers,
         {},
-        StoreLayout(chunk_rows=batch, batch_size=batch, cka_batch_size=batch),
+        StoreLayout(chunk_rows=batch, cka_batch_size=batch),
         features=layers if features else [],
         pass_order=pass_orders(n, passes, 0),
         progress=False,

@@ -3,8 +3,7 @@
 
 rule extract:
     input:
-        weights=checkpoint_file,
-        splits=splits_path("{dataset}"),
+        unpack(extract_inputs),
     output:
         directory(StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").path(RESULTS)),
     log:
@@ -22,6 +21,5 @@ rule extract:
         passes=ACT["passes"],
         subset_seed=config["split_seed"],
         layout=STORE_LAYOUT,
-        attack=evaluation_attack(),
     script:
         "../workflow_scripts/extract.py"

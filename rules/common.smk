@@ -14,14 +14,17 @@ from snakemake.utils import validate
 from robrep import cluster as rcluster
 from robrep import config as rcfg
 from robrep import resources as rres
+from robrep.adversarial import attack_batch_size
 from robrep.analyses import ANALYSES, Study, comparisons, figures
 from robrep.data import dataset_options
 from robrep.ids import (
     CHECKPOINT_PATTERN,
     ID_PATTERN,
-    INPUTS,
+    INPUTS_PATTERN,
     ModelKey,
     StoreKey,
+    adversarial_path,
+    adversarial_source,
     comparison_path,
 )
 
@@ -85,6 +88,16 @@ STORES = sorted(  # every store a comparison or a probe reads, once
     {s for pair in COMPARISONS.values() for s in pair} | set(PROBED),
     key=lambda s: s.path(RESULTS),
 )
+ATTACKED = (
+    sorted(  # (model, checkpoint) of every adversarial store the stores read, once
+        {
+            (adversarial_source(s.inputs, s.model), s.checkpoint)
+            for s in STORES
+            if adversarial_source(s.inputs, s.model) is not None
+        },
+        key=lambda mc: adversarial_path(RESULTS, *mc),
+    )
+)
 
 
 def splits_path(dataset):
@@ -134,13 +147,43 @@ def checkpoint_file(wildcards):
 # The store layout: activation settings only (a similarity setting never re-plans extraction).
 STORE_LAYOUT = dict(
     chunk_rows=ACT.get("chunk_rows") or ACT["cka_batch_size"],
-    batch_size=ACT["batch_size"],
     dtype=ACT["dtype"],
     compressor=ACT["compressor"],
     max_chunk_features=ACT.get("max_chunk_features"),
     pool=ACT.get("pool"),
     cka_batch_size=ACT["cka_batch_size"],
 )
+
+
+ATTACK_BATCH = attack_batch_size(ACT["batch_size"], STORE_LAYOUT["chunk_rows"])
+
+
+def extract_inputs(wildcards):
+    """A store's weights and splits, and for adversarial inputs the stored adversarial examples
+    they are: the model's own (pgd) or the source model's (transfer-{source}), same checkpoint.
+    """
+    model = ModelKey(
+        wildcards.dataset, wildcards.arch, wildcards.method_id, wildcards.seed
+    )
+    inputs = {
+        "weights": checkpoint_file(wildcards),
+        "splits": splits_path(wildcards.dataset),
+    }
+    try:
+        source = adversarial_source(wildcards.inputs, model)
+    except ValueError as err:
+        raise WorkflowError(str(err))
+    if source is None:
+        return inputs
+    known = {m.with_(seed=int(m.seed)) for m in STUDY.models}
+    if source.with_(seed=int(source.seed)) not in known:
+        raise WorkflowError(
+            f"inputs {wildcards.inputs!r} of {model.id}: the source model {source.id} is not in "
+            f"the study; sources: "
+            + ", ".join(m.id for m in STUDY.models if m.dataset == model.dataset)
+        )
+    inputs["adversarial"] = adversarial_path(RESULTS, source, wildcards.checkpoint)
+    return inputs
 
 
 def comparison_stores(wildcards):
@@ -153,6 +196,7 @@ def all_targets():
     activation store (kept as data: a deleted store is rebuilt, and with it its comparisons).
     """
     stores = [s.path(RESULTS) for s in STORES]
+    stores += [adversarial_path(RESULTS, *mc) for mc in ATTACKED]
     return (
         [
             f"{RESULTS}/summary/{name}"
@@ -215,7 +259,8 @@ def cluster_node():
 # What sizes each rule's jobs, named when a job cannot fit a node.
 SIZE_SETTINGS = {
     "train": "training.epochs/batch_size or resources.gflops",
-    "extract": "activations.n_examples/batch_size/cka_batch_size/passes or resources.gflops",
+    "attack": "activations.n_examples/batch_size, evaluation.steps or resources.gflops",
+    "extract": "activations.n_examples/cka_batch_size/passes or resources.gflops",
     "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
     "probe": "probes.n_examples/folds or activations.features",
     "autoattack": "evaluation.autoattack.n_examples/version or resources.gflops",
@@ -262,13 +307,11 @@ def train_resource(key):
 def extract_resource(key):
     def value(wildcards, attempt):
         geo, cost = _cost(wildcards.dataset, wildcards.arch)
-        steps = config["evaluation"]["steps"] if wildcards.inputs == "pgd" else 0
         est = rres.extract_resources(
             geo,
             cost,
             EXAMPLES[wildcards.dataset],
-            ACT["batch_size"],
-            steps,
+            wildcards.inputs != "benign",
             GFLOPS,
             VALUE_BYTES,
             ACT["cka_batch_size"],
@@ -278,6 +321,26 @@ def extract_resource(key):
             est[key] * attempt
             if key == "disk_mb"
             else fitted("extract", est, key, attempt)
+        )
+
+    return value
+
+
+def attack_resource(key):
+    def value(wildcards, attempt):
+        geo, cost = _cost(wildcards.dataset, wildcards.arch)
+        est = rres.attack_resources(
+            geo,
+            cost,
+            EXAMPLES[wildcards.dataset],
+            ATTACK_BATCH,
+            config["evaluation"]["steps"],
+            GFLOPS,
+        )
+        return (
+            est[key] * attempt
+            if key == "disk_mb"
+            else fitted("attack", est, key, attempt)
         )
 
     return value
@@ -356,6 +419,10 @@ def check_every_request():
         return
     for m in STUDY.models:
         train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
+    for model, checkpoint in ATTACKED:
+        attack_resource("mem_mb")(
+            SimpleNamespace(**vars(model), checkpoint=checkpoint), 1
+        )
     for s in STORES:
         fields = dict(vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs)
         extract_resource("mem_mb")(SimpleNamespace(**fields), 1)

@@ -1,4 +1,30 @@
-# AutoAttack beside the evaluation PGD, on one fixed subset of the test split, per final model.
+# The evaluation attack's adversarial examples as data, and AutoAttack beside the evaluation PGD.
+
+
+rule attack:
+    input:
+        weights=checkpoint_file,
+        splits=splits_path("{dataset}"),
+    output:
+        directory(adversarial_path(RESULTS, WILDCARD_MODEL, "{checkpoint}")),
+    log:
+        f"{RESULTS}/logs/attack/{MODEL_ID}/{{checkpoint}}.log",
+    threads: config["threads"]["extract"]
+    resources:
+        mem_mb=attack_resource("mem_mb"),
+        runtime=attack_resource("runtime"),
+        disk_mb=attack_resource("disk_mb"),
+        gpu=GPU,
+    params:
+        attack=evaluation_attack(),
+        n_examples=lambda wc: EXAMPLES[wc.dataset],
+        subset_seed=config["split_seed"],
+        batch_size=ATTACK_BATCH,
+    script:
+        "../workflow_scripts/attack.py"
+
+
+# AutoAttack on one fixed subset of the test split, per final model.
 
 
 rule autoattack:

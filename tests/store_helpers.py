@@ -22,18 +22,19 @@ def extract(
     n: int = 50,
     ids: np.ndarray | None = None,
     meta: dict[str, Any] | None = None,
+    x: np.ndarray | None = None,
     **kw: Any,
 ) -> Path:
-    """A store of `model` on `images(n)` (labels i % 10, ids 100.. unless given) at the block
-    layers unless `layers` is given; StoreLayout fields in `kw` override chunk_rows 16 and
-    batch_size 32, the rest goes to `extract_to_store`."""
+    """A store of `model` on `x` (default `images(n)`; labels i % 10, ids 100.. unless given) at
+    the block layers unless `layers` is given; StoreLayout fields in `kw` override chunk_rows 16,
+    the rest goes to `extract_to_store`."""
     ids = np.arange(100, 100 + n) if ids is None else ids
     layers = kw.pop("layers", model.probe_layers("blocks"))
-    layout = {"chunk_rows": 16, "batch_size": 32}
+    layout = {"chunk_rows": 16}
     layout.update({k: kw.pop(k) for k in list(kw) if k in StoreLayout.__dataclass_fields__})
     return extract_to_store(
         model,
-        images(n),
+        images(n) if x is None else x,
         np.arange(n) % 10,
         ids,
         path,

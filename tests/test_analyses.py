@@ -102,15 +102,83 @@ def test_pairs_of_the_tiny_config():
         (f"{pgd}/final/benign",) * 2,
         (f"{pgd}/final/pgd",) * 2,
     ]
-    assert pairs_of(s, "robust_vs_standard") == [(f"{pgd}/final/benign", f"{std}/final/benign")]
+    assert pairs_of(s, "robust_vs_standard") == [
+        (f"{pgd}/final/benign", f"{std}/final/benign"),
+        (f"{pgd}/final/pgd", f"{std}/final/pgd"),
+    ]
+    # Both directions: the robust model and the standard one on the standard model's adversarial
+    # examples, then both on the robust model's; the robust model is side a (its summaries).
+    assert pairs_of(s, "transfer") == [
+        (f"{pgd}/final/transfer-standard", f"{std}/final/pgd"),
+        (f"{pgd}/final/pgd", f"{std}/final/transfer-pgd-linf-eps0.1"),
+    ]
     assert pairs_of(s, "benign_vs_adversarial") == [
-        (f"{m}/final/benign", f"{m}/final/pgd") for m in (std, pgd)
+        *[(f"{m}/final/benign", f"{m}/final/pgd") for m in (std, pgd)],
+        (f"{pgd}/final/benign", f"{pgd}/final/transfer-standard"),
+        (f"{std}/final/benign", f"{std}/final/transfer-pgd-linf-eps0.1"),
     ]
     assert pairs_of(s, "epochs") == [
         (f"{m}/{ck}/benign", f"{m}/final/benign") for m in (std, pgd) for ck in ("epoch1", "best")
     ]
     for analysis in ("threat_models", "seeds", "width_depth"):
         assert pairs_of(s, analysis) == []
+
+
+def test_transfer_pairs_follow_the_directions_and_need_adversarial_inputs():
+    one = study(transfer={"directions": ["robust_to_standard"]})
+    pgd, std = "convnet/pgd-linf-eps0.1/seed0", "convnet/standard/seed0"
+    assert pairs_of(one, "transfer") == [
+        (f"{pgd}/final/pgd", f"{std}/final/transfer-pgd-linf-eps0.1")
+    ]
+    assert pairs_of(one, "benign_vs_adversarial")[-1] == (
+        f"{std}/final/benign",
+        f"{std}/final/transfer-pgd-linf-eps0.1",
+    )
+    assert pairs_of(study(transfer={"directions": []}), "transfer") == []
+    benign_only = study(activations={"inputs": ["benign"]})
+    for analysis in ("transfer", "benign_vs_adversarial"):
+        assert pairs_of(benign_only, analysis) == []
+    assert pairs_of(benign_only, "robust_vs_standard") == [
+        (f"{pgd}/final/benign", f"{std}/final/benign")
+    ]
+    # Without a standard model there is nothing to transfer from or to.
+    robust_only = study(methods=[{"method": "pgd", "norm": "linf", "eps": 0.1}])
+    assert pairs_of(robust_only, "transfer") == []
+    # Two robust methods, two seeds: each robust model with the standard model of its seed.
+    s = study(
+        methods=[
+            {"method": "standard"},
+            {"method": "pgd", "norm": "linf", "eps": 0.1},
+            {"method": "trades", "norm": "linf", "eps": 0.1},
+        ],
+        seeds=[0, 1],
+    )
+    got = pairs_of(s, "transfer")
+    assert len(got) == 8  # 2 robust methods x 2 seeds x 2 directions
+    for a, b in got:
+        assert a.split("/")[2] == b.split("/")[2]  # same seed
+        assert b.split("/")[1] == "standard" and a.split("/")[1] != "standard"
+
+
+def test_transfer_inputs_round_trip():
+    from robrep.ids import ModelKey, adversarial_source, transfer_inputs
+
+    target = ModelKey("digits", "convnet", "pgd-linf-eps8_255", 0)
+    for source in (
+        target.with_(method_id="standard"),
+        target.with_(method_id="trades-linf-eps0.1"),
+        target.with_(arch="wrn-10-1", seed=3, method_id="pgd-l2-eps0.5"),
+    ):
+        inputs = transfer_inputs(source, target)
+        assert adversarial_source(inputs, target) == source
+        assert "/" not in inputs
+    assert transfer_inputs(target.with_(method_id="standard"), target) == "transfer-standard"
+    assert adversarial_source("pgd", target) == target
+    assert adversarial_source("benign", target) is None
+    with pytest.raises(ValueError, match="input kind 'adv' is not one of benign, pgd"):
+        adversarial_source("adv", target)
+    with pytest.raises(ValueError, match="another dataset"):
+        transfer_inputs(target.with_(dataset="cifar10"), target)
 
 
 def test_pairs_of_threat_models_seeds_and_width_depth():
@@ -272,7 +340,7 @@ def test_comparison_of_stores_without_coordinates_is_refused(tiny_model, tmp_pat
         tmp_path / "old.zarr",
         tiny_model.probe_layers("blocks"),
         {"model_id": "m", "dataset": "digits"},
-        StoreLayout(chunk_rows=10, batch_size=10),
+        StoreLayout(chunk_rows=10),
         progress=False,
     )
     with pytest.raises(

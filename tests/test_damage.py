@@ -33,7 +33,6 @@ def extract(model, path, n=40, **kw):
         n,
         meta=meta,
         chunk_rows=16,
-        batch_size=32,
         cka_batch_size=16,
         pass_order=pass_orders(n, 2, 0),
         **kw,

@@ -12,7 +12,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from robrep.activation_store import StoreLayout, extract_to_store
-from robrep.attacks import AttackSpec
+from robrep.adversarial import read_adversarial
 from robrep.data import evaluation_subset, pass_orders, read_splits
 from robrep.ids import ModelKey
 from robrep.runtime import pick_device, software_versions
@@ -27,12 +27,17 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
     model, meta = load_model(snakemake.input.weights, device)
     splits = read_splits(snakemake.input.splits)
     idx = evaluation_subset(splits.y_test, p.n_examples, p.subset_seed)
-    attack = AttackSpec.from_evaluation(p.attack) if wc.inputs == "pgd" else None
+    labels = splits.y_test[idx]
     key = ModelKey(meta["dataset"], meta["arch"], meta["method"]["id"], meta["seed"])
+    images, adversarial = splits.x_test[idx], {"attack": None}
+    if "adversarial" in snakemake.input.keys():  # pgd or transfer inputs: stored examples
+        stored = read_adversarial(snakemake.input.adversarial)
+        images = stored.matching(idx, labels, snakemake.input.adversarial)
+        adversarial = {k: stored.attrs[k] for k in ("attack", "attack_seed", "source_model_id")}
     extract_to_store(
         model,
-        splits.x_test[idx],
-        splits.y_test[idx],
+        images,
+        labels,
         idx,
         snakemake.output[0],
         model.probe_layers(p.layers),
@@ -48,12 +53,11 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
             "inputs": wc.inputs,
             "split": "test",
             "versions": software_versions(),
+            **adversarial,
         },
         layout=StoreLayout(**p.layout),
         features=[] if p.features == "none" else model.probe_layers(p.features),
         pass_order=pass_orders(len(idx), p.passes, p.subset_seed),
-        attack=attack,
-        attack_seed=key.seed,
         device=device,
     )
     print(f"wrote {snakemake.output[0]}")

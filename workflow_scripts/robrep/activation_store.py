@@ -29,7 +29,6 @@ import zarr
 from torch import nn
 from zarr.core.buffer.cpu import NDBuffer
 
-from .attacks import AttackSpec, pgd
 from .checksums import DamagedArtefactError, rebuild_command
 from .data import to_float
 from .runtime import atomic_output
@@ -56,7 +55,7 @@ class NonFiniteActivationsError(ValueError):
     """A model produced NaN or inf activations: the model is broken; nothing is stored."""
 
 
-def _codec(compressor: str) -> list:
+def chunk_codecs(compressor: str) -> list:
     """The chunk codecs of a store array: the compressor, then a CRC32C checksum, verified on
     every read, so a damaged chunk fails its read instead of decoding as data."""
     if compressor == "zstd":
@@ -69,21 +68,24 @@ def _codec(compressor: str) -> list:
     raise ValueError(f"activations.compressor: {compressor!r} is not one of zstd, blosc, none")
 
 
-def _checked(path: Path, array: str, where: str, read: Callable[[], Any]) -> Any:
-    """`read()`, with a failed chunk checksum or a non-finite value reported as damage to `path`."""
+def checked_read(
+    path: Path, array: str, where: str, read: Callable[[], Any], what: str = "activation store"
+) -> Any:
+    """`read()`, with a failed chunk checksum or a non-finite value reported as damage to the
+    `what` at `path`."""
     try:
         got = read()
     except ValueError as err:
         if "checksum" not in str(err):
             raise
         raise DamagedStoreError(
-            f"activation store {path}: array {array!r}, {where}, fails its checksum (damaged on "
+            f"{what} {path}: array {array!r}, {where}, fails its checksum (damaged on "
             f"disk); rebuild it: {rebuild_command(path)}"
         ) from err
     values = np.asarray(got)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise DamagedStoreError(
-            f"activation store {path}: array {array!r}, {where}, holds non-finite values, which "
+            f"{what} {path}: array {array!r}, {where}, holds non-finite values, which "
             f"extraction never stores (damaged); rebuild it: {rebuild_command(path)}"
         )
     return got
@@ -161,11 +163,10 @@ def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor,
 @dataclass(frozen=True)
 class StoreLayout:
     """How a store is laid out and what it keeps (config `activations`): rows per feature chunk,
-    attack batch size, feature value type, compression, feature chunking and pooling, and the
-    minibatch partition of the Gram statistics (CKA batch size; passes come with `pass_order`)."""
+    feature value type, compression, feature chunking and pooling, and the minibatch partition
+    of the Gram statistics (CKA batch size; passes come with `pass_order`)."""
 
     chunk_rows: int = 100
-    batch_size: int = 256
     dtype: str = "float32"
     compressor: str = "zstd"
     max_chunk_features: int | None = None
@@ -184,7 +185,7 @@ def _create_arrays(
             shape=(n, d),
             chunks=(min(layout.chunk_rows, n), min(d, layout.max_chunk_features or d)),
             dtype=layout.dtype,
-            compressors=_codec(layout.compressor),
+            compressors=chunk_codecs(layout.compressor),
             dimension_names=("sample", f"{name}.feature"),
             attributes={"shape": list(shape)},
         )
@@ -203,7 +204,7 @@ def _create_grams(group: zarr.Group, layers: Sequence[str], batches: Sequence[Ba
         shape=(len(batches), width, len(layers)),
         chunks=(1, width, len(layers)),
         dtype="float32",
-        compressors=_codec("none"),
+        compressors=chunk_codecs("none"),
         dimension_names=("batch", "gram_entry", "gram_layer"),
     )
 
@@ -234,18 +235,16 @@ def extract_to_store(
     layout: StoreLayout = StoreLayout(),
     features: Sequence[str] | None = None,
     pass_order: np.ndarray | None = None,
-    attack: AttackSpec | None = None,
-    attack_seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Path:
     """Stream the Gram statistics of `layers` (every batch of every pass of `pass_order`; default
     one pass in stored order) and the raw features of `features` (any probe layers, default: the
-    same as `layers`) on `images`, or on PGD versions of them, into a Zarr store.
+    same as `layers`) on `images` (benign test images or stored adversarial examples,
+    `adversarial.read_adversarial`) into a Zarr store.
 
-    Adversarial inputs are made once, in stored order, and reused by every pass. Memory holds one
-    forward batch's Grams and features (two while the previous batch is written), plus the
-    adversarial inputs. The store appears at `path` only when complete.
+    Memory holds one forward batch's Grams and features (two while the previous batch is
+    written). The store appears at `path` only when complete.
     """
     path = Path(path)
     model = model.to(device).eval()
@@ -267,16 +266,15 @@ def extract_to_store(
                 name,
                 data=np.asarray(values, np.int64),
                 dimension_names=dims,
-                compressors=_codec("zstd"),
+                compressors=chunk_codecs("zstd"),
             )
         arrays = _create_arrays(group, shapes, n, layout)
         grams = _create_grams(group, layers, batches)
-        inputs = _model_inputs(model, images, labels, layout, attack, attack_seed, device, progress)
         who = ", ".join(
             f"{k} {attrs[k]}" for k in ("model_id", "checkpoint", "inputs") if k in attrs
         )
         _stream_batches(
-            model, inputs, batches, arrays, grams, layers, layout, device, progress, sample_ids, who
+            model, images, batches, arrays, grams, layers, layout, device, progress, sample_ids, who
         )
         group.attrs.update(
             {
@@ -287,7 +285,6 @@ def extract_to_store(
                 "layer_shapes": {k: list(v) for k, v in shapes.items()},
                 "n_examples": n,
                 "dtype": layout.dtype,
-                "attack": attack.as_dict() if attack is not None else None,
                 "pool": layout.pool,
                 "cka_batch_size": layout.cka_batch_size,
                 "passes": len(order),
@@ -295,34 +292,6 @@ def extract_to_store(
             }
         )
     return path
-
-
-def _model_inputs(
-    model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    layout: StoreLayout,
-    attack: AttackSpec | None,
-    attack_seed: int,
-    device: str | torch.device,
-    progress: bool,
-) -> np.ndarray:
-    """What the model sees: `images`, or their PGD versions (float32, made once in stored order,
-    in attack batches of whole feature chunks, each batch's random start seeded by its position)."""
-    if attack is None:
-        return images
-    from tqdm import tqdm
-
-    n = len(images)
-    step = max(1, layout.batch_size // layout.chunk_rows) * layout.chunk_rows
-    out = np.empty((n, *images.shape[1:]), np.float32)
-    for start in tqdm(range(0, n, step), desc="attack", file=sys.stderr, disable=not progress):
-        stop = min(start + step, n)
-        x = to_float(images[start:stop]).to(device)
-        y = torch.as_tensor(labels[start:stop]).to(device)
-        gen = torch.Generator().manual_seed(attack_seed * 1_000_003 + start)
-        out[start:stop] = pgd(model, x, y, attack, gen).cpu().numpy()
-    return out
 
 
 def _stream_batches(
@@ -428,7 +397,7 @@ class LayerArray:
             where = _describe_rows(where)
         elif not isinstance(where, str):
             where = f"selection {where!r}"
-        return _checked(self.path, self.name, where, read)
+        return checked_read(self.path, self.name, where, read)
 
     def __getitem__(self, key):
         return self._read(key, lambda: self.array[key])
@@ -500,7 +469,7 @@ class StoredGrams:
             )
             return target
 
-        return _checked(self.path, "gram", f"chunk of batch {batch}", read)
+        return checked_read(self.path, "gram", f"chunk of batch {batch}", read)
 
 
 class ActivationStore:
@@ -553,7 +522,7 @@ class ActivationStore:
 
     def _read(self, name: str) -> np.ndarray:
         """A whole small array, verified."""
-        return _checked(self.path, name, "all chunks", lambda: self._array(name)[:])
+        return checked_read(self.path, name, "all chunks", lambda: self._array(name)[:])
 
     def _array(self, name: str) -> zarr.Array:
         """An array the store's attributes promise; missing means damaged."""

@@ -20,11 +20,24 @@ from typing import Any
 import numpy as np
 
 from .config import activation_checkpoints, resolve_method
-from .ids import ModelKey, StoreKey, comparison_id
+from .ids import (
+    BENIGN,
+    OWN_ADVERSARIAL,
+    TRANSFER,
+    ModelKey,
+    StoreKey,
+    comparison_id,
+    transfer_inputs,
+)
 from .models import arch_family
 from .similarity import CKAResult, percentile_interval
 
 ADV_THRESHOLD = 0.9
+STANDARD = "standard"  # the method id every robust model is set against
+# Whose adversarial examples the transfer comparisons show both models: the standard model's
+# (standard_to_robust) or the robust model's (robust_to_standard).
+TRANSFER_DIRECTIONS = ("standard_to_robust", "robust_to_standard")
+FROM_STANDARD = f"{TRANSFER}{STANDARD}"  # a robust model's inputs of standard_to_robust
 Pair = tuple[StoreKey, StoreKey]
 
 
@@ -38,6 +51,7 @@ class Study:
     adversarial_inputs: bool  # `pgd` stores are extracted
     seeds: tuple[int, ...]
     architectures: tuple[str, ...]
+    transfer: tuple[str, ...] = TRANSFER_DIRECTIONS  # directions of the transfer comparisons
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Study:
@@ -52,10 +66,32 @@ class Study:
             ),
             methods=methods,
             checkpoints=tuple(activation_checkpoints(config)),
-            adversarial_inputs="pgd" in config["activations"]["inputs"],
+            adversarial_inputs=OWN_ADVERSARIAL in config["activations"]["inputs"],
             seeds=tuple(config["seeds"]),
             architectures=tuple(config["architectures"]),
+            transfer=tuple(config.get("transfer", {}).get("directions", TRANSFER_DIRECTIONS)),
         )
+
+    def robust_models(self) -> Iterable[tuple[ModelKey, ModelKey]]:
+        """Each robust model with the standard model of its dataset/arch/seed (none without a
+        standard method)."""
+        if STANDARD in self.methods:
+            for m in self.models:
+                if m.method_id != STANDARD:
+                    yield m, m.with_(method_id=STANDARD)
+
+    def transfer_pairs(self) -> Iterable[tuple[str, StoreKey, StoreKey]]:
+        """(direction, robust store, standard store) of each configured transfer direction: both
+        models on the adversarial examples of one of them (needs adversarial inputs)."""
+        if not self.adversarial_inputs:
+            return
+        for robust, standard in self.robust_models():
+            if "standard_to_robust" in self.transfer:
+                seen = StoreKey(robust, inputs=transfer_inputs(standard, robust))
+                yield "standard_to_robust", seen, StoreKey(standard, inputs=OWN_ADVERSARIAL)
+            if "robust_to_standard" in self.transfer:
+                seen = StoreKey(standard, inputs=transfer_inputs(robust, standard))
+                yield "robust_to_standard", StoreKey(robust, inputs=OWN_ADVERSARIAL), seen
 
 
 Summarise = Callable[[np.ndarray, Mapping[str, Any]], dict[str, Any]]
@@ -156,7 +192,7 @@ def _mean_diagonal(variable: str) -> Summarise:
 
 def _cross_layer_pairs(study: Study) -> Iterable[Pair]:
     for m in study.models:
-        for inputs in ("benign", "pgd") if study.adversarial_inputs else ("benign",):
+        for inputs in (BENIGN, OWN_ADVERSARIAL) if study.adversarial_inputs else (BENIGN,):
             store = StoreKey(m, inputs=inputs)
             yield store, store
 
@@ -208,17 +244,51 @@ def class_conditional_summary(by_class: np.ndarray) -> dict[str, float]:
 
 
 def _robust_vs_standard_pairs(study: Study) -> Iterable[Pair]:
-    if "standard" not in study.methods:
-        return
-    for m in study.models:
-        if m.method_id != "standard":
-            yield StoreKey(m), StoreKey(m.with_(method_id="standard"))
+    """Benign; with adversarial inputs also each model on its own adversarial examples (the
+    released code's `--adv 1` on both sides)."""
+    kinds = (BENIGN, OWN_ADVERSARIAL) if study.adversarial_inputs else (BENIGN,)
+    for robust, standard in study.robust_models():
+        for inputs in kinds:
+            yield StoreKey(robust, inputs=inputs), StoreKey(standard, inputs=inputs)
+
+
+def _robust_vs_standard_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    suffix = "" if comparison["inputs"] == BENIGN else "_pgd"
+    return {f"robust_vs_standard_mean_diag{suffix}": float(np.nanmean(diagonal(m)))}
+
+
+def _transfer_pairs(study: Study) -> Iterable[Pair]:
+    for _, robust, standard in study.transfer_pairs():
+        yield robust, standard
+
+
+def _transfer_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    direction = (
+        "standard_to_robust" if comparison["inputs"] == FROM_STANDARD else "robust_to_standard"
+    )
+    return {f"transfer_{direction}_mean_diag": float(np.nanmean(diagonal(m)))}
 
 
 def _benign_vs_adversarial_pairs(study: Study) -> Iterable[Pair]:
-    if study.adversarial_inputs:
-        for m in study.models:
-            yield StoreKey(m), StoreKey(m, inputs="pgd")
+    """Each model on benign x its own adversarial examples; with transfer, x the other model's."""
+    if not study.adversarial_inputs:
+        return
+    for m in study.models:
+        yield StoreKey(m), StoreKey(m, inputs=OWN_ADVERSARIAL)
+    for direction, robust, standard in study.transfer_pairs():
+        seen = robust if direction == "standard_to_robust" else standard
+        yield StoreKey(seen.model), seen
+
+
+def _benign_vs_adversarial_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[str, Any]:
+    """Depth where a model's layers on adversarial examples (its own, or for a robust model the
+    standard model's) first fall below ADV_THRESHOLD similarity to the same layers on benign."""
+    seen = comparison.get("inputs_b", OWN_ADVERSARIAL)
+    if seen == OWN_ADVERSARIAL:
+        return {f"adversarial_depth_below_{ADV_THRESHOLD}": depth_below(diagonal(m))}
+    if seen == FROM_STANDARD:
+        return {f"transfer_depth_below_{ADV_THRESHOLD}": depth_below(diagonal(m))}
+    return {}  # the standard model on one of several robust models' examples: no one scalar
 
 
 def _epochs_pairs(study: Study) -> Iterable[Pair]:
@@ -280,21 +350,34 @@ ANALYSES: dict[str, Analysis] = {
         ),
         Analysis(
             "robust_vs_standard",
-            "each robust model x the standard model, same dataset/arch/seed",
+            "each robust model x the standard model, same dataset/arch/seed, on benign inputs "
+            "and each on its own adversarial examples",
             _robust_vs_standard_pairs,
-            _mean_diagonal("robust_vs_standard_mean_diag"),
-            {"robust_vs_standard_mean_diag": False},
-            ("robust_vs_standard_diagonal",),
+            _robust_vs_standard_summary,
+            {"robust_vs_standard_mean_diag": False, "robust_vs_standard_mean_diag_pgd": False},
+            ("robust_vs_standard_diagonal", "robust_vs_standard_matrix"),
+            seed_baseline=True,
+        ),
+        Analysis(
+            "transfer",
+            "each robust model x the standard model, both on the standard model's adversarial "
+            "examples and both on the robust model's (transfer.directions)",
+            _transfer_pairs,
+            _transfer_summary,
+            {f"transfer_{d}_mean_diag": False for d in TRANSFER_DIRECTIONS},
+            ("transfer_diagonal",),
             seed_baseline=True,
         ),
         Analysis(
             "benign_vs_adversarial",
-            "each model on benign x its own PGD inputs",
+            "each model on benign x its own adversarial examples, and x the other model's of "
+            "each transfer pair",
             _benign_vs_adversarial_pairs,
-            lambda m, comparison: {
-                f"adversarial_depth_below_{ADV_THRESHOLD}": depth_below(diagonal(m))
+            _benign_vs_adversarial_summary,
+            {
+                f"adversarial_depth_below_{ADV_THRESHOLD}": False,
+                f"transfer_depth_below_{ADV_THRESHOLD}": False,
             },
-            {f"adversarial_depth_below_{ADV_THRESHOLD}": False},
             ("benign_vs_adversarial_diagonal",),
             seed_baseline=True,
         ),

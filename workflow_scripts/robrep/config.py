@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 from .attacks import DEFAULT_STEPS, default_step_size
-from .ids import SAFE_ID, method_id
+from .ids import BENIGN, OWN_ADVERSARIAL, SAFE_ID, TRANSFER, method_id
 
 METHODS = ("standard", "pgd", "trades")
 NORMS = ("linf", "l2")
@@ -207,6 +207,20 @@ def check_config(config: Mapping[str, Any]) -> None:
     if "eps" in (config.get("evaluation") or {}):
         parse_eps(config["evaluation"]["eps"], "evaluation.eps")
         check_linf_budget(config["evaluation"], "evaluation")
+    _check_choices(
+        (config.get("activations") or {}).get("inputs"),
+        "activations.inputs",
+        [BENIGN, OWN_ADVERSARIAL],
+        f"; transfer inputs ({TRANSFER}{{source}}) come with the transfer analysis "
+        f"(config transfer.directions)",
+    )
+    from .analyses import TRANSFER_DIRECTIONS
+
+    _check_choices(
+        (config.get("transfer") or {}).get("directions"),
+        "transfer.directions",
+        list(TRANSFER_DIRECTIONS),
+    )
     version = ((config.get("evaluation") or {}).get("autoattack") or {}).get("version")
     if version is not None:
         check_autoattack_version(version)
@@ -216,6 +230,16 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"analyses: empty, so nothing would be compared; choose from {', '.join(ANALYSES)}"
         )
+
+
+def _check_choices(values: Any, key: str, valid: list[str], hint: str = "") -> None:
+    """Each of a list of names must be one of `valid`; the error names the bad one and `valid`."""
+    for i, value in enumerate(values if isinstance(values, list) else []):
+        if value not in valid:
+            raise ConfigError(
+                f"{key}[{i}]: unknown {value!r}{suggest(str(value), valid)}; valid: "
+                f"{', '.join(valid)}{hint}"
+            )
 
 
 def check_linf_budget(attack: Mapping[str, Any], key: str) -> None:

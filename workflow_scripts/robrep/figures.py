@@ -9,7 +9,7 @@ that shows spread draws the seed range as a band.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from .analyses import ANALYSES, depth_matched_diagonal  # noqa: E402
+from .analyses import ANALYSES, FROM_STANDARD, depth_matched_diagonal  # noqa: E402
 from .runtime import atomic_output  # noqa: E402
 from .summary import SUMMARY_METRIC as METRIC  # noqa: E402
 
@@ -194,34 +194,51 @@ def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
 
 
 def _diagonal_panels(
-    ds: xr.Dataset, path: str | Path, analysis: str, title: str, ylabel: str
+    ds: xr.Dataset,
+    path: str | Path,
+    analysis: str,
+    title: str,
+    ylabel: str,
+    columns: Sequence[tuple[str, dict]] = (("", {}),),
 ) -> None:
-    """A panel per architecture, a line per method (and second architecture where it differs):
-    each layer's similarity with the layer at the same relative depth, mean over seeds."""
+    """A row per architecture, a column per (label, comparison coordinates) of `columns`, a line
+    per method (and second architecture where it differs): each layer's similarity with the
+    layer at the same relative depth, mean over seeds; band: the seed baseline."""
     metric = _metric(ds)
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     banded = ANALYSES[analysis].seed_baseline if analysis in ANALYSES else False
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
-    for ax, arch in zip(axes[0], archs, strict=True):
-        for method in _methods(ds):
-            idx = _select(ds, analysis=analysis, arch=arch, method_id=method)
-            for arch_b in dict.fromkeys(ds.arch_b.values[idx].tolist()):
-                sub = idx[ds.arch_b.values[idx] == arch_b]
-                mat, names, _ = _mean_matrix(ds, sub, metric)
-                diag = depth_matched_diagonal(mat)
-                label = method if arch_b == arch else f"{method} vs {arch_b}"
-                depth = np.linspace(0, 1, len(diag))
-                (line,) = ax.plot(depth, diag, marker=".", label=label)
-                if banded:
-                    lo, hi = _seed_band(ds, sub, metric, len(diag))
-                    ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-        if banded and not (ds.analysis.values == "seeds").any():
-            ax.text(0.02, 0.03, "one seed: no seed baseline", transform=ax.transAxes, fontsize=7)
-        ax.set_title(arch)
-        ax.set_xlabel("relative depth of layer")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(
+        len(archs),
+        len(columns),
+        figsize=(4.5 * len(columns), 3.6 * len(archs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, arch in zip(axes, archs, strict=True):
+        for ax, (label, coords) in zip(row, columns, strict=True):
+            for method in _methods(ds):
+                wanted = {"analysis": analysis, "arch": arch, "method_id": method, **coords}
+                idx = _select(ds, **wanted)
+                for arch_b in dict.fromkeys(ds.arch_b.values[idx].tolist()):
+                    sub = idx[ds.arch_b.values[idx] == arch_b]
+                    mat, names, _ = _mean_matrix(ds, sub, metric)
+                    diag = depth_matched_diagonal(mat)
+                    name = method if arch_b == arch else f"{method} vs {arch_b}"
+                    depth = np.linspace(0, 1, len(diag))
+                    (line,) = ax.plot(depth, diag, marker=".", label=name)
+                    if banded:
+                        lo, hi = _seed_band(ds, sub, metric, len(diag))
+                        ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            if banded and not (ds.analysis.values == "seeds").any():
+                ax.text(
+                    0.02, 0.03, "one seed: no seed baseline", transform=ax.transAxes, fontsize=7
+                )
+            ax.set_title(f"{arch}\n{label}" if label else arch, fontsize=9)
+            ax.set_xlabel("relative depth of layer")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1.02)
+            if ax.lines:
+                ax.legend(fontsize=7)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -263,20 +280,97 @@ def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         ds,
         path,
         "robust_vs_standard",
-        "Robust vs standard model, same layer",
+        "Robust vs standard model, same layer, benign inputs",
         f"{_metric(ds)}(robust, standard)",
+        [("", {"inputs": "benign"})],
     )
 
 
 def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
-    """Similarity of each layer on benign vs the model's own PGD inputs."""
+    """Similarity of each layer on benign vs the model's own PGD inputs, and (where computed) a
+    robust model on benign vs on the standard model's adversarial examples."""
+    columns = [("own adversarial examples", {"inputs_b": "pgd"})]
+    if (ds.inputs_b.values == FROM_STANDARD).any():
+        columns.append(("the standard model's adversarial examples", {"inputs_b": FROM_STANDARD}))
     _diagonal_panels(
         ds,
         path,
         "benign_vs_adversarial",
         "Benign vs adversarial inputs, same layer",
-        f"{_metric(ds)}(benign, PGD)",
+        f"{_metric(ds)}(benign, adversarial)",
+        columns,
     )
+
+
+def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Robust vs standard model, same layer, on adversarial inputs: each on its own, both on the
+    standard model's, both on the robust model's."""
+    own = {"analysis": "robust_vs_standard", "inputs": "pgd"}
+    columns = [("each on its own adversarial examples", own)]
+    for direction, label in (
+        ("standard_to_robust", "both on the standard model's adversarial examples"),
+        ("robust_to_standard", "both on the robust model's adversarial examples"),
+    ):
+        inputs = FROM_STANDARD if direction == "standard_to_robust" else "pgd"
+        if len(_select(ds, analysis="transfer", inputs=inputs)):
+            columns.append((label, {"analysis": "transfer", "inputs": inputs}))
+    _diagonal_panels(
+        ds,
+        path,
+        "transfer",
+        "Robust vs standard model on adversarial inputs, same layer",
+        f"{_metric(ds)}(robust, standard)",
+        columns,
+    )
+
+
+def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
+    """The released code's three panels per architecture and robust method, on benign and (when
+    computed) adversarial inputs: the standard model's cross-layer CKA, the robust model's, and
+    the full robust x standard layer matrix (rows: robust layers), mean over seeds."""
+    metric = _metric(ds)
+    rows = [
+        (arch, method)
+        for arch in dict.fromkeys(ds.model_arch.values.tolist())
+        for method in _methods(ds)
+        if len(_select(ds, analysis="robust_vs_standard", arch=arch, method_id=method))
+    ]
+    kinds = [k for k in ("benign", "pgd") if (ds.inputs.values == k).any()]
+    panels = [(k, p) for k in kinds for p in ("standard", "robust", "robust x standard")]
+    fig, axes = plt.subplots(
+        max(len(rows), 1),
+        len(panels),
+        figsize=(2.4 * len(panels) + 1.5, 2.5 * max(len(rows), 1) + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for r, (arch, method) in enumerate(rows):
+        for c, (inputs, panel) in enumerate(panels):
+            ax = axes[r, c]
+            coords = {"arch": arch, "inputs": inputs}
+            if panel == "standard":
+                idx = _select(ds, analysis="cross_layer", method_id="standard", **coords)
+            elif panel == "robust":
+                idx = _select(ds, analysis="cross_layer", method_id=method, **coords)
+            else:
+                idx = _select(ds, analysis="robust_vs_standard", method_id=method, **coords)
+            if len(idx) == 0:
+                ax.axis("off")
+                continue
+            mat, names_a, names_b = _mean_matrix(ds, idx, metric)
+            image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
+            ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=4)
+            ax.set_yticks(range(len(names_a)), names_a if c == 0 else [], fontsize=4)
+            who = method if panel == "robust" else panel.replace("robust", method)
+            ax.set_title(f"{arch}, {inputs}\n{who}", fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{metric} (mean over seeds)")
+    fig.suptitle(
+        "Standard, robust and robust x standard layer similarity "
+        "(pgd: each model on its own adversarial examples)"
+    )
+    _save(fig, path)
 
 
 def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
@@ -426,6 +520,8 @@ FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
         block_score_vs_eps,
         class_conditional_cka,
         robust_vs_standard_diagonal,
+        robust_vs_standard_matrix,
+        transfer_diagonal,
         benign_vs_adversarial_diagonal,
         epochs_heatmaps,
         threat_models_diagonal,

@@ -98,6 +98,7 @@ def _layer_claim(ds, dataset, arch, method) -> dict | None:
     baseline) over the deeper layers, with its interval (bootstrap and seed pairs)."""
     idx = np.flatnonzero(
         (ds.analysis.values == "robust_vs_standard")
+        & (ds.inputs.values == "benign")
         & (ds.dataset.values == dataset)
         & (ds.arch.values == arch)
         & (ds.method_id.values == method)

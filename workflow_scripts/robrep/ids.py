@@ -16,7 +16,11 @@ from typing import Any
 ID_PATTERN = r"[A-Za-z0-9._-]+"
 SAFE_ID = re.compile(rf"^{ID_PATTERN}$")
 CHECKPOINT_PATTERN = r"final|best|epoch\d+"
-INPUTS = ("benign", "pgd")
+BENIGN, OWN_ADVERSARIAL, TRANSFER = "benign", "pgd", "transfer-"
+# What a store's model sees: the test images, its own adversarial examples, or those crafted on
+# another model of the dataset (`transfer_inputs`).
+INPUTS_PATTERN = rf"{BENIGN}|{OWN_ADVERSARIAL}|{TRANSFER}{ID_PATTERN}"
+_FULL_SOURCE = re.compile(r"^([^.]+)\.seed(\d+)\.(.+)$")
 
 
 def eps_token(value: Any) -> str:
@@ -94,6 +98,42 @@ class StoreKey:
 
     def with_(self, **changes: Any) -> StoreKey:
         return replace(self, **changes)
+
+
+def transfer_inputs(source: ModelKey, target: ModelKey) -> str:
+    """The input kind of `target` seeing `source`'s adversarial examples: ``transfer-{method id}``
+    when both share dataset, arch and seed, else ``transfer-{arch}.seed{n}.{method id}``."""
+    if source.dataset != target.dataset:
+        raise ValueError(
+            f"adversarial examples of {source.id} cannot feed {target.id}: another dataset"
+        )
+    if (source.arch, source.seed) == (target.arch, target.seed):
+        return f"{TRANSFER}{source.method_id}"
+    return f"{TRANSFER}{source.arch}.seed{source.seed}.{source.method_id}"
+
+
+def adversarial_source(inputs: str, target: ModelKey) -> ModelKey | None:
+    """Whose adversarial examples a store of `target` on `inputs` sees (inverse of
+    `transfer_inputs`): None for benign inputs, `target` itself for ``pgd``."""
+    if inputs == BENIGN:
+        return None
+    if inputs == OWN_ADVERSARIAL:
+        return target
+    if not inputs.startswith(TRANSFER) or not SAFE_ID.match(inputs):
+        raise ValueError(
+            f"input kind {inputs!r} is not one of {BENIGN}, {OWN_ADVERSARIAL}, "
+            f"{TRANSFER}{{method id}}, {TRANSFER}{{arch}}.seed{{n}}.{{method id}}"
+        )
+    source = inputs.removeprefix(TRANSFER)
+    full = _FULL_SOURCE.match(source)
+    if full:
+        return target.with_(arch=full[1], seed=int(full[2]), method_id=full[3])
+    return target.with_(method_id=source)
+
+
+def adversarial_path(root: str, model: ModelKey, checkpoint: str) -> str:
+    """``{root}/adversarial/{model id}/{checkpoint}.zarr``: a model's evaluation-attack examples."""
+    return f"{root}/adversarial/{model.id}/{checkpoint}.zarr"
 
 
 def comparison_id(a: StoreKey, b: StoreKey) -> str:

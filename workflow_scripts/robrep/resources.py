@@ -173,34 +173,29 @@ def extract_resources(
     geometry: DatasetGeometry,
     cost: ModelCost,
     n_examples: int,
-    batch_size: int,
-    attack_steps: int,
+    adversarial: bool,
     gflops: float,
     value_bytes: int = 4,
     cka_batch_size: int = 100,
     passes: int = 1,
 ) -> dict[str, int]:
     """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
-    (attack_steps = 0 for benign; value_bytes from `activations.dtype`).
+    (`adversarial`: it reads stored adversarial examples; value_bytes from `activations.dtype`).
 
-    Work: the attack once, a forward pass per batch of every pass, and per batch and probed layer
-    a symmetric Gram product (about b² D multiply-adds). Memory: the model, a forward batch, the
-    adversarial inputs, and two batches of Grams and features in flight."""
+    Work: a forward pass per batch of every pass, and per batch and probed layer a symmetric Gram
+    product (about b² D multiply-adds). Memory: the model, a forward batch, the adversarial
+    examples, and two batches of Grams and features in flight."""
     b = cka_batch_size
-    images = n_examples * geometry.channels * geometry.size**2 * 4 if attack_steps else 0
+    images = n_examples * geometry.channels * geometry.size**2 * 4 if adversarial else 0
     mem = (
         1500
         + geometry.megabytes
         + 4 * cost.params * 4 / MB
-        + (2 if attack_steps else 1)
-        * max(batch_size, b)
-        * cost.activation_values_per_image
-        * 4
-        / MB
+        + b * cost.activation_values_per_image * 4 / MB
         + images / MB
         + 2 * (cost.probe_layers * b * (b + 1) / 2 * 4 + b * cost.feature_values * 4) / MB
     )
-    flops = n_examples * cost.flops_per_image * (3 * attack_steps + passes)
+    flops = n_examples * cost.flops_per_image * passes
     flops += passes * n_examples * b * cost.probe_values  # b² D per batch and layer
     seconds = flops / (gflops * 1e9)
     size = store_size(cost, n_examples, b, passes, value_bytes)
@@ -208,6 +203,33 @@ def extract_resources(
         "mem_mb": int(math.ceil(mem)),
         "runtime": int(5 + math.ceil(2 * seconds / 60)),
         "disk_mb": int(math.ceil(10 + size.total / MB)),
+    }
+
+
+def attack_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    n_examples: int,
+    batch_size: int,
+    steps: int,
+    gflops: float,
+) -> dict[str, int]:
+    """mem_mb, runtime (minutes) and disk_mb of crafting one checkpoint's adversarial examples:
+    PGD-`steps` (a forward and a backward per step) on `n_examples`, `batch_size` at a time.
+    Memory: the model, a batch's forward and backward, the clean and adversarial images."""
+    images = n_examples * geometry.channels * geometry.size**2 * 4
+    mem = (
+        1500
+        + geometry.megabytes
+        + 4 * cost.params * 4 / MB
+        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
+        + 2 * images / MB
+    )
+    seconds = n_examples * cost.flops_per_image * (3 * steps + 1) / (gflops * 1e9)
+    return {
+        "mem_mb": int(math.ceil(mem)),
+        "runtime": int(5 + math.ceil(2 * seconds / 60)),
+        "disk_mb": int(math.ceil(10 + images / MB)),
     }
 
 

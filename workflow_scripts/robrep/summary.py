@@ -214,7 +214,9 @@ def model_summaries(
     }
     use = metric if metric in ds.metric.values else str(ds.metric.values[0])
     for c in range(ds.sizes["comparison"]):
-        comparison = {k: ds[k].values[c].item() for k in ("analysis", "checkpoint", "inputs")}
+        comparison = {
+            k: ds[k].values[c].item() for k in ("analysis", "checkpoint", "inputs", "inputs_b")
+        }
         comparison.update(metric=use, part=parts[c] if parts is not None else None)
         key = ModelKey(
             str(ds.dataset.values[c]),

@@ -1,0 +1,51 @@
+"""Rule attack: one model checkpoint's evaluation-attack adversarial examples of the evaluation
+subset, stored once for its own pgd store and every transfer store."""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from robrep.workers import short_spin_environment
+
+os.environ.update(short_spin_environment())  # before torch loads its thread pool
+import torch
+
+from robrep.adversarial import craft, write_adversarial
+from robrep.attacks import AttackSpec
+from robrep.data import evaluation_subset, read_splits
+from robrep.ids import ModelKey
+from robrep.runtime import pick_device, software_versions
+from robrep.weights import load_model
+
+from _log import redirect_to_log
+
+with redirect_to_log(snakemake):
+    p, wc = snakemake.params, snakemake.wildcards
+    torch.set_num_threads(snakemake.threads)
+    device = pick_device(snakemake.config["device"])
+    model, meta = load_model(snakemake.input.weights, device)
+    splits = read_splits(snakemake.input.splits)
+    idx = evaluation_subset(splits.y_test, p.n_examples, p.subset_seed)
+    key = ModelKey(meta["dataset"], meta["arch"], meta["method"]["id"], meta["seed"])
+    attack = AttackSpec.from_evaluation(p.attack)
+    labels = splits.y_test[idx]
+    images = craft(model, splits.x_test[idx], labels, attack, key.seed, p.batch_size, device)
+    write_adversarial(
+        snakemake.output[0],
+        images,
+        labels,
+        idx,
+        attack,
+        key.seed,
+        p.batch_size,
+        attrs={
+            "source_model_id": key.id,
+            "dataset": key.dataset,
+            "checkpoint": wc.checkpoint,
+            "epoch": meta["epoch"],
+            "split": "test",
+            "versions": software_versions(),
+        },
+    )
+    print(f"wrote {snakemake.output[0]}")
