@@ -46,9 +46,12 @@ def assert_only_one_model_planned(out: str, method_id: str) -> None:
     """The plan trains, extracts and compares one model of `method_id`, plus aggregation."""
     assert job_counts(out) == {
         "train": 1,
-        "extract": 4,
-        # cross_layer 2 + benign_vs_adversarial 1 + epochs 2 + robust_vs_standard 1
-        "similarity": 6,
+        "attack": 1,
+        # final benign and pgd, epoch1, best, its transfer-standard store and the standard
+        # model's store on its adversarial examples
+        "extract": 6,
+        # cross_layer 2 + benign_vs_adversarial 3 + epochs 2 + robust_vs_standard 2 + transfer 2
+        "similarity": 11,
         "probe": 1,
         "autoattack": 1,
         "aggregate": 1,
@@ -56,8 +59,10 @@ def assert_only_one_model_planned(out: str, method_id: str) -> None:
         "all": 1,
     }
     for job in planned_jobs(out):
-        if job["rule"] in ("train", "extract", "probe", "autoattack"):
-            assert f"method_id={method_id}" in job["wildcards"], job
+        if job["rule"] in ("train", "extract", "attack", "probe", "autoattack"):
+            # The one job of another model: the standard model on the new one's examples.
+            seen = f"method_id={method_id}" in job["wildcards"]
+            assert seen or f"inputs=transfer-{method_id}" in job["wildcards"], job
         if job["rule"] == "similarity":
             assert method_id in job["wildcards"], job
 
@@ -69,18 +74,45 @@ def test_changed_method_parameters_rerun_only_that_method(completed_run):
     assert_only_one_model_planned(out, "pgd-linf-eps0.1")
 
 
-def test_deleted_store_rebuilds_it_and_its_comparisons(completed_run):
-    store = "results/activations/digits/convnet/standard/seed0/final/pgd.zarr"
-    backup = completed_run / "pgd.zarr.bak"
-    shutil.move(completed_run / store, backup)
+def plan_without(workdir, path: str) -> str:
+    """The dry-run plan with `path` (under `workdir`) moved away; it is put back after."""
+    backup = workdir / "moved-away.bak"
+    shutil.move(workdir / path, backup)
     try:
-        out = snakemake(completed_run, "-n").stdout
+        return snakemake(workdir, "-n").stdout
     finally:
-        shutil.move(backup, completed_run / store)
+        shutil.move(backup, workdir / path)
+
+
+def test_deleted_store_rebuilds_it_and_its_comparisons(completed_run):
+    out = plan_without(
+        completed_run, "results/activations/digits/convnet/standard/seed0/final/pgd.zarr"
+    )
     counts = job_counts(out)
-    assert counts == {"extract": 1, "similarity": 2, "aggregate": 1, "figures": 1, "all": 1}
+    # cross_layer, benign_vs_adversarial, robust_vs_standard (pgd) and transfer read it
+    assert counts == {"extract": 1, "similarity": 4, "aggregate": 1, "figures": 1, "all": 1}
     similarity = [j["output"] for j in planned_jobs(out) if j["rule"] == "similarity"]
     assert all("standard.seed0.final.pgd" in path for path in similarity)
+
+
+def test_deleted_adversarial_examples_rebuild_them_and_their_readers(completed_run):
+    """The standard model's stored adversarial examples feed its pgd store and the robust
+    model's transfer store: deleting them re-runs one attack, those two stores and what reads
+    them, nothing else."""
+    out = plan_without(
+        completed_run, "results/adversarial/digits/convnet/standard/seed0/final.zarr"
+    )
+    counts = job_counts(out)
+    assert counts == {
+        "attack": 1,
+        "extract": 2,
+        "similarity": 5,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
+    }
+    stores = sorted(j["output"].split("/")[-1] for j in planned_jobs(out) if j["rule"] == "extract")
+    assert stores == ["pgd.zarr", "transfer-standard.zarr"]
 
 
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(completed_run, tmp_path):
@@ -136,7 +168,8 @@ def test_similarity_setting_plans_no_extraction(completed_run, key, value):
     config["similarity"][key] = value
     counts = job_counts(dry_run_with(completed_run, config))
     assert "extract" not in counts and "train" not in counts and "prepare_data" not in counts
-    assert counts["similarity"] == 11 and counts["aggregate"] == 1 and "probe" not in counts
+    assert counts["similarity"] == 16 and counts["aggregate"] == 1 and "probe" not in counts
+    assert "attack" not in counts
 
 
 @pytest.mark.parametrize(
@@ -185,7 +218,8 @@ def test_minibatch_partition_is_a_store_setting(completed_run, key, value):
     config = copy.deepcopy(TINY)
     config["activations"][key] = value
     counts = job_counts(dry_run_with(completed_run, config))
-    assert "train" not in counts and counts["extract"] == 8 and counts["similarity"] == 11
+    assert "train" not in counts and counts["extract"] == 10 and counts["similarity"] == 16
+    assert "attack" not in counts  # the adversarial examples do not depend on the minibatches
 
 
 def test_n_examples_above_the_test_split_plans_as_the_split(completed_run):

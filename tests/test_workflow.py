@@ -6,8 +6,10 @@ import re
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
+from robrep.activation_store import ActivationStore
 from robrep.checksums import read_json
 
 from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
@@ -54,7 +56,24 @@ def test_full_run_outputs(completed_run):
     assert list(ds.full_metric.values) == ["linear_cka_debiased", "svcca"]
     assert ds.full_similarity.dims == ("comparison", "full_metric", "feature_a", "feature_b")
     analyses = sorted(set(ds.analysis.values.tolist()))
-    assert analyses == ["benign_vs_adversarial", "cross_layer", "epochs", "robust_vs_standard"]
+    assert analyses == [
+        "benign_vs_adversarial",
+        "cross_layer",
+        "epochs",
+        "robust_vs_standard",
+        "transfer",
+    ]
+    robust_model = ds.model_method_id.values != "standard"
+    for name in (
+        "robust_vs_standard_mean_diag_pgd",
+        "transfer_standard_to_robust_mean_diag",
+        "transfer_robust_to_standard_mean_diag",
+    ):
+        robust = ds[name].values[robust_model]
+        assert np.isfinite(robust).all() and np.all((-1 <= robust) & (robust <= 1)), name
+    depth = ds["transfer_depth_below_0.9"].values  # NaN: never below 0.9
+    assert np.isnan(depth[~robust_model]).all()
+    assert np.all(np.isnan(depth[robust_model]) | ((0 <= depth) & (depth <= 1))[robust_model])
     assert "config" in ds.attrs and "versions" in ds.attrs
     for name in ("clean_acc", "robust_acc", "block_score", "best_final_drop"):
         assert name in ds
@@ -85,13 +104,69 @@ def test_full_run_outputs(completed_run):
     nc = xr.load_dataset(wd / "results/summary/similarity.nc", engine="h5netcdf")
     assert nc.sizes == ds.sizes
     figures = sorted(p.name for p in (wd / "results/figures").glob("*.png"))
-    assert len(figures) == 8
+    assert "transfer_diagonal.png" in figures and "robust_vs_standard_matrix.png" in figures
+    assert len(figures) == 10
     for fig in (wd / "results/figures").glob("*.png"):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
     assert csv[0].startswith("id,dataset,arch") and len(csv) == 3
     header = csv[0].split(",")
     assert {"robust_acc", "autoattack_acc", "autoattack_pgd_acc", "gradient_masking"} <= set(header)
+
+
+def test_transfer_stores_see_exactly_the_source_models_stored_examples(completed_run):
+    """The adversarial images are stored once per model and checkpoint, within the attack's
+    bound; a transfer store is the target model on exactly the source's stored images."""
+    from robrep.adversarial import read_adversarial
+    from robrep.data import evaluation_subset, read_splits, to_float
+    from robrep.weights import load_model
+
+    results = completed_run / "results"
+    splits = read_splits(results / "data/digits/splits.npz")
+    idx = evaluation_subset(splits.y_test, 64, 0)  # TINY: n_examples 64, split_seed 0
+    clean = to_float(splits.x_test[idx]).numpy()
+    models = results / "models/digits/convnet"
+    for method in ("standard", "pgd-linf-eps0.1"):
+        adv = read_adversarial(results / f"adversarial/digits/convnet/{method}/seed0/final.zarr")
+        np.testing.assert_array_equal(adv.sample_ids, idx)
+        np.testing.assert_array_equal(adv.labels, splits.y_test[idx])
+        assert np.abs(adv.images - clean).max() <= 0.1 + 1e-6  # evaluation eps, Linf
+        assert adv.images.min() >= 0 and adv.images.max() <= 1
+        assert adv.attrs["source_model_id"] == f"digits/convnet/{method}/seed0"
+        assert adv.attrs["attack"]["eps"] == 0.1 and adv.attrs["attack"]["steps"] == 3
+    source = read_adversarial(results / "adversarial/digits/convnet/standard/seed0/final.zarr")
+    store = ActivationStore(
+        results / "activations/digits/convnet/pgd-linf-eps0.1/seed0/final/transfer-standard.zarr"
+    )
+    assert store.attrs["source_model_id"] == "digits/convnet/standard/seed0"
+    assert store.attrs["attack"] == source.attrs["attack"]
+    target, _ = load_model(models / "pgd-linf-eps0.1/seed0/model.safetensors")
+    with torch.no_grad():  # the first stored chunk: the extraction's own first batch
+        logits = target(torch.from_numpy(source.images[:32])).numpy()
+    np.testing.assert_array_equal(store.layer("head.logits")[:32], logits)
+    own = ActivationStore(results / "activations/digits/convnet/standard/seed0/final/pgd.zarr")
+    assert own.attrs["source_model_id"] == "digits/convnet/standard/seed0"
+
+
+def test_one_attack_job_per_model_checkpoint_feeds_several_stores(completed_run):
+    out = snakemake(completed_run, "-n", "--forceall").stdout
+    jobs = planned_jobs(out)
+    attacks = [job["output"] for job in jobs if job["rule"] == "attack"]
+    assert sorted(a.split("/")[4] for a in attacks) == ["pgd-linf-eps0.1", "standard"]
+    for path in attacks:
+        readers = [j for j in jobs if j["rule"] == "extract" and path in j["input"].split(", ")]
+        kinds = sorted(re.search(r"inputs=([\w.-]+)", j["wildcards"]).group(1) for j in readers)
+        # Its own pgd store and the other model's transfer store: no attack is repeated.
+        assert kinds == ["pgd", f"transfer-{path.split('/')[4]}"], (path, kinds)
+
+
+def test_unknown_transfer_source_is_refused_naming_the_sources(completed_run):
+    target = "results/activations/digits/convnet/standard/seed0/final/transfer-pgd-linf-eps9.zarr"
+    out = snakemake(completed_run, "-n", target, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "the source model digits/convnet/pgd-linf-eps9/seed0 is not in the study" in text
+    assert "sources: digits/convnet/standard/seed0, digits/convnet/pgd-linf-eps0.1/seed0" in text
 
 
 def test_nothing_to_do_after_complete_run(completed_run):
@@ -113,11 +188,18 @@ def test_dag_pairs_for_each_analysis(completed_run):
         )
         jobs.setdefault(analysis, []).append(stores)
     assert sorted(jobs["robust_vs_standard"]) == [
-        ["pgd-linf-eps0.1/final/benign", "standard/final/benign"]
+        ["pgd-linf-eps0.1/final/benign", "standard/final/benign"],
+        ["pgd-linf-eps0.1/final/pgd", "standard/final/pgd"],
+    ]
+    assert sorted(jobs["transfer"]) == [
+        ["pgd-linf-eps0.1/final/pgd", "standard/final/transfer-pgd-linf-eps0.1"],
+        ["pgd-linf-eps0.1/final/transfer-standard", "standard/final/pgd"],
     ]
     assert sorted(jobs["benign_vs_adversarial"]) == [
         ["pgd-linf-eps0.1/final/benign", "pgd-linf-eps0.1/final/pgd"],
+        ["pgd-linf-eps0.1/final/benign", "pgd-linf-eps0.1/final/transfer-standard"],
         ["standard/final/benign", "standard/final/pgd"],
+        ["standard/final/benign", "standard/final/transfer-pgd-linf-eps0.1"],
     ]
     assert sorted(jobs["cross_layer"]) == [
         ["pgd-linf-eps0.1/final/benign"] * 2,
@@ -139,15 +221,17 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
     out = dry_run_with(wd, dict(TINY, seeds=[0, 1]))
     counts = job_counts(out)
     assert counts["train"] == 2 and "prepare_data" not in counts
-    assert counts["extract"] == 8  # 2 new models x (final benign, final pgd, epoch1, best)
-    # cross_layer 4 + benign_vs_adversarial 2 + epochs 4 + robust_vs_standard 1 + seeds 2
-    assert counts["similarity"] == 13
+    # 2 new models x (final benign, final pgd, epoch1, best) + 2 transfer stores
+    assert counts["extract"] == 10 and counts["attack"] == 2
+    # cross_layer 4 + benign_vs_adversarial 4 + epochs 4 + robust_vs_standard 2 + transfer 2
+    # + seeds 2
+    assert counts["similarity"] == 18
     assert counts["aggregate"] == 1 and counts["figures"] == 1
     assert counts["probe"] == 2  # the new models' final benign stores
     assert "seed1" in out
     jobs = planned_jobs(out)
     for job in jobs:
-        if job["rule"] in ("train", "extract"):
+        if job["rule"] in ("train", "extract", "attack"):
             assert "seed=1" in job["wildcards"], job
         if job["rule"] == "similarity":
             assert "seed1" in job["wildcards"], job
@@ -187,6 +271,15 @@ def test_adding_a_seed_schedules_only_its_jobs(completed_run, tmp_path):
             r"'similarity\.batch_size' moved to 'activations\.cka_batch_size'",
         ),
         ({"similarity": {"metrics": ["svcca"]}}, r"lacks 'minibatch_cka'"),
+        (
+            {"activations": {"inputs": ["benign", "fgsm"]}},
+            r"activations\.inputs\[1\]: unknown 'fgsm'; valid: benign, pgd; transfer inputs",
+        ),
+        (
+            {"transfer": {"directions": ["robust_to_standrd"]}},
+            r"transfer\.directions\[0\]: unknown 'robust_to_standrd' \(did you mean "
+            r"'robust_to_standard'\?\); valid: standard_to_robust, robust_to_standard",
+        ),
         ({"probes": {"folds": 1}}, r"probes\.folds: 1 is no cross-validation"),
         (
             {"evaluation": {"autoattack": {"version": ["apgd-ce", "apgd_t"]}}},

@@ -3,8 +3,8 @@ every comparison hold the same examples in the same minibatches.
 
 Snakemake decides what to rerun from file times, parameters and code, so it cannot see a chunk
 damaged inside a store or a comparison file edited in place. `verify_results` reads every weights
-file, metrics.json, autoattack.json, activation store (every chunk), comparison, probe file and
-summary under `results/` with the same verified readers the workflow uses, and lists what is
+file, metrics.json, autoattack.json, adversarial examples and activation store (every chunk),
+comparison, probe file and summary under `results/` with the same verified readers the workflow uses, and lists what is
 damaged with the command that rebuilds it (run from the directory that holds `results/`).
 """
 
@@ -60,6 +60,12 @@ def _store(path: Path, results: Path) -> None:
     ActivationStore(path).verify()
 
 
+def _adversarial(path: Path, results: Path) -> None:
+    from .adversarial import read_adversarial
+
+    read_adversarial(path)
+
+
 def _comparison(path: Path, results: Path) -> None:
     from .activation_store import ActivationStore, MismatchedStoresError, check_aligned
     from .xrio import read_netcdf
@@ -113,6 +119,7 @@ CHECKS: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
     "weights": ("models/**/*.safetensors", _weights),
     "metrics": ("models/**/metrics.json", _metrics),
     "autoattack": ("models/**/autoattack.json", _metrics),
+    "adversarial examples": ("adversarial/**/*.zarr", _adversarial),
     "store": ("activations/**/*.zarr", _store),
     "comparison": ("similarity/**/*.nc", _comparison),
     "probe": ("probes/**/*.nc", _netcdf),
