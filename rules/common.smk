@@ -2,6 +2,7 @@
 # (each rule's params are exactly the settings that define its outputs) and resources.
 import functools
 import os
+import re
 import signal
 import yaml
 from pathlib import Path
@@ -62,6 +63,9 @@ try:
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 METHODS = STUDY.methods
+# Imported models by id (the import rule's wildcard), and the pattern matching exactly them.
+EXTERNAL = {m.id: entry for m, entry in rcfg.external_models(config).items()}
+EXTERNAL_PATTERN = "|".join(re.escape(i) for i in EXTERNAL) or "(?!)"
 FEATURES = ACT.get(
     "features", ACT["layers"]
 )  # default: the Gram layers keep features too
@@ -70,7 +74,7 @@ for key in ("layers", "features"):
     if isinstance(selection, list):
         from robrep.models import build_model
 
-        for arch in config["architectures"]:
+        for arch in STUDY.architectures:
             try:
                 build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(selection)
             except ValueError as err:
@@ -259,6 +263,7 @@ def cluster_node():
 # What sizes each rule's jobs, named when a job cannot fit a node.
 SIZE_SETTINGS = {
     "train": "training.epochs/batch_size or resources.gflops",
+    "import_model": "evaluation.steps/batch_size or resources.gflops",
     "attack": "activations.n_examples/batch_size, evaluation.steps or resources.gflops",
     "extract": "activations.n_examples/cka_batch_size/passes or resources.gflops",
     "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
@@ -376,6 +381,23 @@ def autoattack_examples(wildcards):
     return min(EXAMPLES[wildcards.dataset], AUTOATTACK["n_examples"])
 
 
+def import_resource(key):
+    def value(wildcards, attempt):
+        entry = EXTERNAL[wildcards.external]
+        geo, cost = _cost(entry["dataset"], entry["arch"])
+        est = rres.attack_resources(
+            geo,
+            cost,
+            geo.examples,
+            config["evaluation"]["batch_size"],
+            config["evaluation"]["steps"],
+            GFLOPS,
+        )
+        return fitted("import_model", est, key, attempt)
+
+    return value
+
+
 def probe_resource(key):
     def value(wildcards, attempt):
         _, cost = _cost(wildcards.dataset, wildcards.arch)
@@ -418,7 +440,10 @@ def check_every_request():
     if cluster_node() is None:
         return
     for m in STUDY.models:
-        train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
+        if m.id in EXTERNAL:
+            import_resource("mem_mb")(SimpleNamespace(external=m.id), 1)
+        else:
+            train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
     for model, checkpoint in ATTACKED:
         attack_resource("mem_mb")(
             SimpleNamespace(**vars(model), checkpoint=checkpoint), 1

@@ -1,4 +1,4 @@
-# Data preparation and training: one job per dataset split, one job per model.
+# Data preparation, training and import: one job per dataset split, one job per model.
 
 
 rule prepare_data:
@@ -38,3 +38,33 @@ rule train:
         settings=train_settings,
     script:
         "../workflow_scripts/train.py"
+
+
+# An external model's "training" is its import (a changed checkpoint file reruns it and what
+# follows). Its id is one wildcard constrained to the external models' ids; the ruleorder picks
+# this rule for them, and `train` is the only rule for every other model.
+ruleorder: import_model > train
+
+
+rule import_model:
+    input:
+        checkpoint=lambda wc: EXTERNAL[wc.external]["checkpoint"],
+        splits=lambda wc: splits_path(EXTERNAL[wc.external]["dataset"]),
+    output:
+        model=f"{RESULTS}/models/{{external}}/model.safetensors",
+        metrics=f"{RESULTS}/models/{{external}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/import_model/{{external}}.log",
+    wildcard_constraints:
+        external=EXTERNAL_PATTERN,
+    threads: config["threads"]["train"]
+    resources:
+        mem_mb=import_resource("mem_mb"),
+        runtime=import_resource("runtime"),
+        gpu=GPU,
+    params:
+        entry=lambda wc: EXTERNAL[wc.external],
+        evaluation=evaluation_attack(),
+        eval_batch_size=config["evaluation"]["batch_size"],
+    script:
+        "../workflow_scripts/import_model.py"

@@ -226,3 +226,80 @@ def test_bootstrap_without_two_minibatches_is_refused():
     rcfg.check_minibatches(
         validated({"activations": {**few, "passes": 2}, "similarity": {"bootstrap": 200}})
     )
+
+
+def external(tmp_path, **changes):
+    checkpoint = tmp_path / "w.pt"
+    checkpoint.write_bytes(b"")
+    entry = {
+        "name": "theirs",
+        "dataset": "digits",
+        "arch": "convnet",
+        "checkpoint": str(checkpoint),
+        "method": {"method": "pgd", "norm": "linf", "eps": "8/255"},
+    }
+    entry.update(changes)
+    return entry
+
+
+def test_external_models_are_checked_and_keyed(tmp_path):
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["external_models"] = [external(tmp_path), external(tmp_path, name="other", seed=5)]
+    check(cfg)
+    models = rcfg.external_models(cfg)
+    assert [m.id for m in models] == [
+        "digits/convnet/pgd-linf-eps8_255/seed0",
+        "digits/convnet/pgd-linf-eps8_255/seed5",
+    ]
+    first = next(iter(models.values()))
+    assert first["method"]["eps"] == pytest.approx(8 / 255) and first["strip_prefix"] == "module."
+    # External models only: no architectures, methods or seeds.
+    only = {"datasets": ["digits"], "external_models": [external(tmp_path)]}
+    check(only)
+    from robrep.analyses import Study
+
+    study = Study.from_config(
+        {
+            **only,
+            "training": {"epochs": 2, "checkpoint_every": 1},
+            "activations": {"inputs": ["benign", "pgd"]},
+        }
+    )
+    assert [m.id for m in study.models] == ["digits/convnet/pgd-linf-eps8_255/seed0"]
+    assert study.external == frozenset(study.models)
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"name": "a b"}, r"external_models\[0\]\.name: 'a b' cannot be used in a path"),
+        ({"arch": "resnet9"}, r"external_models\[0\]\.arch: unknown architecture 'resnet9'"),
+        ({"method": {"method": "standard", "eps": 0.1}}, r"standard takes no \['eps'\]"),
+        (
+            {"method": {"method": "pgd", "norm": "linf", "eps": 0}},
+            r"method\.eps: 0 is method 'standard'",
+        ),
+        # the default config trains convnet/standard/seed0 itself
+        (
+            {"method": {"method": "standard"}},
+            r"its model id digits/convnet/standard/seed0 is also trained",
+        ),
+    ],
+)
+def test_bad_external_models(tmp_path, changes, pattern):
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["external_models"] = [external(tmp_path, **changes)]
+    with pytest.raises(rcfg.ConfigError, match=pattern):
+        check(cfg)
+
+
+def test_no_models_and_half_given_grids_are_refused(tmp_path):
+    with pytest.raises(rcfg.ConfigError, match="no models: give architectures, methods and seeds"):
+        check({"datasets": ["digits"]})
+    with pytest.raises(
+        rcfg.ConfigError, match="methods, seeds: empty, so no model would be trained"
+    ):
+        check({"datasets": ["digits"], "architectures": ["convnet"]})
+    twice = {"datasets": ["digits"], "external_models": [external(tmp_path)] * 2}
+    with pytest.raises(rcfg.ConfigError, match=r"name: 'theirs' repeats external_models\[0\]"):
+        check(twice)

@@ -152,6 +152,24 @@ def test_adding_an_epsilon_schedules_only_its_jobs(completed_run):
     assert_only_one_model_planned(out, "pgd-linf-eps1_5")
 
 
+def test_adding_an_architecture_schedules_only_its_jobs(completed_run):
+    """A wider convnet: its two models are trained, attacked, extracted (with the transfer stores
+    between them), compared, probed and attacked with AutoAttack; nothing of convnet reruns."""
+    config = copy.deepcopy(TINY)
+    config["architectures"] = ["convnet", "convnet-2"]
+    out = dry_run_with(completed_run, config)
+    counts = job_counts(out)
+    assert counts["train"] == 2 and counts["attack"] == 2 and counts["extract"] == 10
+    # 16 comparisons of the new models, as TINY's, + width_depth convnet x convnet-2 for each
+    assert counts["similarity"] == 18
+    assert counts["probe"] == 2 and counts["autoattack"] == 2
+    for job in planned_jobs(out):
+        if job["rule"] in ("train", "extract", "attack", "probe", "autoattack"):
+            assert "arch=convnet-2" in job["wildcards"], job
+        if job["rule"] == "similarity":
+            assert "convnet-2" in job["wildcards"], job
+
+
 @pytest.mark.parametrize(
     "key, value",
     [

@@ -125,7 +125,11 @@ class LayerRecorder:
             if not self.active:
                 return
             if name in self.outputs:
-                raise RuntimeError(f"layer {name!r} fired twice in one forward pass")
+                raise RuntimeError(
+                    f"layer {name!r} fired twice in one forward pass: the module is reused (as "
+                    f"torchvision ResNet's block ReLU), so its outputs cannot be told apart; "
+                    f"probe other layers (`layers: all` leaves reused modules out)"
+                )
             self.outputs[name] = self.transform(name, output.detach())
 
         return hook

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import activation_checkpoints, resolve_method
+from .config import activation_checkpoints, external_models, resolve_method
 from .ids import (
     BENIGN,
     OWN_ADVERSARIAL,
@@ -52,24 +52,30 @@ class Study:
     seeds: tuple[int, ...]
     architectures: tuple[str, ...]
     transfer: tuple[str, ...] = TRANSFER_DIRECTIONS  # directions of the transfer comparisons
+    external: frozenset[ModelKey] = frozenset()  # imported models: final weights only
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Study:
-        methods = {m["id"]: m for m in map(resolve_method, config["methods"])}
+        methods = {m["id"]: m for m in map(resolve_method, config.get("methods", []))}
+        external = external_models(config)
+        trained = tuple(
+            ModelKey(d, a, m, s)
+            for d in config["datasets"]
+            for a in config.get("architectures", [])
+            for m in methods
+            for s in config.get("seeds", [])
+        )
+        for entry in external.values():
+            methods.setdefault(entry["method"]["id"], entry["method"])
         return cls(
-            models=tuple(
-                ModelKey(d, a, m, s)
-                for d in config["datasets"]
-                for a in config["architectures"]
-                for m in methods
-                for s in config["seeds"]
-            ),
+            models=trained + tuple(external),
             methods=methods,
             checkpoints=tuple(activation_checkpoints(config)),
             adversarial_inputs=OWN_ADVERSARIAL in config["activations"]["inputs"],
-            seeds=tuple(config["seeds"]),
-            architectures=tuple(config["architectures"]),
+            seeds=tuple(sorted({int(m.seed) for m in trained + tuple(external)})),
+            architectures=tuple(dict.fromkeys(m.arch for m in trained + tuple(external))),
             transfer=tuple(config.get("transfer", {}).get("directions", TRANSFER_DIRECTIONS)),
+            external=frozenset(external),
         )
 
     def robust_models(self) -> Iterable[tuple[ModelKey, ModelKey]]:
@@ -293,6 +299,8 @@ def _benign_vs_adversarial_summary(m: np.ndarray, comparison: Mapping[str, Any])
 
 def _epochs_pairs(study: Study) -> Iterable[Pair]:
     for m in study.models:
+        if m in study.external:
+            continue  # an imported model has its final weights only
         for checkpoint in study.checkpoints:
             if checkpoint != "final":
                 yield StoreKey(m, checkpoint=checkpoint), StoreKey(m)
@@ -431,10 +439,14 @@ def comparisons(study: Study, analyses: Sequence[str]) -> dict[tuple[str, str, s
     never as all models x all models.
     """
     out: dict[tuple[str, str, str], Pair] = {}
+    models = set(study.models)
     for name, analysis in ANALYSES.items():
         if name in analyses:
             for a, b in analysis.pairs(study):
-                out[(name, a.model.dataset, comparison_id(a, b))] = (a, b)
+                # A partner the study lacks (an imported model's seed or arch that nothing
+                # else has) is no pair.
+                if a.model in models and b.model in models:
+                    out[(name, a.model.dataset, comparison_id(a, b))] = (a, b)
     return out
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from .attacks import DEFAULT_STEPS, default_step_size
-from .ids import BENIGN, OWN_ADVERSARIAL, SAFE_ID, TRANSFER, method_id
+from .ids import BENIGN, OWN_ADVERSARIAL, SAFE_ID, TRANSFER, ModelKey, method_id
 
 METHODS = ("standard", "pgd", "trades")
 NORMS = ("linf", "l2")
@@ -198,6 +199,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"(eps {config['methods'][j].get('eps')!r}): the same training twice; keep one"
             )
         parsed[same] = i
+    check_external_models(config)
     seeds = config.get("seeds") or []
     for i, seed in enumerate(seeds):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -230,6 +232,102 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"analyses: empty, so nothing would be compared; choose from {', '.join(ANALYSES)}"
         )
+
+
+def check_external_models(config: Mapping[str, Any]) -> None:
+    """Each `external_models` entry: a unique safe name, a study dataset, a buildable
+    architecture, a method as for training (its eps parsed, no training-only keys), an existing
+    checkpoint, and a model id no trained model or other entry has; and some model at all."""
+    from .models import check_architecture
+
+    entries = config.get("external_models") or []
+    trained = [config.get(k) or [] for k in ("architectures", "methods", "seeds")]
+    if any(trained) and not all(trained):
+        empty = [
+            k for k, v in zip(("architectures", "methods", "seeds"), trained, strict=True) if not v
+        ]
+        raise ConfigError(
+            f"{', '.join(empty)}: empty, so no model would be trained; give "
+            f"architectures, methods and seeds, or none of them (external models only)"
+        )
+    if "datasets" in config and not entries and not all(trained):
+        raise ConfigError(
+            "no models: give architectures, methods and seeds to train, or external_models"
+        )
+    datasets = list(config.get("datasets") or [])
+    trained_ids = {
+        (d, a, method_id(m), s)
+        for d in datasets
+        for a in trained[0]
+        for m in trained[1]
+        if isinstance(m, Mapping) and m.get("method") in METHODS
+        for s in trained[2]
+    }
+    names: dict[str, int] = {}
+    ids: dict[tuple, int] = {}
+    for i, entry in enumerate(entries):
+        key = f"external_models[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{key}: {entry!r} must be a mapping with name, dataset, arch, ...")
+        name = check_safe_name(entry.get("name"), f"{key}.name")
+        if name in names:
+            raise ConfigError(f"{key}.name: {name!r} repeats external_models[{names[name]}]")
+        names[name] = i
+        if entry.get("dataset") not in datasets:
+            raise ConfigError(
+                f"{key}.dataset: {entry.get('dataset')!r} is not one of the study's datasets "
+                f"({', '.join(map(str, datasets))})"
+            )
+        try:
+            check_architecture(str(entry.get("arch")))
+        except ValueError as err:
+            raise ConfigError(f"{key}.arch: {err}") from None
+        method = entry.get("method")
+        if not isinstance(method, Mapping) or method.get("method") not in METHODS:
+            raise ConfigError(
+                f"{key}.method: {method!r} must be {{method: standard}} or {{method: pgd|trades, "
+                f"norm: linf|l2, eps: ...}}"
+            )
+        if method["method"] != "standard":
+            if method.get("norm") not in NORMS or "eps" not in method:
+                raise ConfigError(f"{key}.method: {method['method']} needs norm and eps")
+            if parse_eps(method["eps"], f"{key}.method.eps") == 0:
+                raise ConfigError(f"{key}.method.eps: 0 is method 'standard'")
+        elif set(method) - {"method"}:
+            raise ConfigError(f"{key}.method: standard takes no {sorted(set(method) - {'method'})}")
+        checkpoint = Path(str(entry.get("checkpoint")))
+        if not checkpoint.is_file():
+            raise ConfigError(f"{key}.checkpoint: {str(checkpoint)!r} is not a file")
+        model = (entry["dataset"], entry["arch"], method_id(method), int(entry.get("seed", 0)))
+        if model in trained_ids:
+            raise ConfigError(
+                f"{key}: its model id {'/'.join(map(str, model[:3]))}/seed{model[3]} is also "
+                f"trained by this config; give it another seed"
+            )
+        if model in ids:
+            raise ConfigError(
+                f"{key}: same dataset, arch, method and seed as external_models[{ids[model]}]; "
+                f"give one of them another seed"
+            )
+        ids[model] = i
+
+
+def external_models(config: Mapping[str, Any]) -> dict[ModelKey, dict[str, Any]]:
+    """The `external_models` entries by model id, each with its method resolved (as for
+    training: `resolve_method`) and its defaults filled."""
+    out = {}
+    for entry in config.get("external_models") or []:
+        method = resolve_method(entry["method"])
+        key = ModelKey(entry["dataset"], entry["arch"], method["id"], int(entry.get("seed", 0)))
+        out[key] = {
+            "format": "torch",
+            "strip_prefix": "module.",
+            "normalize": "none",
+            "seed": 0,
+            **entry,
+            "method": method,
+        }
+    return out
 
 
 def _check_choices(values: Any, key: str, valid: list[str], hint: str = "") -> None:

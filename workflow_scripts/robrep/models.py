@@ -8,6 +8,7 @@ module, so a forward hook sees each activation exactly once and nothing later ov
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -58,9 +59,11 @@ class Head(nn.Module):
 
 
 class ProbedNet(nn.Module):
-    """Base class: `normalize`, a body of named blocks, `head`; `block_names` in network order."""
+    """Base class: `normalize`, a body of named blocks, `head`; `block_names` in network order.
+    `checkpoint_prefix`: what a foreign checkpoint's keys lack (a wrapped network's `net.`)."""
 
     block_names: list[str]
+    checkpoint_prefix: str = ""
 
     def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
         """Ordered probe layer names: ``"blocks"``, ``"all"`` or an explicit list (validated)."""
@@ -141,6 +144,8 @@ class BasicBlock(nn.Module):
 class PreActBlock(nn.Module):
     """Pre-activation block (He et al. 2016b); used by PreAct ResNet and Wide ResNet."""
 
+    shortcut_name = "shortcut"  # the projection shortcut's module name (None when not needed)
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -149,13 +154,17 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+        needed = stride != 1 or cin != cout
+        setattr(
+            self,
+            self.shortcut_name,
+            nn.Conv2d(cin, cout, 1, stride, bias=False) if needed else None,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        project = getattr(self, self.shortcut_name)
+        shortcut = project(out) if project is not None else x
         out = self.conv1(out)
         out = self.conv2(self.relu2(self.bn2(out)))
         return out + shortcut
@@ -228,6 +237,117 @@ class WideResNet(ProbedNet):
         return self.head(self.final(x))
 
 
+class ReleaseBlock(PreActBlock):
+    """The released code's WRN block (`models/wide_resnet.py` of Cianfarani et al. 2022): the
+    same pre-activation block, with its shortcut under the release's name, `convShortcut`."""
+
+    shortcut_name = "convShortcut"
+
+
+class ReleaseWideResNet(ProbedNet):
+    """WRN-depth-width with the released code's state-dict keys (conv1, block{1,2,3}.layer.{i},
+    bn1, relu, avgpool, fc), so its checkpoints (`cifar10_wrn_28_4_{nonrobust,robust_linf}_last
+    .pth.tar`, keys prefixed `module.`) load after stripping the prefix. The release normalises
+    nothing inside the model (its data are [0, 1] pixels): `normalize` is the identity unless the
+    import says otherwise."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, depth: int, width: int):
+        super().__init__()
+        n = (depth - 4) // 6
+        channels = [16, 16 * width, 32 * width, 64 * width]
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)
+        names = ["conv1"]
+        for i in range(3):
+            blocks = [
+                ReleaseBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], s)
+                for j, s in enumerate([1 if i == 0 else 2] + [1] * (n - 1))
+            ]
+            stage = nn.Module()
+            stage.layer = nn.Sequential(*blocks)
+            setattr(self, f"block{i + 1}", stage)
+            names += [f"block{i + 1}.layer.{j}" for j in range(n)]
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.relu = nn.ReLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # the release's AvgPool2d(8) on 32 px inputs
+        self.fc = nn.Linear(channels[3], num_classes)
+        self.block_names = names + ["relu", "avgpool", "fc"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(self.normalize(x))
+        for stage in (self.block1, self.block2, self.block3):
+            x = stage.layer(x)
+        return self.fc(self.avgpool(self.relu(self.bn1(x))).flatten(1))
+
+
+class TorchvisionNet(ProbedNet):
+    """A torchvision classifier (`torchvision.models.get_model(name, weights=None)`) behind
+    `normalize`, under `net.` (its own state-dict keys with that prefix). In-place ReLUs are
+    switched off, so a hook's output is never overwritten; blocks are `net`'s direct children;
+    `all` leaves out modules that run more than once per forward (torchvision ResNet's block
+    ReLU), naming them, since their calls cannot be told apart."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, name: str):
+        super().__init__()
+        from torchvision import models as tv
+
+        self.normalize = Normalize(mean, std)
+        self.net = tv.get_model(name, weights=None, num_classes=num_classes)
+        self.checkpoint_prefix = "net."
+        for module in self.net.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        self.in_channels = in_channels
+        self.block_names = [f"net.{child}" for child, _ in self.net.named_children()]
+        self._reused: list[str] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def reused_modules(self) -> list[str]:
+        """Probe-type modules that run more than once in one forward pass (found by tracing one
+        32 x 32 example)."""
+        if self._reused is None:
+            calls: dict[str, int] = {}
+            hooks = [
+                module.register_forward_hook(
+                    lambda m, a, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1)
+                )
+                for name, module in self.named_modules()
+                if isinstance(module, PROBE_TYPES)
+            ]
+            was = self.training
+            try:
+                with torch.no_grad():
+                    self.eval()(torch.zeros(1, self.in_channels, 32, 32))
+            finally:
+                self.train(was)
+                for h in hooks:
+                    h.remove()
+            self._reused = sorted(n for n, count in calls.items() if count > 1)
+        return self._reused
+
+    def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
+        reused = self.reused_modules()
+        if which == "all":
+            layers = [n for n in super().probe_layers("all") if n not in reused]
+            if reused:
+                print(
+                    f"layers: all leaves out {len(reused)} module(s) that run more than once per "
+                    f"forward (outputs not separable): {', '.join(reused)}",
+                    file=sys.stderr,
+                )
+            return layers
+        layers = super().probe_layers(which)
+        bad = [n for n in layers if n in reused]
+        if bad:
+            raise ValueError(
+                f"layer(s) {bad} run more than once per forward pass (reused modules): their "
+                f"outputs cannot be told apart; probe other layers"
+            )
+        return layers
+
+
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
@@ -287,6 +407,18 @@ ARCHITECTURES = [
         lambda m, **kw: WideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
     ),
     Architecture(re.compile(r"^vgg16_bn$"), "vgg16_bn", "vgg16_bn", lambda m, **kw: VGG16BN(**kw)),
+    Architecture(
+        re.compile(r"^release-wrn-(\d+)-(\d+)$"),
+        "release-wrn-{depth}-{width} (the paper's released WRN, its checkpoints' keys)",
+        "release-wrn",
+        lambda m, **kw: ReleaseWideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
+    ),
+    Architecture(
+        re.compile(r"^torchvision-([a-z0-9_]+)$"),
+        "torchvision-{name} (a torchvision classifier, e.g. torchvision-resnet18)",
+        "torchvision",
+        lambda m, **kw: TorchvisionNet(name=m.group(1), **kw),
+    ),
 ]
 REGISTRY = [a.description for a in ARCHITECTURES]
 
@@ -296,7 +428,16 @@ def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
     for arch in ARCHITECTURES:
         match = arch.pattern.match(name)
         if match:
-            if arch.family == "wrn":
+            if arch.family == "torchvision":
+                from torchvision import models as tv
+
+                names = tv.list_models(module=tv)
+                if match.group(1) not in names:
+                    raise ValueError(
+                        f"{name!r}: torchvision has no classifier {match.group(1)!r}; e.g. "
+                        f"{', '.join(n for n in names if n.startswith(('resnet', 'vgg')))}"
+                    )
+            if arch.family in ("wrn", "release-wrn"):
                 depth, width = int(match.group(1)), int(match.group(2))
                 if depth < 10 or (depth - 4) % 6 or width < 1:
                     raise ValueError(
