@@ -179,8 +179,7 @@ def extract_inputs(wildcards):
         raise WorkflowError(str(err))
     if source is None:
         return inputs
-    known = {m.with_(seed=int(m.seed)) for m in STUDY.models}
-    if source.with_(seed=int(source.seed)) not in known:
+    if source.with_(seed=int(source.seed)) not in STUDY.models:
         raise WorkflowError(
             f"inputs {wildcards.inputs!r} of {model.id}: the source model {source.id} is not in "
             f"the study; sources: "
