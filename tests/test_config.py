@@ -276,6 +276,11 @@ def test_external_models_are_checked_and_keyed(tmp_path):
         ({"arch": "resnet9"}, r"external_models\[0\]\.arch: unknown architecture 'resnet9'"),
         ({"method": {"method": "standard", "eps": 0.1}}, r"standard takes no \['eps'\]"),
         (
+            {"input_size": 32},
+            r"input_size: the weights expect 32 px images, but digits is prepared at 16 px; set "
+            r"dataset_options\.digits\.image_size: 32",
+        ),
+        (
             {"method": {"method": "pgd", "norm": "linf", "eps": 0}},
             r"method\.eps: 0 is method 'standard'",
         ),

@@ -236,8 +236,9 @@ def check_config(config: Mapping[str, Any]) -> None:
 
 def check_external_models(config: Mapping[str, Any]) -> None:
     """Each `external_models` entry: a unique safe name, a study dataset, a buildable
-    architecture, a method as for training (its eps parsed, no training-only keys), an existing
-    checkpoint, and a model id no trained model or other entry has; and some model at all."""
+    architecture, a method as for training (its eps parsed, no training-only keys), the
+    dataset's image size when it gives `input_size`, an existing checkpoint, and a model id no
+    trained model or other entry has; and some model at all."""
     from .models import check_architecture
 
     entries = config.get("external_models") or []
@@ -295,6 +296,18 @@ def check_external_models(config: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{key}.method.eps: 0 is method 'standard'")
         elif set(method) - {"method"}:
             raise ConfigError(f"{key}.method: standard takes no {sorted(set(method) - {'method'})}")
+        if "input_size" in entry:
+            from .data import input_geometry
+
+            options = (config.get("dataset_options") or {}).get(entry["dataset"])
+            _, size = input_geometry(entry["dataset"], options)
+            if entry["input_size"] != size:
+                raise ConfigError(
+                    f"{key}.input_size: the weights expect {entry['input_size']} px images, "
+                    f"but {entry['dataset']} is prepared at {size} px; set "
+                    f"dataset_options.{entry['dataset']}.image_size: {entry['input_size']} "
+                    f"(every model of the dataset sees the same images)"
+                )
         checkpoint = Path(str(entry.get("checkpoint")))
         if not checkpoint.is_file():
             raise ConfigError(f"{key}.checkpoint: {str(checkpoint)!r} is not a file")
