@@ -26,7 +26,9 @@ from .runtime import software_versions
 from .weights import save_weights
 
 FORMATS = ("torch", "safetensors")
-NORMALIZE_KEYS = ("normalize.mean", "normalize.std")  # set from the import's normalize, not read
+# The input normalisation's buffers: from the checkpoint when it carries them (robrep weights),
+# else from the entry's `normalize`.
+NORMALIZE_KEYS = ("normalize.mean", "normalize.std")
 
 
 class CheckpointError(ValueError):
