@@ -95,9 +95,9 @@ STORES = sorted(  # every store a comparison or a probe reads, once
 ATTACKED = (
     sorted(  # (model, checkpoint) of every adversarial store the stores read, once
         {
-            (adversarial_source(s.inputs, s.model), s.checkpoint)
+            (source, s.checkpoint)
             for s in STORES
-            if adversarial_source(s.inputs, s.model) is not None
+            if (source := adversarial_source(s.inputs, s.model)) is not None
         },
         key=lambda mc: adversarial_path(RESULTS, *mc),
     )

@@ -13,10 +13,8 @@ import torch
 
 from robrep.adversarial import craft, write_adversarial
 from robrep.attacks import AttackSpec
-from robrep.data import evaluation_subset, read_splits
-from robrep.ids import ModelKey
 from robrep.runtime import pick_device, software_versions
-from robrep.weights import load_model
+from robrep.weights import load_on_subset
 
 from _log import redirect_to_log
 
@@ -24,18 +22,17 @@ with redirect_to_log(snakemake):
     p, wc = snakemake.params, snakemake.wildcards
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.config["device"])
-    model, meta = load_model(snakemake.input.weights, device)
-    splits = read_splits(snakemake.input.splits)
-    idx = evaluation_subset(splits.y_test, p.n_examples, p.subset_seed)
-    key = ModelKey(meta["dataset"], meta["arch"], meta["method"]["id"], meta["seed"])
+    m = load_on_subset(
+        snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
+    )
+    key = m.key
     attack = AttackSpec.from_evaluation(p.attack)
-    labels = splits.y_test[idx]
-    images = craft(model, splits.x_test[idx], labels, attack, key.seed, p.batch_size, device)
+    images = craft(m.model, m.images, m.labels, attack, key.seed, p.batch_size, device)
     write_adversarial(
         snakemake.output[0],
         images,
-        labels,
-        idx,
+        m.labels,
+        m.sample_ids,
         attack,
         key.seed,
         p.batch_size,
@@ -43,7 +40,7 @@ with redirect_to_log(snakemake):
             "source_model_id": key.id,
             "dataset": key.dataset,
             "checkpoint": wc.checkpoint,
-            "epoch": meta["epoch"],
+            "epoch": m.meta["epoch"],
             "split": "test",
             "versions": software_versions(),
         },

@@ -13,10 +13,9 @@ from threadpoolctl import threadpool_limits
 
 from robrep.activation_store import StoreLayout, extract_to_store
 from robrep.adversarial import read_adversarial
-from robrep.data import evaluation_subset, pass_orders, read_splits
-from robrep.ids import ModelKey
+from robrep.data import pass_orders
 from robrep.runtime import pick_device, software_versions
-from robrep.weights import load_model
+from robrep.weights import load_on_subset
 
 from _log import redirect_to_log
 
@@ -24,12 +23,11 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
     p, wc = snakemake.params, snakemake.wildcards
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.config["device"])
-    model, meta = load_model(snakemake.input.weights, device)
-    splits = read_splits(snakemake.input.splits)
-    idx = evaluation_subset(splits.y_test, p.n_examples, p.subset_seed)
-    labels = splits.y_test[idx]
-    key = ModelKey(meta["dataset"], meta["arch"], meta["method"]["id"], meta["seed"])
-    images, adversarial = splits.x_test[idx], {"attack": None}
+    m = load_on_subset(
+        snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
+    )
+    model, meta, key, idx, labels = m.model, m.meta, m.key, m.sample_ids, m.labels
+    images, adversarial = m.images, {"attack": None}
     if "adversarial" in snakemake.input.keys():  # pgd or transfer inputs: stored examples
         stored = read_adversarial(snakemake.input.adversarial)
         images = stored.matching(idx, labels, snakemake.input.adversarial)

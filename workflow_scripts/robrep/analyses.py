@@ -67,13 +67,14 @@ class Study:
         )
         for entry in external.values():
             methods.setdefault(entry["method"]["id"], entry["method"])
+        models = trained + tuple(external)
         return cls(
-            models=trained + tuple(external),
+            models=models,
             methods=methods,
             checkpoints=tuple(activation_checkpoints(config)),
             adversarial_inputs=OWN_ADVERSARIAL in config["activations"]["inputs"],
-            seeds=tuple(sorted({int(m.seed) for m in trained + tuple(external)})),
-            architectures=tuple(dict.fromkeys(m.arch for m in trained + tuple(external))),
+            seeds=tuple(sorted({int(m.seed) for m in models})),
+            architectures=tuple(dict.fromkeys(m.arch for m in models)),
             transfer=tuple(config.get("transfer", {}).get("directions", TRANSFER_DIRECTIONS)),
             external=frozenset(external),
         )

@@ -54,6 +54,12 @@ class ModelKey:
         return f"{self.dataset}/{self.arch}/{self.method_id}/seed{self.seed}"
 
     @classmethod
+    def of(cls, model: Mapping[str, Any]) -> ModelKey:
+        """The key of a model described by weights metadata or a metrics.json `model` entry
+        (dataset, arch, resolved method, seed)."""
+        return cls(model["dataset"], model["arch"], model["method"]["id"], int(model["seed"]))
+
+    @classmethod
     def parse(cls, text: str) -> ModelKey:
         """Inverse of `id`."""
         parts = text.split("/")

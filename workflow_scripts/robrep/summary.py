@@ -190,11 +190,6 @@ def _matrix(ds: xr.Dataset, c: int, metric: str) -> np.ndarray:
     return ds["similarity"].sel(metric=metric).isel(comparison=c).values[:la, :lb]
 
 
-def _model_key(model: Mapping[str, Any]) -> ModelKey:
-    """The key of a metrics.json's `model` entry."""
-    return ModelKey(model["dataset"], model["arch"], model["method"]["id"], int(model["seed"]))
-
-
 def model_summaries(
     ds: xr.Dataset,
     models: Sequence[Mapping[str, Any]],
@@ -204,7 +199,7 @@ def model_summaries(
     """Every analysis's per-model summaries (NaN where a model has none) and the accuracies, from
     the comparisons in `ds` (and, given, each comparison's own Dataset `parts[c]`, for summaries
     that need its per-batch terms) and the models' parsed metrics.json."""
-    keys = [_model_key(m["model"]) for m in models]
+    keys = [ModelKey.of(m["model"]) for m in models]
     index = {key: i for i, key in enumerate(keys)}
     n_layer = ds.sizes["layer_a"]
     values = {

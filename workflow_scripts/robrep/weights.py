@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .checksums import DamagedArtefactError, rebuild_command
+from .data import evaluation_subset, read_splits
+from .ids import ModelKey
 from .models import ProbedNet, build_model
 from .runtime import atomic_output
 
@@ -91,3 +95,31 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     )
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+@dataclass(frozen=True)
+class ModelOnSubset:
+    """A model's weights loaded with the examples a rule evaluates it on: the fixed seeded
+    subset of the test split (`data.evaluation_subset`)."""
+
+    model: ProbedNet
+    meta: dict
+    key: ModelKey
+    images: np.ndarray
+    labels: np.ndarray
+    sample_ids: np.ndarray
+
+
+def load_on_subset(
+    weights: str | Path,
+    splits: str | Path,
+    n_examples: int,
+    subset_seed: int,
+    device: str | torch.device = "cpu",
+) -> ModelOnSubset:
+    """`load_model(weights)` and the `n_examples` test examples chosen by `subset_seed`: what
+    the attack, extraction and AutoAttack rules all start from."""
+    model, meta = load_model(weights, device)
+    data = read_splits(splits)
+    idx = evaluation_subset(data.y_test, n_examples, subset_seed)
+    return ModelOnSubset(model, meta, ModelKey.of(meta), data.x_test[idx], data.y_test[idx], idx)
