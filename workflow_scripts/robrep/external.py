@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .runtime import software_versions
 from .weights import save_weights
 
 FORMATS = ("torch", "safetensors")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes torch puts in its messages
 # The input normalisation's buffers: from the checkpoint when it carries them (robrep weights),
 # else from the entry's `normalize`.
 NORMALIZE_KEYS = ("normalize.mean", "normalize.std")
@@ -64,7 +66,7 @@ def read_state_dict(
                 f"would run code from the file). Convert it where you trust it: "
                 f"`torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')` "
                 f"(or save_file(...) to safetensors) and point checkpoint at the result. "
-                f"torch said: {str(err).splitlines()[0]}"
+                f"torch said: {re.sub(ANSI, '', str(err).splitlines()[0]).strip()}"
             ) from err
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"checkpoint {path} is not a torch file: {err}") from err
