@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstalls only when a requirements file or pyproject.toml changes.
-$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt requirements-robustbench.txt pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, torchvision, snakemake, zarr, xarray, robrep"

@@ -47,4 +47,4 @@ rule autoattack:
         n_examples=autoattack_examples,
         subset_seed=config["split_seed"],
     script:
-        "../workflow_scripts/autoattack.py"
+        "../workflow_scripts/evaluate_autoattack.py"

@@ -128,11 +128,45 @@ def test_torchvision_state_dict(tmp_path):
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(got(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-5)
-    layers = got.probe_layers("all")  # the block ReLU runs twice per block: left out, named
-    assert "net.layer1.0.relu" not in layers and "net.layer1.0.conv1" in layers
-    with pytest.raises(ValueError, match=r"\['net.layer1.0.relu'\] run more than once"):
-        got.probe_layers(["net.layer1.0.relu"])
     assert not any(m.inplace for m in got.modules() if isinstance(m, torch.nn.ReLU))
+
+
+def test_reused_modules_are_probed_per_call():
+    """torchvision ResNet's block ReLU runs twice per block: `all` probes each call, in the order
+    the layers fire, and each call's output is its own (never the later one's)."""
+    from robrep.activation_store import LayerRecorder
+
+    model = source_model("torchvision-resnet18", channels=3)
+    layers = model.probe_layers("all")
+    block = [n for n in layers if n.startswith("net.layer1.0.")]
+    assert block == [
+        "net.layer1.0.conv1",
+        "net.layer1.0.bn1",
+        "net.layer1.0.relu@1",
+        "net.layer1.0.conv2",
+        "net.layer1.0.bn2",
+        "net.layer1.0.relu@2",
+    ]
+    assert len(layers) == len(set(layers)) == 60  # 21 convs, 20 BNs, 17 ReLU calls, pools, fc
+    recorder = LayerRecorder(model, layers)
+    out = recorder.record(model, torch.rand(3, 3, 32, 32))
+    recorder.remove()
+    torch.testing.assert_close(out["net.layer1.0.relu@1"], out["net.layer1.0.bn1"].clamp(min=0))
+    torch.testing.assert_close(
+        out["net.layer1.0.relu@2"], (out["net.layer1.0.bn2"] + out["net.maxpool"]).clamp(min=0)
+    )
+    # A list names calls; the bare name of a reused module is refused, naming its calls.
+    assert model.probe_layers(["net.layer1.0.relu@2", "net.conv1"]) == [
+        "net.conv1",
+        "net.layer1.0.relu@2",
+    ]
+    with pytest.raises(
+        ValueError, match=r"runs 2 times .*net.layer1.0.relu@1, net.layer1.0.relu@2"
+    ):
+        model.probe_layers(["net.layer1.0.relu"])
+    bare = LayerRecorder(model, ["net.layer1.0.relu"])
+    with pytest.raises(RuntimeError, match=r"fired twice in one forward pass.*relu@1"):
+        bare.record(model, torch.rand(1, 3, 32, 32))
 
 
 def test_pickled_objects_are_refused_with_how_to_convert(tmp_path):
@@ -183,3 +217,121 @@ def test_imported_models_accuracy_matches_a_direct_forward(tmp_path):
     loaded, meta = load_model(tmp_path / "out" / "model.safetensors")
     assert meta["method"]["id"] == "pgd-linf-eps0.1" and meta["external"]["name"] == "ext"
     same_outputs(loaded, model)
+
+
+def robustbench_or_skip():
+    """robustbench, with the extra installed (`pip install -e '.[robustbench]'`)."""
+    try:
+        from robrep.robustbench_zoo import import_robustbench
+
+        return import_robustbench()
+    except ImportError as err:
+        pytest.skip(f"the robustbench extra is not installed: {err}")
+
+
+RB_ARCH, RB_NAME = (
+    "robustbench-linf-Ding2020MMA",
+    "Ding2020MMA",
+)  # WRN-28-4, the zoo's smallest Linf
+
+
+def robustbench_checkpoint(model_dir, seed=0):
+    """Zoo model Ding2020MMA with non-trivial weights, saved where RobustBench's loader keeps it
+    ({model_dir}/cifar10/Linf/Ding2020MMA.pt) as its released checkpoints are: a dict with the
+    state dict under `state_dict`, keys prefixed `module.` (DataParallel)."""
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(seed)
+    model = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf][RB_NAME]["model"]().train()
+    with torch.no_grad():
+        model(torch.rand(8, 3, 32, 32))
+    path = model_dir / "cifar10" / "Linf" / f"{RB_NAME}.pt"
+    path.parent.mkdir(parents=True)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 99}, path)
+    return model.eval(), path
+
+
+def test_robustbench_layout_directory_loads_as_robustbench_does(tmp_path, monkeypatch):
+    """A RobustBench model_dir: the import equals RobustBench's own loader on the same directory
+    and a direct forward of the saved model, probes every Conv/BN/ReLU/Linear module, and never
+    downloads."""
+    robustbench_or_skip()
+    import robustbench.utils
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("robustbench tried to download")
+
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", no_download)
+    reference, path = robustbench_checkpoint(tmp_path / "models")
+    spec = {**entry(path, RB_ARCH), "dataset": "cifar10"}
+    got, mean, std = import_model(spec, 3, 10)
+    assert mean == [0.0] * 3 and std == [1.0] * 3
+    theirs = robustbench.utils.load_model(
+        RB_NAME, model_dir=tmp_path / "models", dataset="cifar10", threat_model="Linf"
+    )
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), theirs(x), rtol=0, atol=0)
+        torch.testing.assert_close(got(x), reference(x), rtol=1e-5, atol=1e-5)
+    layers = got.probe_layers("all")
+    assert len(layers) == 79 and layers[0] == "net.conv1" and layers[-1] == "net.fc"
+    assert got.probe_layers("blocks")[1:4] == ["net.block1", "net.block2", "net.block3"]
+    # The saved weights rebuild through the registry, as extraction reads them.
+    rebuilt = build_model(RB_ARCH, 3, 10, mean, std).eval()
+    rebuilt.load_state_dict(got.state_dict())
+    same_outputs(rebuilt, reference, channels=3, size=32)
+
+
+def test_robustbench_entries_are_checked(tmp_path):
+    robustbench_or_skip()
+    from robrep.config import ConfigError, check_external_models
+
+    _, path = robustbench_checkpoint(tmp_path / "models")
+    good = {
+        "name": "ding",
+        "dataset": "cifar10",
+        "arch": RB_ARCH,
+        "checkpoint": str(path),
+        "method": {"method": "pgd", "norm": "linf", "eps": "8/255"},
+    }
+
+    def refused(pattern, datasets=("cifar10",), **changes):
+        config = {"datasets": list(datasets), "external_models": [{**good, **changes}]}
+        with pytest.raises(ConfigError, match=pattern):
+            check_external_models(config)
+
+    check_external_models({"datasets": ["cifar10"], "external_models": [good]})
+    refused(
+        r"has no cifar10 Linf model 'Ding2020'; e\.g\. Ding2020MMA",
+        arch="robustbench-linf-Ding2020",
+    )
+    refused(r"norm is linf, not l2", method={"method": "pgd", "norm": "l2", "eps": 0.5})
+    refused(r"here are cifar10, cifar100, not digits", datasets=["digits"], dataset="digits")
+    (tmp_path / "flat.pt").write_bytes(path.read_bytes())
+    refused(
+        r"not in RobustBench's layout: .*\{model_dir\}/cifar10/Linf/Ding2020MMA\.pt",
+        checkpoint=str(tmp_path / "flat.pt"),
+    )
+    refused(
+        r"timm model, read from the Hugging Face Hub",
+        arch="robustbench-linf-Debenedetti2022Light_XCiT-S12",
+    )
+    refused(r"an ensemble of checkpoints", arch="robustbench-linf-Chen2020Adversarial")
+
+
+def test_robustbench_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    robustbench_or_skip()
+    _, path = robustbench_checkpoint(tmp_path / "models")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "args": argparse.Namespace(lr=0.1)}, path)
+    spec = {**entry(path, RB_ARCH), "dataset": "cifar10"}
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        import_model(spec, 3, 10)
+    # Wrong weights for the architecture: RobustBench's loader names the keys.
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(3)}}, path)
+    with pytest.raises(
+        CheckpointError, match=r"does not load into RobustBench's Ding2020MMA.*Missing key"
+    ):
+        import_model(spec, 3, 10)

@@ -15,7 +15,9 @@ import xarray as xr
 from robrep.checksums import read_json
 from robrep.models import build_model
 
-from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake
+from test_data import write_cifar10
+from test_external import RB_ARCH, robustbench_checkpoint, robustbench_or_skip
+from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +167,93 @@ def test_bad_external_entries_stop_before_any_job(tmp_path, change, pattern):
     out = snakemake(workdir, "-n", check=False)
     assert out.returncode != 0
     assert re.search(pattern, out.stdout + out.stderr), (out.stdout + out.stderr)[-2000:]
+
+
+def test_torchvision_models_probe_every_call_of_reused_modules(tmp_path):
+    """Two torchvision ResNet-18 checkpoints, `layers: all`: the block ReLU that runs twice per
+    block is stored and compared once per call (`...relu@1`, `...relu@2`), end to end."""
+    from torchvision.models import resnet18
+
+    config = {k: v for k, v in copy.deepcopy(TINY).items() if k not in ("architectures", "methods")}
+    config.pop("seeds")
+    config["dataset_options"] = {"digits": {"image_size": 16, "channels": 3}}
+    config["evaluation"]["autoattack"]["n_examples"] = 0
+    config["activations"] = {**config["activations"], "layers": "all", "features": "none"}
+    config["similarity"] = {"metrics": ["minibatch_cka"], "bootstrap": 0}
+    config["analyses"] = ["cross_layer", "robust_vs_standard"]
+    config["probes"] = {"folds": 0}
+    config["external_models"] = [
+        {
+            "name": f"tv-{method['method']}",
+            "dataset": "digits",
+            "arch": "torchvision-resnet18",
+            "checkpoint": f"checkpoints/{method['method']}.pth",
+            "method": method,
+        }
+        for method in ({"method": "standard"}, {"method": "pgd", "norm": "linf", "eps": 0.1})
+    ]
+    workdir = make_workdir(tmp_path, config)
+    (workdir / "checkpoints").mkdir()
+    for seed, entry in enumerate(config["external_models"]):
+        torch.manual_seed(seed)
+        torch.save(resnet18(num_classes=10).state_dict(), workdir / entry["checkpoint"])
+    snakemake(workdir, "results/summary/similarity.nc")
+    ds = xr.load_dataset(workdir / "results/summary/similarity.nc", engine="h5netcdf")
+    pairs = np.flatnonzero(ds.analysis.values == "robust_vs_standard")
+    assert len(pairs) == 2  # on benign and on adversarial inputs
+    for c in pairs:
+        layers = ds.layer_name_a.values[c].tolist()
+        assert len(layers) == 60 and layers == ds.layer_name_b.values[c].tolist()
+        assert layers.index("net.layer1.0.relu@1") < layers.index("net.layer1.0.conv2")
+        assert layers.index("net.layer1.0.bn2") < layers.index("net.layer1.0.relu@2")
+        similarity = ds.similarity.sel(metric="minibatch_cka").values[c]
+        assert similarity.shape == (60, 60) and np.isfinite(similarity).all()
+
+
+def test_robustbench_model_runs_end_to_end(tmp_path):
+    """A RobustBench zoo model from a local model_dir (RobustBench's layout) on a CIFAR-10
+    directory in the shipped format: import, extraction, comparison and summary."""
+    robustbench_or_skip()
+    config = {k: v for k, v in copy.deepcopy(TINY).items() if k not in ("architectures", "methods")}
+    config.pop("seeds")
+    config.pop("dataset_options")
+    config["datasets"] = ["cifar10"]
+    config["evaluation"].update(eps="8/255", steps=2)
+    config["evaluation"]["autoattack"]["n_examples"] = 0
+    config["activations"] = {
+        "n_examples": 20,
+        "cka_batch_size": 10,
+        "passes": 1,
+        "inputs": ["benign"],
+    }
+    config["similarity"] = {"metrics": ["minibatch_cka"], "bootstrap": 0}
+    config["analyses"] = ["cross_layer"]
+    config["probes"] = {"folds": 0}
+    workdir = make_workdir(tmp_path, config)
+    write_cifar10(workdir / "data", per_batch=8, test=24)
+    reference, checkpoint = robustbench_checkpoint(workdir / "models")
+    config["external_models"] = [
+        {
+            "name": "ding-mma",
+            "dataset": "cifar10",
+            "arch": RB_ARCH,
+            "checkpoint": str(checkpoint.relative_to(workdir)),
+            "method": {"method": "pgd", "norm": "linf", "eps": "8/255"},
+        }
+    ]
+    write_config(workdir, config)
+    snakemake(workdir)
+    results = workdir / "results"
+    from robrep.data import read_splits, to_float
+
+    model_dir = results / f"models/cifar10/{RB_ARCH}/pgd-linf-eps8_255/seed0"
+    metrics = read_json(model_dir / "metrics.json")
+    splits = read_splits(results / "data/cifar10/splits.npz")
+    with torch.no_grad():
+        logits = reference(to_float(splits.x_test))
+    direct = (logits.argmax(1).numpy() == splits.y_test).mean()
+    assert metrics["test"]["clean_acc"] == pytest.approx(direct)
+    assert metrics["external"]["name"] == "ding-mma"
+    ds = xr.load_dataset(results / "summary/similarity.nc", engine="h5netcdf")
+    assert ds.sizes["layer_a"] == 7  # the zoo WRN's blocks: conv1, block1-3, bn1, relu, fc
+    assert np.isfinite(ds.similarity.sel(metric="minibatch_cka").values).all()

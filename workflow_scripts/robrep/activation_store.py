@@ -31,6 +31,7 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from .checksums import DamagedArtefactError, rebuild_command
 from .data import to_float
+from .models import LayerHooks
 from .runtime import atomic_output
 from .similarity import Batch, GramMaker, pass_batches, triangle_size
 
@@ -113,45 +114,30 @@ class LayerRecorder:
         pool: int | None = None,
         transform: Callable[[str, torch.Tensor], Any] | None = None,
     ):
-        modules = dict(model.named_modules())
         self.layers = list(layers)
         self.transform = transform or (lambda name, out: pooled_copy(out, pool))
-        self.active = False
         self.outputs: dict[str, Any] = {}
-        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in layers]
+        self.hooks = LayerHooks(model, self.layers, self._keep)
 
-    def _hook(self, name: str):
-        def hook(module, args, output):
-            if not self.active:
-                return
-            if name in self.outputs:
-                raise RuntimeError(
-                    f"layer {name!r} fired twice in one forward pass: the module is reused (as "
-                    f"torchvision ResNet's block ReLU), so its outputs cannot be told apart; "
-                    f"probe other layers (`layers: all` leaves reused modules out)"
-                )
-            self.outputs[name] = self.transform(name, output.detach())
-
-        return hook
+    def _keep(self, name: str, output: torch.Tensor) -> None:
+        self.outputs[name] = self.transform(name, output.detach())
 
     @torch.no_grad()
     def record(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         """Run one forward pass and return {layer: transformed output}; every layer must fire once."""
         self.outputs = {}
-        self.active = True
+        self.hooks.start()
         try:
             model(x)
         finally:
-            self.active = False
+            self.hooks.stop()
         missing = [name for name in self.layers if name not in self.outputs]
         if missing:
             raise RuntimeError(f"layers {missing} did not fire during the forward pass")
         return self.outputs
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.hooks.remove()
 
 
 def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor, pool: int | None):

@@ -22,7 +22,7 @@ import torch
 from .attacks import AttackSpec
 from .checksums import write_json
 from .data import Splits
-from .models import ProbedNet, build_model
+from .models import ProbedNet, arch_family, build_model
 from .runtime import software_versions
 from .weights import save_weights
 
@@ -57,25 +57,32 @@ def read_state_dict(
         except Exception as err:  # noqa: BLE001 - any parse failure is the same refusal
             raise CheckpointError(f"checkpoint {path} is not a safetensors file: {err}") from err
     elif fmt == "torch":
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"checkpoint {path} holds pickled Python objects beyond tensors and plain "
-                f"containers, which robrep never unpickles (weights_only loading; loading it "
-                f"would run code from the file). Convert it where you trust it: "
-                f"`torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')` "
-                f"(or save_file(...) to safetensors) and point checkpoint at the result. "
-                f"torch said: {re.sub(ANSI, '', str(err).splitlines()[0]).strip()}"
-            ) from err
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {path} is not a torch file: {err}") from err
+        loaded = load_torch_file(path)
     else:
         raise CheckpointError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     state = _select(loaded, state_dict_key, path)
     if strip_prefix:
         state = {k.removeprefix(strip_prefix): v for k, v in state.items()}
     return state
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """What torch file `path` holds, read with `torch.load(weights_only=True)`: tensors and plain
+    containers only; a file that needs unpickling Python objects is refused, saying how to
+    convert it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} holds pickled Python objects beyond tensors and plain "
+            f"containers, which robrep never unpickles (weights_only loading; loading it "
+            f"would run code from the file). Convert it where you trust it: "
+            f"`torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')` "
+            f"(or save_file(...) to safetensors) and point checkpoint at the result. "
+            f"torch said: {re.sub(ANSI, '', str(err).splitlines()[0]).strip()}"
+        ) from err
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path} is not a torch file: {err}") from err
 
 
 def _select(loaded: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
@@ -140,7 +147,10 @@ def import_model(
     """The architecture of an `external_models` entry with its checkpoint's weights (eval
     mode), and the mean/std it normalises inputs with: the entry's `normalize`, or the
     checkpoint's own normalize buffers (robrep weights; the entry must then say none), else
-    none (0 and 1)."""
+    none (0 and 1). A RobustBench architecture's checkpoint is read by RobustBench's loader
+    (`import_robustbench`)."""
+    if arch_family(entry["arch"]) == "robustbench":
+        return import_robustbench(entry, in_channels, num_classes)
     state = read_state_dict(
         entry["checkpoint"],
         entry.get("format", "torch"),
@@ -168,6 +178,41 @@ def import_model(
         )
     model = build_model(entry["arch"], in_channels, num_classes, mean, std)
     load_into(model, state, entry["checkpoint"])
+    return model.eval(), mean, std
+
+
+def import_robustbench(
+    entry: Mapping[str, Any], in_channels: int, num_classes: int
+) -> tuple[ProbedNet, list[float], list[float]]:
+    """A RobustBench zoo model with its checkpoint's weights, as RobustBench's own loader reads
+    them (its key rules and per-model exceptions), once the file has passed the weights-only
+    read; no normalisation outside it (the zoo's models take [0, 1] pixels)."""
+    from . import robustbench_zoo
+
+    if entry.get("normalize", "none") != "none":
+        raise CheckpointError(
+            f"external model {entry['name']}: RobustBench models normalise inside themselves; "
+            f"leave normalize at none"
+        )
+    if entry.get("format", "torch") != "torch":
+        raise CheckpointError(
+            f"external model {entry['name']}: RobustBench checkpoints are torch files (format: "
+            f"torch)"
+        )
+    load_torch_file(entry["checkpoint"])  # refuses pickled objects before robustbench reads it
+    mean, std = [0.0] * in_channels, [1.0] * in_channels
+    model = build_model(entry["arch"], in_channels, num_classes, mean, std)
+    try:
+        loaded = robustbench_zoo.load(
+            model.zoo_name, model.threat, num_classes, entry["checkpoint"]
+        )
+    except (RuntimeError, ValueError, KeyError) as err:
+        said = " ".join(str(err).split())  # torch lists every key on tab-indented lines
+        raise CheckpointError(
+            f"checkpoint {entry['checkpoint']} does not load into RobustBench's "
+            f"{model.zoo_name}: {said[:800]}{' ...' if len(said) > 800 else ''}"
+        ) from err
+    load_into(model, loaded.state_dict(), entry["checkpoint"])
     return model.eval(), mean, std
 
 

@@ -1,20 +1,23 @@
 """Model zoo: every network normalises inside itself and exposes its ordered probe layers.
 
 Inputs are pixels in [0, 1]; a `Normalize` module first maps them with the dataset's mean/std, so
-attacks and epsilons live in pixel space everywhere. No ReLU is in-place and every ReLU is its own
-module, so a forward hook sees each activation exactly once and nothing later overwrites it.
+attacks and epsilons live in pixel space everywhere. No ReLU is in-place, so nothing later
+overwrites a hooked activation; in robrep's own networks every ReLU is its own module, and a
+foreign network's reused module is probed per call (`LayerHooks`).
 """
 
 from __future__ import annotations
 
 import re
-import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+# `{module}@{k}`: the k-th call, in one forward pass, of a module that runs several times.
+CALL = "@"
 PROBE_TYPES = (
     nn.Conv2d,
     nn.BatchNorm2d,
@@ -24,6 +27,71 @@ PROBE_TYPES = (
     nn.AdaptiveAvgPool2d,
     nn.Linear,
 )
+
+
+def call_layer(module: str, call: int) -> str:
+    """The probe-layer name of the `call`-th call (from 1) of a reused `module`."""
+    return f"{module}{CALL}{call}"
+
+
+def split_layer(layer: str) -> tuple[str, int | None]:
+    """Inverse of `call_layer`: (module name, call) or (layer, None) for a module called once."""
+    module, sep, call = layer.rpartition(CALL)
+    return (module, int(call)) if sep and call.isdigit() else (layer, None)
+
+
+class LayerHooks:
+    """Forward hooks calling `fn(layer, output)` as each probe layer fires: a module's output, or
+    for `{module}@{k}` its k-th call's in the pass. A module probed by its bare name that fires
+    twice in one pass is refused: its outputs cannot be told apart. Only passes between
+    `start()` and `stop()` are seen."""
+
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], fn: Callable[[str, torch.Tensor], None]
+    ):
+        modules = dict(model.named_modules())
+        wanted: dict[str, dict[int | None, str]] = {}
+        for layer in layers:
+            module, call = split_layer(layer)
+            wanted.setdefault(module, {})[call] = layer
+        self.calls: Counter[str] = Counter()
+        self.recording = False
+        self.handles = [
+            modules[module].register_forward_hook(self._hook(module, by_call, fn))
+            for module, by_call in wanted.items()
+        ]
+
+    def _hook(self, module: str, by_call: dict[int | None, str], fn):
+        def hook(_module, _args, output):
+            if not self.recording:
+                return
+            self.calls[module] += 1
+            call = self.calls[module]
+            if None in by_call:
+                if call > 1:
+                    raise RuntimeError(
+                        f"layer {module!r} fired twice in one forward pass: the module is reused "
+                        f"(as torchvision ResNet's block ReLU); probe its calls, "
+                        f"{call_layer(module, 1)}, {call_layer(module, 2)}, ..."
+                    )
+                fn(by_call[None], output)
+            elif call in by_call:
+                fn(by_call[call], output)
+
+        return hook
+
+    def start(self) -> None:
+        """See the next forward pass (calls counted from 1)."""
+        self.calls = Counter()
+        self.recording = True
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 class Normalize(nn.Module):
@@ -280,72 +348,109 @@ class ReleaseWideResNet(ProbedNet):
         return self.fc(self.avgpool(self.relu(self.bn1(x))).flatten(1))
 
 
-class TorchvisionNet(ProbedNet):
-    """A torchvision classifier (`torchvision.models.get_model(name, weights=None)`) behind
-    `normalize`, under `net.` (its own state-dict keys with that prefix). In-place ReLUs are
-    switched off, so a hook's output is never overwritten; blocks are `net`'s direct children;
-    `all` leaves out modules that run more than once per forward (torchvision ResNet's block
-    ReLU), naming them, since their calls cannot be told apart."""
+class ForeignNet(ProbedNet):
+    """A network built elsewhere (torchvision, RobustBench) as `net` behind `normalize`; its
+    state-dict keys are `net`'s own under `net.`. In-place ReLUs are switched off, so a hook's
+    output is never overwritten later. Probe layers follow the order in which modules fire
+    (traced on one example); a module that fires more than once per forward pass (torchvision
+    ResNet's block ReLU) is probed per call, `{name}@{k}` for its k-th call."""
 
-    def __init__(self, in_channels: int, num_classes: int, mean, std, name: str):
+    checkpoint_prefix = "net."
+
+    def __init__(self, in_channels: int, mean, std, net: nn.Module):
         super().__init__()
-        from torchvision import models as tv
-
         self.normalize = Normalize(mean, std)
-        self.net = tv.get_model(name, weights=None, num_classes=num_classes)
-        self.checkpoint_prefix = "net."
+        self.net = net
         for module in self.net.modules():
             if isinstance(module, nn.ReLU):
                 module.inplace = False
         self.in_channels = in_channels
-        self.block_names = [f"net.{child}" for child, _ in self.net.named_children()]
-        self._reused: list[str] | None = None
+        self._fired: list[str] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
-    def reused_modules(self) -> list[str]:
-        """Probe-type modules that run more than once in one forward pass (found by tracing one
-        32 x 32 example)."""
-        if self._reused is None:
-            calls: dict[str, int] = {}
+    def fired(self) -> list[str]:
+        """Every module of `net` as it fires in one forward pass of a 32 x 32 example, a reused
+        module's calls as `{name}@{k}`."""
+        if self._fired is None:
+            order: list[str] = []
             hooks = [
-                module.register_forward_hook(
-                    lambda m, a, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1)
-                )
-                for name, module in self.named_modules()
-                if isinstance(module, PROBE_TYPES)
+                module.register_forward_hook(lambda m, a, o, n=name: order.append(n))
+                for name, module in self.net.named_modules(prefix="net")
+                if name != "net"
             ]
             was = self.training
+            device = next(self.parameters()).device
             try:
                 with torch.no_grad():
-                    self.eval()(torch.zeros(1, self.in_channels, 32, 32))
+                    self.eval()(torch.zeros(1, self.in_channels, 32, 32, device=device))
             finally:
                 self.train(was)
                 for h in hooks:
                     h.remove()
-            self._reused = sorted(n for n, count in calls.items() if count > 1)
-        return self._reused
+            counts = Counter(order)
+            seen: Counter[str] = Counter()
+            self._fired = []
+            for name in order:
+                seen[name] += 1
+                self._fired.append(call_layer(name, seen[name]) if counts[name] > 1 else name)
+        return self._fired
+
+    @property
+    def block_names(self) -> list[str]:  # type: ignore[override]
+        children = {f"net.{child}" for child, _ in self.net.named_children()}
+        return [n for n in self.fired() if split_layer(n)[0] in children]
 
     def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
-        reused = self.reused_modules()
+        modules = dict(self.named_modules())
+        fired = self.fired()
+        every = [n for n in fired if isinstance(modules[split_layer(n)[0]], PROBE_TYPES)]
+        if which == "blocks":
+            return self.block_names
         if which == "all":
-            layers = [n for n in super().probe_layers("all") if n not in reused]
-            if reused:
-                print(
-                    f"layers: all leaves out {len(reused)} module(s) that run more than once per "
-                    f"forward (outputs not separable): {', '.join(reused)}",
-                    file=sys.stderr,
+            return every
+        if isinstance(which, str):
+            raise ValueError(f"layers: {which!r} is not 'blocks', 'all' or a list of layer names")
+        valid = list(dict.fromkeys(self.block_names + every))
+        for name in which:
+            calls = [n for n in fired if split_layer(n)[0] == name and n != name]
+            if calls:
+                raise ValueError(
+                    f"layer {name!r} runs {len(calls)} times per forward pass (a reused module): "
+                    f"name one call, {', '.join(calls)}"
                 )
-            return layers
-        layers = super().probe_layers(which)
-        bad = [n for n in layers if n in reused]
-        if bad:
+        unknown = [name for name in which if name not in valid]
+        if unknown:
             raise ValueError(
-                f"layer(s) {bad} run more than once per forward pass (reused modules): their "
-                f"outputs cannot be told apart; probe other layers"
+                f"unknown layer name(s) {unknown} for {type(self).__name__}; valid: {', '.join(valid)}"
             )
-        return layers
+        order = {name: i for i, name in enumerate(fired)}
+        return sorted(which, key=order.__getitem__)
+
+
+class TorchvisionNet(ForeignNet):
+    """A torchvision classifier, `torchvision.models.get_model(name, weights=None)`."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, name: str):
+        from torchvision import models as tv
+
+        super().__init__(
+            in_channels, mean, std, tv.get_model(name, weights=None, num_classes=num_classes)
+        )
+
+
+class RobustBenchNet(ForeignNet):
+    """A RobustBench zoo model (`robustbench_zoo`): `name` for `threat` on the CIFAR dataset with
+    `num_classes` classes. Its weights come from the import (`robustbench_zoo.load`)."""
+
+    def __init__(self, in_channels: int, num_classes: int, mean, std, threat: str, name: str):
+        from . import robustbench_zoo
+
+        if in_channels != 3:
+            raise ValueError(f"RobustBench models take 3-channel images, not {in_channels}")
+        super().__init__(in_channels, mean, std, robustbench_zoo.build(name, threat, num_classes))
+        self.threat, self.zoo_name = threat, name
 
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -419,6 +524,13 @@ ARCHITECTURES = [
         "torchvision",
         lambda m, **kw: TorchvisionNet(name=m.group(1), **kw),
     ),
+    Architecture(
+        re.compile(r"^robustbench-(linf|l2|corruptions)-([A-Za-z0-9_-]+)$"),
+        "robustbench-{linf|l2|corruptions}-{zoo name} (RobustBench's model zoo, e.g. "
+        "robustbench-linf-Ding2020MMA; the robustbench extra)",
+        "robustbench",
+        lambda m, **kw: RobustBenchNet(threat=m.group(1), name=m.group(2), **kw),
+    ),
 ]
 REGISTRY = [a.description for a in ARCHITECTURES]
 
@@ -437,6 +549,13 @@ def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
                         f"{name!r}: torchvision has no classifier {match.group(1)!r}; e.g. "
                         f"{', '.join(n for n in names if n.startswith(('resnet', 'vgg')))}"
                     )
+            if arch.family == "robustbench":
+                from .robustbench_zoo import import_robustbench
+
+                try:
+                    import_robustbench()
+                except ImportError as err:
+                    raise ValueError(f"{name!r}: {err}") from None
             if arch.family in ("wrn", "release-wrn"):
                 depth, width = int(match.group(1)), int(match.group(2))
                 if depth < 10 or (depth - 4) % 6 or width < 1:
@@ -458,6 +577,12 @@ def check_architecture(name: str) -> None:
 def arch_family(name: str) -> str:
     """The family of architecture `name` (``wrn-28-4`` -> ``wrn``)."""
     return _entry(name)[0].family
+
+
+def arch_parts(name: str) -> tuple[str, ...]:
+    """The fields architecture `name` is made of (``robustbench-linf-Ding2020MMA`` ->
+    ``("linf", "Ding2020MMA")``; ``wrn-28-4`` -> ``("28", "4")``)."""
+    return _entry(name)[1].groups()
 
 
 def build_model(

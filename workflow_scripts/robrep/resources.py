@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from .data import DATASET_INFO, input_geometry
-from .models import build_model
+from .models import LayerHooks, build_model
 
 MB = 2**20
 
@@ -80,9 +81,9 @@ def model_cost(
 
     with torch.device("meta"):
         model = build_model(arch, channels, classes, [0.5] * channels, [0.5] * channels).eval()
-    outputs: dict[str, int] = {}
+    outputs: Counter[str] = Counter()  # values each leaf module outputs, every call counted
     hooks = [
-        m.register_forward_hook(lambda m, a, o, n=name: outputs.__setitem__(n, o.numel()))
+        m.register_forward_hook(lambda m, a, o, n=name: outputs.update({n: o.numel()}))
         for name, m in model.named_modules()
         if name and not list(m.children())
     ]
@@ -94,15 +95,15 @@ def model_cost(
         else model.probe_layers(features if isinstance(features, str) else list(features))
     )
     probe_shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
-    hooks += [
-        modules[n].register_forward_hook(
-            lambda m, a, o, n=n: probe_shapes.__setitem__(n, tuple(o.shape[1:]))
-        )
-        for n in dict.fromkeys([*probes, *kept])
-    ]
+    probed = LayerHooks(
+        model,
+        list(dict.fromkeys([*probes, *kept])),
+        lambda n, o: probe_shapes.__setitem__(n, tuple(o.shape[1:])),
+    )
+    probed.start()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, channels, size, size, device="meta"))
+    probed.remove()
     for h in hooks:
         h.remove()
     return ModelCost(
