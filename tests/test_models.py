@@ -52,3 +52,13 @@ def test_unknown_names_list_the_registry():
     with pytest.raises(ValueError, match=r"unknown layer name\(s\) \['nope'\].*valid: stage1.0"):
         model.probe_layers(["nope"])
     assert model.probe_layers(["head.logits", "stage1.0"]) == ["stage1.0", "head.logits"]
+
+
+def test_families_pair_only_one_network_at_several_sizes():
+    """width_depth pairs architectures of one family; a foreign network's family is itself."""
+    from robrep.models import arch_family
+
+    assert arch_family("wrn-10-1") == arch_family("wrn-28-4") == "wrn"
+    assert arch_family("convnet") == arch_family("convnet-2") == "convnet"
+    assert arch_family("torchvision-resnet18") == "torchvision-resnet18"
+    assert arch_family("torchvision-resnet18") != arch_family("torchvision-vgg16")

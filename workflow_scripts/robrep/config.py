@@ -239,7 +239,7 @@ def check_external_models(config: Mapping[str, Any]) -> None:
     architecture, a method as for training (its eps parsed, no training-only keys), the
     dataset's image size when it gives `input_size`, an existing checkpoint, and a model id no
     trained model or other entry has; and some model at all."""
-    from .models import arch_family, arch_parts, check_architecture
+    from .models import arch_kind, arch_parts, check_architecture
 
     entries = config.get("external_models") or []
     trained = [config.get(k) or [] for k in ("architectures", "methods", "seeds")]
@@ -311,7 +311,7 @@ def check_external_models(config: Mapping[str, Any]) -> None:
         checkpoint = Path(str(entry.get("checkpoint")))
         if not checkpoint.is_file():
             raise ConfigError(f"{key}.checkpoint: {str(checkpoint)!r} is not a file")
-        if arch_family(entry["arch"]) == "robustbench":
+        if arch_kind(entry["arch"]) == "robustbench":
             from .data import DATASET_INFO
             from .robustbench_zoo import check_entry
 

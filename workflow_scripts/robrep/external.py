@@ -22,7 +22,7 @@ import torch
 from .attacks import AttackSpec
 from .checksums import write_json
 from .data import Splits
-from .models import ProbedNet, arch_family, build_model
+from .models import ProbedNet, arch_kind, build_model
 from .runtime import software_versions
 from .weights import save_weights
 
@@ -149,7 +149,7 @@ def import_model(
     checkpoint's own normalize buffers (robrep weights; the entry must then say none), else
     none (0 and 1). A RobustBench architecture's checkpoint is read by RobustBench's loader
     (`import_robustbench`)."""
-    if arch_family(entry["arch"]) == "robustbench":
+    if arch_kind(entry["arch"]) == "robustbench":
         return import_robustbench(entry, in_channels, num_classes)
     state = read_state_dict(
         entry["checkpoint"],

@@ -482,13 +482,16 @@ class VGG16BN(ProbedNet):
 
 @dataclass(frozen=True)
 class Architecture:
-    """One registry entry: the name pattern, how to describe it, its family (architectures of a
-    family differ only in width/depth: the width_depth analysis compares them) and its builder."""
+    """One registry entry: the name pattern, how to describe it, its kind, its builder, and
+    whether its architectures are one network at several widths/depths (`scaled`: the kind is
+    then their family, which the width_depth analysis compares; otherwise each architecture is a
+    family of its own)."""
 
     pattern: re.Pattern[str]
     description: str
-    family: str
+    kind: str
     build: Callable[..., ProbedNet]
+    scaled: bool = True
 
 
 ARCHITECTURES = [
@@ -523,6 +526,7 @@ ARCHITECTURES = [
         "torchvision-{name} (a torchvision classifier, e.g. torchvision-resnet18)",
         "torchvision",
         lambda m, **kw: TorchvisionNet(name=m.group(1), **kw),
+        scaled=False,  # resnet18 and vgg16 are not one network at two sizes
     ),
     Architecture(
         re.compile(r"^robustbench-(linf|l2|corruptions)-([A-Za-z0-9_-]+)$"),
@@ -530,6 +534,7 @@ ARCHITECTURES = [
         "robustbench-linf-Ding2020MMA; the robustbench extra)",
         "robustbench",
         lambda m, **kw: RobustBenchNet(threat=m.group(1), name=m.group(2), **kw),
+        scaled=False,
     ),
 ]
 REGISTRY = [a.description for a in ARCHITECTURES]
@@ -540,7 +545,7 @@ def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
     for arch in ARCHITECTURES:
         match = arch.pattern.match(name)
         if match:
-            if arch.family == "torchvision":
+            if arch.kind == "torchvision":
                 from torchvision import models as tv
 
                 names = tv.list_models(module=tv)
@@ -549,21 +554,21 @@ def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
                         f"{name!r}: torchvision has no classifier {match.group(1)!r}; e.g. "
                         f"{', '.join(n for n in names if n.startswith(('resnet', 'vgg')))}"
                     )
-            if arch.family == "robustbench":
+            if arch.kind == "robustbench":
                 from .robustbench_zoo import import_robustbench
 
                 try:
                     import_robustbench()
                 except ImportError as err:
                     raise ValueError(f"{name!r}: {err}") from None
-            if arch.family in ("wrn", "release-wrn"):
+            if arch.kind in ("wrn", "release-wrn"):
                 depth, width = int(match.group(1)), int(match.group(2))
                 if depth < 10 or (depth - 4) % 6 or width < 1:
                     raise ValueError(
                         f"{name!r}: WRN depth must be 6n + 4 >= 10 and width >= 1 "
                         f"(e.g. wrn-10-1, wrn-16-4, wrn-28-10)"
                     )
-            if arch.family == "convnet" and match.group(1) and int(match.group(1)) < 1:
+            if arch.kind == "convnet" and match.group(1) and int(match.group(1)) < 1:
                 raise ValueError(f"{name!r}: convnet width must be >= 1")
             return arch, match
     raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
@@ -574,9 +579,17 @@ def check_architecture(name: str) -> None:
     _entry(name)
 
 
+def arch_kind(name: str) -> str:
+    """The registry entry architecture `name` belongs to (``torchvision-resnet18`` ->
+    ``torchvision``)."""
+    return _entry(name)[0].kind
+
+
 def arch_family(name: str) -> str:
-    """The family of architecture `name` (``wrn-28-4`` -> ``wrn``)."""
-    return _entry(name)[0].family
+    """The family of architecture `name` (``wrn-28-4`` -> ``wrn``; a foreign network, whose
+    widths and depths robrep does not know, is its own: ``torchvision-resnet18``)."""
+    arch = _entry(name)[0]
+    return arch.kind if arch.scaled else name
 
 
 def arch_parts(name: str) -> tuple[str, ...]:
