@@ -46,12 +46,10 @@ def import_robustbench() -> ModuleType:
         sys.modules[name] = module
     try:
         with warnings.catch_warnings():
-            # robustbench.loaders imports pkg_resources, which warns that it is deprecated.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # torch.jit.interface, used by a zoo model
+            # robustbench.loaders imports pkg_resources, which warns that it is deprecated, and
+            # a zoo model uses torch.jit.interface, which warns that it will go.
+            for category in (UserWarning, DeprecationWarning, FutureWarning):
+                warnings.simplefilter("ignore", category)
             return importlib.import_module("robustbench")
     except ImportError as err:
         raise ImportError(
