@@ -133,12 +133,20 @@ class ProbedNet(nn.Module):
     block_names: list[str]
     checkpoint_prefix: str = ""
 
+    def layer_order(self) -> list[str]:
+        """Every module's name in forward order (robrep's networks register their modules in
+        the order they run); a foreign network traces it (`ForeignNet.fired`)."""
+        return [name for name, _ in self.named_modules() if name]
+
     def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
         """Ordered probe layer names: ``"blocks"``, ``"all"`` or an explicit list (validated)."""
+        order = self.layer_order()
+        modules = dict(self.named_modules())
         every = [
             name
-            for name, module in self.named_modules()
-            if name and isinstance(module, PROBE_TYPES) and not name.startswith("normalize")
+            for name in order
+            if isinstance(modules[split_layer(name)[0]], PROBE_TYPES)
+            and not name.startswith("normalize")
         ]
         if which == "blocks":
             return list(self.block_names)
@@ -146,14 +154,21 @@ class ProbedNet(nn.Module):
             return every
         if isinstance(which, str):
             raise ValueError(f"layers: {which!r} is not 'blocks', 'all' or a list of layer names")
+        for name in which:
+            calls = [n for n in order if split_layer(n)[0] == name and n != name]
+            if calls:
+                raise ValueError(
+                    f"layer {name!r} runs {len(calls)} times per forward pass (a reused module): "
+                    f"name one call, {', '.join(calls)}"
+                )
         valid = list(dict.fromkeys(self.block_names + every))
         unknown = [name for name in which if name not in valid]
         if unknown:
             raise ValueError(
                 f"unknown layer name(s) {unknown} for {type(self).__name__}; valid: {', '.join(valid)}"
             )
-        order = {name: i for i, name in enumerate(n for n, _ in self.named_modules())}
-        return sorted(which, key=order.__getitem__)
+        position = {name: i for i, name in enumerate(order)}
+        return sorted(which, key=position.__getitem__)
 
 
 class ConvNet(ProbedNet):
@@ -402,31 +417,8 @@ class ForeignNet(ProbedNet):
         children = {f"net.{child}" for child, _ in self.net.named_children()}
         return [n for n in self.fired() if split_layer(n)[0] in children]
 
-    def probe_layers(self, which: str | Sequence[str] = "blocks") -> list[str]:
-        modules = dict(self.named_modules())
-        fired = self.fired()
-        every = [n for n in fired if isinstance(modules[split_layer(n)[0]], PROBE_TYPES)]
-        if which == "blocks":
-            return self.block_names
-        if which == "all":
-            return every
-        if isinstance(which, str):
-            raise ValueError(f"layers: {which!r} is not 'blocks', 'all' or a list of layer names")
-        valid = list(dict.fromkeys(self.block_names + every))
-        for name in which:
-            calls = [n for n in fired if split_layer(n)[0] == name and n != name]
-            if calls:
-                raise ValueError(
-                    f"layer {name!r} runs {len(calls)} times per forward pass (a reused module): "
-                    f"name one call, {', '.join(calls)}"
-                )
-        unknown = [name for name in which if name not in valid]
-        if unknown:
-            raise ValueError(
-                f"unknown layer name(s) {unknown} for {type(self).__name__}; valid: {', '.join(valid)}"
-            )
-        order = {name: i for i, name in enumerate(fired)}
-        return sorted(which, key=order.__getitem__)
+    def layer_order(self) -> list[str]:
+        return self.fired()
 
 
 class TorchvisionNet(ForeignNet):
