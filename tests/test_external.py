@@ -173,8 +173,25 @@ def test_pickled_objects_are_refused_with_how_to_convert(tmp_path):
     model = source_model()
     args = argparse.Namespace(arch="convnet", lr=0.1)  # what training scripts often save
     torch.save({"state_dict": foreign_state(model), "args": args}, tmp_path / "ckpt.pth.tar")
-    with pytest.raises(CheckpointError, match=r"pickled Python objects.*never unpickles.*torch"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"pickled Python objects.*never unpickles.*torch said: .*GLOBAL argparse.Namespace",
+    ):
         read_state_dict(tmp_path / "ckpt.pth.tar", "torch")
+
+
+def test_damaged_checkpoints_are_named_damaged_not_pickled(tmp_path):
+    """Bytes torch cannot read (random, or a file cut short) are a damaged checkpoint: never
+    reported as a file holding objects to convert."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise.pt").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError, match=r"noise.pt is not a torch file, or is damaged"):
+        read_state_dict(tmp_path / "noise.pt", "torch")
+    torch.save(foreign_state(source_model()), tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pt is not a torch file"):
+        read_state_dict(tmp_path / "cut.pt", "torch")
 
 
 def test_wrong_keys_and_shapes_are_named(tmp_path):

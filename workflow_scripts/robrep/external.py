@@ -73,13 +73,19 @@ def load_torch_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        said = re.sub(ANSI, "", str(err)).splitlines()
+        detail = next((line for line in said if "WeightsUnpickler error" in line), said[0])
+        if "Unsupported global" not in detail:  # not an object it refused: bytes it cannot read
+            raise CheckpointError(
+                f"checkpoint {path} is not a torch file, or is damaged: {detail.strip()}"
+            ) from err
         raise CheckpointError(
             f"checkpoint {path} holds pickled Python objects beyond tensors and plain "
             f"containers, which robrep never unpickles (weights_only loading; loading it "
             f"would run code from the file). Convert it where you trust it: "
             f"`torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')` "
             f"(or save_file(...) to safetensors) and point checkpoint at the result. "
-            f"torch said: {re.sub(ANSI, '', str(err).splitlines()[0]).strip()}"
+            f"torch said: {detail.strip()}"
         ) from err
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path} is not a torch file: {err}") from err
