@@ -286,6 +286,37 @@ def test_permutation_null_centres_on_zero(tiny_model, tmp_path):
     assert abs(float(np.mean(null))) < 0.1, float(np.mean(null))
 
 
+def test_permutation_null_draws_are_minibatch_cka_with_side_b_shuffled_in_each_batch(rng):
+    """Each draw is minibatch CKA of a against b with b's rows shuffled within every batch (its
+    seeded permutations, drawn batch by batch), over 2 passes with an unequal last batch and a
+    final one of 2 rows that no draw uses."""
+    from robrep.similarity import NULL_STREAM, minibatch_cka_null
+
+    n, draws, seed = 50, 3, 7
+    layers_a = [rng.standard_normal((n, 6)), rng.standard_normal((n, 3, 2)) ** 2]
+    layers_b = [rng.standard_normal((n, 4)) + layers_a[0][:, :4], rng.standard_normal((n, 5))]
+    batches = _row_batches(np.stack([np.arange(n), rng.permutation(n)]), 16)
+    assert [len(rows) for _, rows in batches] == [16, 16, 16, 2] * 2
+    with pytest.warns(UserWarning, match="dropping the final batch of 2 rows"):
+        got = minibatch_cka_null(
+            ArrayGrams(layers_a, batches), ArrayGrams(layers_b, batches), draws, seed
+        )
+    draw_rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
+    used = [(p, rows) for p, rows in batches if len(rows) >= 4]
+    orders = [[draw_rng.permutation(len(rows)) for _ in range(draws)] for _, rows in used]
+    assert got.shape == (draws, 2, 2)
+    for v in range(draws):
+        shuffled = [(p, rows[order[v]]) for (p, rows), order in zip(used, orders, strict=True)]
+        want = minibatch_cka_grams(
+            [ArrayGrams(layers_a, used), ArrayGrams(layers_b, shuffled)], [(0, 1)]
+        )[(0, 1)].cka
+        np.testing.assert_allclose(got[v], want, rtol=1e-9, atol=1e-12)
+    unshuffled = minibatch_cka_grams(
+        [ArrayGrams(layers_a, used), ArrayGrams(layers_b, used)], [(0, 1)]
+    )[(0, 1)].cka
+    assert not np.allclose(got[0], unshuffled, atol=1e-3)
+
+
 @pytest.mark.parametrize("b, m", [(4, 4), (9, 5), (16, 7)])
 def test_packed_subset_is_the_gram_of_the_subset(rng, b, m):
     from robrep.similarity import packed_permutation

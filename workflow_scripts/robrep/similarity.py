@@ -592,7 +592,8 @@ def _view_cka(
     """(views, len(a.names), len(b.names)) minibatch CKA of every layer pair, each view taking
     rows of every batch from each side (`views(t, n)` for batch t of n rows: per view, the rows
     of side a and of side b, None for all of them in stored order; fewer than 4 rows skip that
-    batch for that view). HSIC_1 terms come from gathers of the stored triangles; `b` None is
+    batch for that view). HSIC_1 terms come from gathers of the stored triangles: per view the
+    a x b cross products, and each side's one-sided terms as `_BatchSide` keeps them; `b` None is
     `a` itself, read once."""
     models = [a] if b is None else [a, b]
     sizes, passes = _shared_batches(models, list(range(len(models))))
@@ -605,7 +606,10 @@ def _view_cka(
     dev = torch.device(device)
     for t in keep:
         n = sizes[t]
-        stats = [m.read(t, buf) for m, buf in zip(models, buffers, strict=True)]
+        sides = [
+            _BatchSide(m.read(t, buf), n, staging, dev)
+            for m, buf in zip(models, buffers, strict=True)
+        ]
         chosen = views(t, n)
         if cross is None:
             cross = np.zeros((len(chosen), width_a, width_b))
@@ -614,14 +618,63 @@ def _view_cka(
             m = n if rows_a is None else len(rows_a)
             if m < MIN_BATCH:
                 continue
-            side_a = stats[0] if rows_a is None else stats[0][packed_permutation(n, rows_a)]
-            side_b = stats[-1] if rows_b is None else stats[-1][packed_permutation(n, rows_b)]
-            hsic = _batch_hsic([side_a, side_b], m, staging, dev)
-            cross[v] += hsic[:width_a, width_a:]
-            self_a[v] += np.diagonal(hsic)[:width_a]
-            self_b[v] += np.diagonal(hsic)[width_a:]
+            packed_a, terms_a = sides[0].of_rows(rows_a)
+            packed_b, terms_b = sides[-1].of_rows(rows_b)
+            products = _cross_products(packed_a, packed_b, m, staging, dev)
+            hsic = _hsic1(
+                products, torch.outer(terms_a.sums, terms_b.sums), terms_a.cross(terms_b), m
+            )
+            cross[v] += hsic.cpu().numpy()
+            self_a[v] += terms_a.self_hsic(m)
+            self_b[v] += terms_b.self_hsic(m)
     with np.errstate(invalid="ignore", divide="ignore"):
         return cross / np.sqrt(self_a[:, :, None] * self_b[:, None, :])
+
+
+@dataclass
+class _SideTerms:
+    """HSIC_1's terms of one side's Grams K̃ (diagonal zeroed) on a batch: the row sums K̃1
+    ((b, layers)) and the sums of squares of the strict triangles, tr(K̃K̃) / 2 ((layers,))."""
+
+    row_sums: torch.Tensor
+    squares: torch.Tensor
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """1ᵀK̃1 of every layer."""
+        return self.row_sums.sum(0)
+
+    def cross(self, other: _SideTerms) -> torch.Tensor:
+        """1ᵀK̃L̃1 of every layer pair, (self's layers, other's)."""
+        return self.row_sums.T @ other.row_sums
+
+    def self_hsic(self, b: int) -> np.ndarray:
+        """HSIC_1(K, K) of every layer."""
+        sums = self.sums
+        return _hsic1(self.squares, sums * sums, self.row_sums.square().sum(0), b).cpu().numpy()
+
+
+class _BatchSide:
+    """One side's packed Grams of a batch of n rows, and their `_SideTerms` for any of its rows:
+    computed once for all n rows (in stored order or relabelled: P K̃ Pᵀ 1 = P K̃ 1, and the
+    squares do not change), and from the gathered triangle for a subset."""
+
+    def __init__(self, packed: np.ndarray, n: int, staging: torch.Tensor, device: torch.device):
+        self.packed, self.n, self.staging, self.device = packed, n, staging, device
+
+    @functools.cached_property
+    def terms(self) -> _SideTerms:
+        return _side_terms(self.packed, self.n, self.staging, self.device)
+
+    def of_rows(self, rows: np.ndarray | None) -> tuple[np.ndarray, _SideTerms]:
+        """The packed Grams of `rows` of the batch (None: all, in stored order) and their terms."""
+        if rows is None:
+            return self.packed, self.terms
+        packed = self.packed[packed_permutation(self.n, rows)]
+        if len(rows) == self.n:
+            order = torch.from_numpy(np.asarray(rows)).to(self.device)
+            return packed, _SideTerms(self.terms.row_sums[order], self.terms.squares)
+        return packed, _side_terms(packed, len(rows), self.staging, self.device)
 
 
 def minibatch_cka_null(
@@ -677,22 +730,24 @@ def _staging(columns: int) -> torch.Tensor:
     return torch.empty(max(1024, 2**24 // (8 * columns)), columns, dtype=torch.float64)
 
 
-def _batch_hsic(
-    stats: Sequence[np.ndarray], b: int, staging: torch.Tensor, device: torch.device
-) -> np.ndarray:
-    """HSIC_1 of every pair of the layers of `stats` (each (triangle_size(b), layers) packed
-    Grams) on one batch of b rows, as a float64 matrix over their concatenated layers.
+def _hsic1(
+    inner: torch.Tensor, sums_product: torch.Tensor, row_sums_product: torch.Tensor, b: int
+) -> torch.Tensor:
+    """HSIC_1 on a batch of b rows from its terms (Song et al. 2012, eq. 5): with K̃ the Gram
+    with its diagonal zeroed, b (b - 3) HSIC_1 = tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((b - 1)(b - 2))
+    - 2 / (b - 2) 1ᵀK̃L̃1, given the inner product of the strict triangles (tr(K̃L̃) / 2), the
+    product of their sums (1ᵀK̃1 1ᵀL̃1) and of their row sums ((K̃1)ᵀL̃1 = 1ᵀK̃L̃1)."""
+    return (2 * inner + sums_product / ((b - 1) * (b - 2)) - row_sums_product * (2 / (b - 2))) / (
+        b * (b - 3)
+    )
 
-    With K̃ the Gram with its diagonal zeroed (Song et al. 2012, eq. 5),
-    b (b - 3) HSIC_1 = tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((b - 1)(b - 2)) - 2 / (b - 2) 1ᵀK̃L̃1,
-    where tr(K̃L̃) is twice the inner product of the strict triangles and K̃1 their row sums:
-    one product of the stacked triangles (float64, in row blocks through `staging`) and a scatter.
-    """
+
+def _row_blocks(
+    stats: Sequence[np.ndarray], b: int, staging: torch.Tensor, device: torch.device
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The strict triangles of `stats` (each (triangle_size(b), layers) packed Grams), side by
+    side in float64 row blocks of `staging`, on `device`: (entries, block) per block."""
     strict = b * (b - 1) // 2
-    total = sum(s.shape[1] for s in stats)
-    products = torch.zeros(total, total, dtype=torch.float64, device=device)
-    row_sums = torch.zeros(b, total, dtype=torch.float64, device=device)
-    rows, cols = _strict_entries(b, device)
     step = staging.shape[0]
     for lo in range(0, strict, step):
         hi = min(lo + step, strict)
@@ -700,13 +755,54 @@ def _batch_hsic(
         for s in stats:
             block[:, start : start + s.shape[1]] = torch.from_numpy(s[lo:hi])
             start += s.shape[1]
-        block = block.to(device)
+        yield slice(lo, hi), block[:, :start].to(device)
+
+
+def _side_terms(
+    packed: np.ndarray, b: int, staging: torch.Tensor, device: torch.device
+) -> _SideTerms:
+    """`_SideTerms` of one side's packed Grams on a batch of b rows: a scatter and a square."""
+    row_sums = torch.zeros(b, packed.shape[1], dtype=torch.float64, device=device)
+    squares = torch.zeros(packed.shape[1], dtype=torch.float64, device=device)
+    rows, cols = _strict_entries(b, device)
+    for entries, block in _row_blocks([packed], b, staging, device):
+        squares += block.square().sum(0)
+        row_sums.index_add_(0, rows[entries], block).index_add_(0, cols[entries], block)
+    return _SideTerms(row_sums, squares)
+
+
+def _cross_products(
+    packed_a: np.ndarray,
+    packed_b: np.ndarray,
+    b: int,
+    staging: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """Inner products of the strict triangles of every layer of side a with every layer of side
+    b, (a's layers, b's) in float64: a quarter of the stacked product for sides of one width."""
+    width = packed_a.shape[1]
+    products = torch.zeros(width, packed_b.shape[1], dtype=torch.float64, device=device)
+    for _, block in _row_blocks([packed_a, packed_b], b, staging, device):
+        products.addmm_(block[:, :width].T, block[:, width:])
+    return products
+
+
+def _batch_hsic(
+    stats: Sequence[np.ndarray], b: int, staging: torch.Tensor, device: torch.device
+) -> np.ndarray:
+    """HSIC_1 (`_hsic1`) of every pair of the layers of `stats` (each (triangle_size(b), layers)
+    packed Grams) on one batch of b rows, as a float64 matrix over their concatenated layers:
+    one product of the stacked triangles (float64, in row blocks through `staging`) and a
+    scatter of their row sums."""
+    total = sum(s.shape[1] for s in stats)
+    products = torch.zeros(total, total, dtype=torch.float64, device=device)
+    row_sums = torch.zeros(b, total, dtype=torch.float64, device=device)
+    rows, cols = _strict_entries(b, device)
+    for entries, block in _row_blocks(stats, b, staging, device):
         products.addmm_(block.T, block)
-        row_sums.index_add_(0, rows[lo:hi], block).index_add_(0, cols[lo:hi], block)
+        row_sums.index_add_(0, rows[entries], block).index_add_(0, cols[entries], block)
     sums = row_sums.sum(0)
-    hsic = 2 * products + torch.outer(sums, sums) / ((b - 1) * (b - 2))
-    hsic -= (row_sums.T @ row_sums) * (2 / (b - 2))
-    return (hsic / (b * (b - 3))).cpu().numpy()
+    return _hsic1(products, torch.outer(sums, sums), row_sums.T @ row_sums, b).cpu().numpy()
 
 
 def _warn_degenerate(res: CKAResult) -> None:
