@@ -95,7 +95,9 @@ def compare_stores(
             batch_labels = [labels[rows] for _, rows in batches]
             other = None if same else models[1]
             by = minibatch_cka_by_class(models[0], other, batch_labels, classes, device)
-            data_vars["cka_by_class"] = (("class", "layer_a", "layer_b"), by)
+            data_vars["cka_by_class"] = xr.DataArray(
+                by, dims=("class", "layer_a", "layer_b"), coords={"class": classes}
+            )
         if bootstrap and res.n_batches >= 2:
             low, high = res.bootstrap(bootstrap, seed)
             data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
@@ -110,8 +112,6 @@ def compare_stores(
         "layer_a": sa.layers,
         "layer_b": sb.layers,
     }
-    if "cka_by_class" in data_vars:
-        coords["class"] = classes
     if full:
         got = _full_data(sa, sb, same, full, rbf_sigma, svcca_variance)
         data_vars["full_similarity"] = (
