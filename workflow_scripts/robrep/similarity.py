@@ -621,10 +621,7 @@ def _view_cka(
             packed_a, terms_a = sides[0].of_rows(rows_a)
             packed_b, terms_b = sides[-1].of_rows(rows_b)
             products = _cross_products(packed_a, packed_b, m, staging, dev)
-            hsic = _hsic1(
-                products, torch.outer(terms_a.sums, terms_b.sums), terms_a.cross(terms_b), m
-            )
-            cross[v] += hsic.cpu().numpy()
+            cross[v] += terms_a.cross_hsic(terms_b, products, m)
             self_a[v] += terms_a.self_hsic(m)
             self_b[v] += terms_b.self_hsic(m)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -644,9 +641,11 @@ class _SideTerms:
         """1ᵀK̃1 of every layer."""
         return self.row_sums.sum(0)
 
-    def cross(self, other: _SideTerms) -> torch.Tensor:
-        """1ᵀK̃L̃1 of every layer pair, (self's layers, other's)."""
-        return self.row_sums.T @ other.row_sums
+    def cross_hsic(self, other: _SideTerms, inner: torch.Tensor, b: int) -> np.ndarray:
+        """HSIC_1(K, L) of every layer pair, (self's layers, other's), given the inner products
+        of their strict triangles (`_cross_products`)."""
+        sums_product = torch.outer(self.sums, other.sums)
+        return _hsic1(inner, sums_product, self.row_sums.T @ other.row_sums, b).cpu().numpy()
 
     def self_hsic(self, b: int) -> np.ndarray:
         """HSIC_1(K, K) of every layer."""
