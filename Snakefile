@@ -1,5 +1,8 @@
 # robrep: how do adversarially robust representations differ from standard ones?
 # dataset x architecture x method/eps x seed -> models -> activation stores -> similarity -> summary
+from snakemake.utils import min_version
+
+min_version("9.0")
 
 
 configfile: "config/config.yaml"

@@ -26,7 +26,7 @@ from isolated import run_isolated  # noqa: E402
 
 
 def _unverified() -> None:
-    import robrep.activation_store as store
+    import robrep.store.activations as store
 
     codec = store.chunk_codecs
     store.chunk_codecs = lambda name: [c for c in codec(name) if type(c).__name__ != "Crc32cCodec"]
@@ -38,8 +38,8 @@ def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: i
     import torch
     from bench_gram import images, model
 
-    from robrep.activation_store import StoreLayout, extract_to_store
-    from robrep.data import pass_orders
+    from robrep.learn.data import pass_orders
+    from robrep.store.activations import StoreLayout, extract_to_store
 
     if not verified:
         _unverified()
@@ -75,7 +75,7 @@ def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: i
 def _compare(verified: bool, a: str, b: str, threads: int):
     import torch
 
-    from robrep.compare import compare_stores
+    from robrep.study.compare import compare_stores
 
     if not verified:
         _unverified()

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robrep.activation_store import StoreLayout, extract_to_store
-from robrep.models import build_model
+from robrep.learn.models import build_model
+from robrep.store.activations import StoreLayout, extract_to_store
 
 
 class SyntheticImages:

@@ -44,7 +44,7 @@ MB = 2**20
 
 def model(arch: str, seed: int):
     """A WRN with seeded weights and batch-norm statistics from a few random batches."""
-    from robrep.models import build_model
+    from robrep.learn.models import build_model
 
     torch.manual_seed(seed)
     net = build_model(arch, 3, 10, [0.5] * 3, [0.25] * 3)
@@ -61,9 +61,9 @@ def images(n: int) -> np.ndarray:
 
 def _extract(arch, seed, n, batch, passes, path, features, threads):
     """Extraction as the rule runs it; the Gram phase in it (every `GramMaker` call) is timed."""
-    from robrep.activation_store import StoreLayout, extract_to_store
-    from robrep.data import pass_orders
+    from robrep.learn.data import pass_orders
     from robrep.similarity import GramMaker
+    from robrep.store.activations import StoreLayout, extract_to_store
 
     torch.set_num_threads(threads)
     phase = {"seconds": 0.0, "flops": 0.0}
@@ -103,7 +103,7 @@ def _extract(arch, seed, n, batch, passes, path, features, threads):
 
 def _forward(arch, seed, n, batch, passes, threads):
     """The bare forward passes over the same batches (no hooks, nothing kept)."""
-    from robrep.data import pass_orders
+    from robrep.learn.data import pass_orders
     from robrep.similarity import pass_batches
 
     torch.set_num_threads(threads)
@@ -119,8 +119,8 @@ def _forward(arch, seed, n, batch, passes, threads):
 def _gram_phase(arch, batch, threads):
     """One batch's layer outputs in memory; time the stored Gram (syrk-style lower triangle)
     against a full X Xᵀ (sgemm) on the same shapes."""
-    from robrep.activation_store import LayerRecorder
     from robrep.similarity import GramMaker, upper_gram
+    from robrep.store.activations import LayerRecorder
 
     torch.set_num_threads(threads)
     net = model(arch, 0)
@@ -153,8 +153,8 @@ def _gram_phase(arch, batch, threads):
 
 def _comparison(path_a, path_b, source, threads):
     """All-pairs minibatch CKA of two stores from their Gram statistics or their features."""
-    from robrep.activation_store import ActivationStore
     from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
+    from robrep.store.activations import ActivationStore
 
     torch.set_num_threads(threads)
     a, b = ActivationStore(path_a), ActivationStore(path_b)
@@ -180,7 +180,7 @@ def _paper_pairs(path_a, path_b, batch, sample, threads):
     pairs of the first batch; returns seconds per pair and batch."""
     from bench_cka import _hsic1_trace
 
-    from robrep.activation_store import ActivationStore
+    from robrep.store.activations import ActivationStore
 
     torch.set_num_threads(threads)
     a, b = ActivationStore(path_a), ActivationStore(path_b)
@@ -255,7 +255,7 @@ def main() -> None:
     args.dir.mkdir(parents=True)
     stores = {k: args.dir / f"{k}.zarr" for k in ("grams0", "grams1", "features0", "features1")}
 
-    from robrep.resources import model_cost, store_size
+    from robrep.pipeline.resources import model_cost, store_size
 
     cost = model_cost(args.arch, 3, 32, 10, "all", None, "none")
     print(

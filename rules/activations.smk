@@ -8,11 +8,13 @@ rule extract:
         directory(StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").path(RESULTS)),
     log:
         f"{RESULTS}/logs/extract/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["extract"]
     resources:
-        mem_mb=extract_resource("mem_mb"),
-        runtime=extract_resource("runtime"),
-        disk_mb=extract_resource("disk_mb"),
+        mem_mb=resource("extract", "mem_mb"),
+        runtime=resource("extract", "runtime"),
+        disk_mb=resource("extract", "disk_mb"),
         gpu=GPU,
     params:
         layers=ACT["layers"],

@@ -14,6 +14,8 @@ rule aggregate:
         findings=f"{RESULTS}/summary/findings.csv",
     log:
         f"{RESULTS}/logs/aggregate.log",
+    conda:
+        CONDA_ENV
     params:
         # What the results depend on, recorded in the summary (not device/threads/resources).
         settings=rcfg.study_settings(config),
@@ -36,5 +38,7 @@ rule figures:
         },
     log:
         f"{RESULTS}/logs/figures.log",
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/figures.py"

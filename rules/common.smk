@@ -1,23 +1,17 @@
-# What Snakemake needs from the library: config checks, paths, input functions, rule params
-# (each rule's params are exactly the settings that define its outputs) and resources.
+# What Snakemake needs from the library: the checked config and its study (one library call),
+# paths, input functions and rule params (each rule's params are exactly the settings that define
+# its outputs); job sizing is the library's `JobSizer`, asked through `resource(rule, key)`.
 import functools
 import os
 import re
 import signal
 import yaml
 from pathlib import Path
-from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from robrep import cluster as rcluster
-from robrep import config as rcfg
-from robrep import resources as rres
-from robrep.adversarial import attack_batch_size
-from robrep.analyses import ANALYSES, Study, comparisons, figures
-from robrep.data import dataset_options
 from robrep.ids import (
     CHECKPOINT_PATTERN,
     ID_PATTERN,
@@ -27,58 +21,40 @@ from robrep.ids import (
     adversarial_path,
     adversarial_source,
     comparison_path,
+    saved_epochs,
 )
+from robrep.learn.data import dataset_options
+from robrep.pipeline import cluster as rcluster
+from robrep.pipeline import config as rcfg
+from robrep.pipeline.jobs import JobSizer
+from robrep.study.analyses import ANALYSES, comparisons, figures
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
-    rcfg.check_unknown_keys(config, yaml.safe_load(SCHEMA_PATH.read_text()))
-    rcfg.check_config(config)
+    STUDY, CONFIG_WARNINGS = rcfg.load_config(
+        config,
+        yaml.safe_load(SCHEMA_PATH.read_text()),
+        lambda c: validate(c, "../config/schema.yaml"),
+    )
 except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
-validate(config, "../config/schema.yaml")
-# Listed analyses must have pairs; the default (every analysis) skips those without.
-ANALYSES_ASKED = "analyses" in config
-config.setdefault("analyses", list(ANALYSES))
-try:
-    rcfg.check_metrics(config)
-    rcfg.check_minibatches(config)
-    rcfg.check_probes(config)
-    if ANALYSES_ASKED:
-        rcfg.check_analyses(config)
-except rcfg.ConfigError as err:
-    raise WorkflowError(f"invalid config: {err}")
-
-for line in rcfg.clamp_warnings(config):
+for line in CONFIG_WARNINGS:
     logger.warning(line)
 EXAMPLES = rcfg.examples_used(config)  # per dataset: n_examples, at most the test split
 
 RESULTS = "results"
+# The software every rule runs with under --software-deployment-method conda (the venv otherwise).
+CONDA_ENV = "../envs/robrep.yaml"
 ID = ID_PATTERN
 TRAINING = config["training"]
 ACT = config["activations"]
 SIM = config["similarity"]
-CHECKPOINT_EPOCHS = rcfg.saved_epochs(TRAINING["epochs"], TRAINING["checkpoint_every"])
-try:
-    STUDY = Study.from_config(config)
-except rcfg.ConfigError as err:
-    raise WorkflowError(f"invalid config: {err}")
+CHECKPOINT_EPOCHS = saved_epochs(TRAINING["epochs"], TRAINING["checkpoint_every"])
 METHODS = STUDY.methods
 # Imported models by id (the import rule's wildcard), and the pattern matching exactly them.
 EXTERNAL = {m.id: entry for m, entry in rcfg.external_models(config).items()}
 EXTERNAL_PATTERN = "|".join(re.escape(i) for i in EXTERNAL) or "(?!)"
-FEATURES = ACT.get(
-    "features", ACT["layers"]
-)  # default: the Gram layers keep features too
-for key in ("layers", "features"):
-    selection = ACT["layers"] if key == "layers" else FEATURES
-    if isinstance(selection, list):
-        from robrep.models import build_model
-
-        for arch in STUDY.architectures:
-            try:
-                build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(selection)
-            except ValueError as err:
-                raise WorkflowError(f"invalid config: activations.{key}: {err}")
+FEATURES = rcfg.feature_layers(config)
 
 WILDCARD_MODEL = ModelKey("{dataset}", "{arch}", "{method_id}", "{seed}")
 MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
@@ -108,13 +84,7 @@ def splits_path(dataset):
     return f"{RESULTS}/data/{dataset}/splits.npz"
 
 
-def evaluation_attack():
-    """The evaluation attack's settings (config `evaluation` less its batch size)."""
-    ev = dict(config["evaluation"])
-    ev["eps"] = rcfg.parse_eps(ev["eps"], "evaluation.eps")
-    ev.pop("batch_size", None)
-    ev.pop("autoattack", None)  # AutoAttack has its own rule: it never retrains a model
-    return ev
+EVALUATION_ATTACK = rcfg.evaluation_attack(config)
 
 
 def train_settings(wildcards):
@@ -132,7 +102,7 @@ def train_settings(wildcards):
         schedule=TRAINING["schedule"],
         checkpoint_every=TRAINING["checkpoint_every"],
         augment=TRAINING["augment"],
-        evaluation=evaluation_attack(),
+        evaluation=EVALUATION_ATTACK,
         eval_batch_size=config["evaluation"]["batch_size"],
     )
 
@@ -157,9 +127,6 @@ STORE_LAYOUT = dict(
     pool=ACT.get("pool"),
     cka_batch_size=ACT["cka_batch_size"],
 )
-
-
-ATTACK_BATCH = attack_batch_size(ACT["batch_size"], STORE_LAYOUT["chunk_rows"])
 
 
 def extract_inputs(wildcards):
@@ -211,28 +178,11 @@ def all_targets():
 
 
 # ------------------------------------------------------------------------------------------
-# Resources for schedulers, derived from the config (see robrep.resources); retries scale them.
+# Resources for schedulers: robrep.pipeline.jobs sizes every job; retries scale the requests.
 
-GFLOPS = config["resources"]["gflops"]
 GPU = 1 if config["device"] == "cuda" else 0
-VALUE_BYTES = {"float32": 4, "float16": 2}[ACT["dtype"]]
-
-
-def _cost(dataset, arch):
-    geo = rres.dataset_geometry(dataset, config["dataset_options"].get(dataset, {}))
-    return geo, rres.model_cost(
-        arch,
-        geo.channels,
-        geo.size,
-        geo.classes,
-        _hashable(ACT["layers"]),
-        ACT.get("pool"),
-        _hashable(FEATURES),
-    )
-
-
-def _hashable(layers):
-    return layers if isinstance(layers, str) else tuple(layers)
+SIZER = JobSizer(config, STUDY, COMPARISONS)
+ATTACK_BATCH = SIZER.attack_batch
 
 
 # On a cluster every submission must fit one node: config resources.node, else the largest node
@@ -259,168 +209,14 @@ def cluster_node():
     return node
 
 
-# What sizes each rule's jobs, named when a job cannot fit a node.
-SIZE_SETTINGS = {
-    "train": "training.epochs/batch_size or resources.gflops",
-    "import_model": "evaluation.steps/batch_size or resources.gflops",
-    "attack": "activations.n_examples/batch_size, evaluation.steps or resources.gflops",
-    "extract": "activations.n_examples/cka_batch_size/passes or resources.gflops",
-    "similarity": "activations.n_examples/cka_batch_size/passes or the full-data similarity.metrics",
-    "probe": "probes.n_examples/folds or activations.features",
-    "autoattack": "evaluation.autoattack.n_examples/version or resources.gflops",
-}
+def resource(rule_name, key):
+    """A rule's `key` request (mem_mb, runtime, disk_mb) for a job, scaled by its attempt."""
 
-
-def fitted(rule_name, est, key, attempt):
-    """est[key] scaled by the attempt number, within one node; a first attempt no node can run
-    stops the workflow, naming the rule and what to change."""
-    node = cluster_node()
-    if attempt == 1:
+    def value(wildcards, attempt):
         try:
-            rcluster.check_request(
-                rule_name, est["mem_mb"], est["runtime"], node, SIZE_SETTINGS[rule_name]
-            )
+            return SIZER.request(rule_name, key, wildcards, attempt, cluster_node())
         except rcluster.ResourceRequestError as err:
             raise WorkflowError(str(err))
-    value = est[key] * attempt
-    if node is not None and key == "mem_mb":
-        value = min(value, node.mem_mb)
-    if node is not None and key == "runtime" and node.max_runtime is not None:
-        value = min(value, node.max_runtime)
-    return value
-
-
-def train_resource(key):
-    def value(wildcards, attempt):
-        geo, cost = _cost(wildcards.dataset, wildcards.arch)
-        est = rres.train_resources(
-            geo,
-            cost,
-            TRAINING["epochs"],
-            TRAINING["batch_size"],
-            METHODS[wildcards.method_id]["steps"],
-            config["evaluation"]["val_steps"],
-            GFLOPS,
-            TRAINING["val_fraction"],
-        )
-        return fitted("train", est, key, attempt)
-
-    return value
-
-
-def extract_resource(key):
-    def value(wildcards, attempt):
-        geo, cost = _cost(wildcards.dataset, wildcards.arch)
-        est = rres.extract_resources(
-            geo,
-            cost,
-            EXAMPLES[wildcards.dataset],
-            wildcards.inputs != "benign",
-            GFLOPS,
-            VALUE_BYTES,
-            ACT["cka_batch_size"],
-            ACT["passes"],
-        )
-        return (
-            est[key] * attempt
-            if key == "disk_mb"
-            else fitted("extract", est, key, attempt)
-        )
-
-    return value
-
-
-def attack_resource(key):
-    def value(wildcards, attempt):
-        geo, cost = _cost(wildcards.dataset, wildcards.arch)
-        est = rres.attack_resources(
-            geo,
-            cost,
-            EXAMPLES[wildcards.dataset],
-            ATTACK_BATCH,
-            config["evaluation"]["steps"],
-            GFLOPS,
-        )
-        return (
-            est[key] * attempt
-            if key == "disk_mb"
-            else fitted("attack", est, key, attempt)
-        )
-
-    return value
-
-
-def similarity_resource(key):
-    def value(wildcards, attempt):
-        a, b = COMPARISONS[(wildcards.analysis, wildcards.dataset, wildcards.pair)]
-        _, cost_a = _cost(a.model.dataset, a.model.arch)
-        _, cost_b = _cost(b.model.dataset, b.model.arch)
-        full = any(m != "minibatch_cka" for m in SIM["metrics"])
-        est = rres.similarity_resources(
-            cost_a,
-            cost_b,
-            EXAMPLES[wildcards.dataset],
-            ACT["cka_batch_size"],
-            ACT["passes"],
-            full,
-            GFLOPS,
-        )
-        return fitted("similarity", est, key, attempt)
-
-    return value
-
-
-def probe_examples(wildcards):
-    """Examples a probe reads: probes.n_examples, at most what the store holds."""
-    return min(EXAMPLES[wildcards.dataset], config["probes"]["n_examples"])
-
-
-def autoattack_examples(wildcards):
-    """Examples AutoAttack attacks: its n_examples, at most the test split."""
-    return min(EXAMPLES[wildcards.dataset], AUTOATTACK["n_examples"])
-
-
-def import_resource(key):
-    def value(wildcards, attempt):
-        entry = EXTERNAL[wildcards.external]
-        geo, cost = _cost(entry["dataset"], entry["arch"])
-        est = rres.attack_resources(
-            geo,
-            cost,
-            geo.examples,
-            config["evaluation"]["batch_size"],
-            config["evaluation"]["steps"],
-            GFLOPS,
-        )
-        return fitted("import_model", est, key, attempt)
-
-    return value
-
-
-def probe_resource(key):
-    def value(wildcards, attempt):
-        _, cost = _cost(wildcards.dataset, wildcards.arch)
-        n = probe_examples(wildcards)
-        est = rres.probe_resources(cost, n, config["probes"]["folds"], GFLOPS)
-        return fitted("probe", est, key, attempt)
-
-    return value
-
-
-def autoattack_resource(key):
-    def value(wildcards, attempt):
-        geo, cost = _cost(wildcards.dataset, wildcards.arch)
-        version = AUTOATTACK["version"]
-        est = rres.autoattack_resources(
-            geo,
-            cost,
-            autoattack_examples(wildcards),
-            version if isinstance(version, str) else tuple(version),
-            config["evaluation"]["steps"],
-            AUTOATTACK["batch_size"],
-            GFLOPS,
-        )
-        return fitted("autoattack", est, key, attempt)
 
     return value
 
@@ -433,36 +229,14 @@ def _end_run(messages):
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def check_every_request():
-    """On a cluster, refuse before anything is submitted a job of the study that no node can
-    run (the same estimates the jobs will ask for, first attempt)."""
-    if cluster_node() is None:
-        return
-    for m in STUDY.models:
-        if m.id in EXTERNAL:
-            import_resource("mem_mb")(SimpleNamespace(external=m.id), 1)
-        else:
-            train_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
-    for model, checkpoint in ATTACKED:
-        attack_resource("mem_mb")(
-            SimpleNamespace(**vars(model), checkpoint=checkpoint), 1
-        )
-    for s in STORES:
-        fields = dict(vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs)
-        extract_resource("mem_mb")(SimpleNamespace(**fields), 1)
-    for analysis, dataset, pair in COMPARISONS:
-        fields = dict(analysis=analysis, dataset=dataset, pair=pair)
-        similarity_resource("mem_mb")(SimpleNamespace(**fields), 1)
-    for s in PROBED:
-        probe_resource("mem_mb")(SimpleNamespace(**vars(s.model)), 1)
-    for m in AUTOATTACKED:
-        autoattack_resource("mem_mb")(SimpleNamespace(**vars(m)), 1)
-
-
 def cluster_start():
     """Before anything is submitted: refuse a job no node holds; under SLURM, end the run when a
-    submitted job can never start (see robrep.cluster.PendingWatch)."""
-    check_every_request()
+    submitted job can never start (see robrep.pipeline.cluster.PendingWatch)."""
+    jobs = SIZER.planned_jobs(ATTACKED, STORES, PROBED, AUTOATTACKED)
+    try:
+        SIZER.check_every_job(jobs, cluster_node())
+    except rcluster.ResourceRequestError as err:
+        raise WorkflowError(str(err))
     if on_slurm() and not workflow.dryrun:
         interval = config["resources"]["pending_check_seconds"]
         rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()

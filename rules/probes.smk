@@ -8,13 +8,15 @@ rule probe:
         StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").probe_path(RESULTS),
     log:
         f"{RESULTS}/logs/probe/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["similarity"]
     resources:
-        mem_mb=probe_resource("mem_mb"),
-        runtime=probe_resource("runtime"),
+        mem_mb=resource("probe", "mem_mb"),
+        runtime=resource("probe", "runtime"),
     params:
         folds=config["probes"]["folds"],
         seed=config["probes"]["seed"],
-        n_examples=probe_examples,
+        n_examples=lambda wc: SIZER.probe_examples(wc.dataset),
     script:
         "../workflow_scripts/probe.py"

@@ -9,14 +9,16 @@ rule attack:
         directory(adversarial_path(RESULTS, WILDCARD_MODEL, "{checkpoint}")),
     log:
         f"{RESULTS}/logs/attack/{MODEL_ID}/{{checkpoint}}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["extract"]
     resources:
-        mem_mb=attack_resource("mem_mb"),
-        runtime=attack_resource("runtime"),
-        disk_mb=attack_resource("disk_mb"),
+        mem_mb=resource("attack", "mem_mb"),
+        runtime=resource("attack", "runtime"),
+        disk_mb=resource("attack", "disk_mb"),
         gpu=GPU,
     params:
-        attack=evaluation_attack(),
+        attack=EVALUATION_ATTACK,
         n_examples=lambda wc: EXAMPLES[wc.dataset],
         subset_seed=config["split_seed"],
         batch_size=ATTACK_BATCH,
@@ -35,16 +37,18 @@ rule autoattack:
         f"{MODEL_DIR}/autoattack.json",
     log:
         f"{RESULTS}/logs/autoattack/{MODEL_ID}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
-        mem_mb=autoattack_resource("mem_mb"),
-        runtime=autoattack_resource("runtime"),
+        mem_mb=resource("autoattack", "mem_mb"),
+        runtime=resource("autoattack", "runtime"),
         gpu=GPU,
     params:
-        evaluation=evaluation_attack(),
+        evaluation=EVALUATION_ATTACK,
         version=AUTOATTACK["version"],
         batch_size=AUTOATTACK["batch_size"],
-        n_examples=autoattack_examples,
+        n_examples=lambda wc: SIZER.autoattack_examples(wc.dataset),
         subset_seed=config["split_seed"],
     script:
         "../workflow_scripts/evaluate_autoattack.py"

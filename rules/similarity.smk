@@ -8,10 +8,12 @@ rule similarity:
         comparison_path(RESULTS, "{analysis}", "{dataset}", "{pair}"),
     log:
         f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["similarity"]
     resources:
-        mem_mb=similarity_resource("mem_mb"),
-        runtime=similarity_resource("runtime"),
+        mem_mb=resource("similarity", "mem_mb"),
+        runtime=resource("similarity", "runtime"),
     params:
         metrics=SIM["metrics"],
         bootstrap=SIM["bootstrap"],

@@ -6,6 +6,8 @@ rule prepare_data:
         splits_path("{dataset}"),
     log:
         f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
+    conda:
+        CONDA_ENV
     params:
         data_root=config["data_root"],
         options=lambda wc: dataset_options(
@@ -29,10 +31,12 @@ rule train:
         metrics=f"{MODEL_DIR}/metrics.json",
     log:
         f"{RESULTS}/logs/train/{MODEL_ID}.log",
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
-        mem_mb=train_resource("mem_mb"),
-        runtime=train_resource("runtime"),
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
         gpu=GPU,
     params:
         settings=train_settings,
@@ -57,14 +61,16 @@ rule import_model:
         f"{RESULTS}/logs/import_model/{{external}}.log",
     wildcard_constraints:
         external=EXTERNAL_PATTERN,
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
-        mem_mb=import_resource("mem_mb"),
-        runtime=import_resource("runtime"),
+        mem_mb=resource("import_model", "mem_mb"),
+        runtime=resource("import_model", "runtime"),
         gpu=GPU,
     params:
         entry=lambda wc: EXTERNAL[wc.external],
-        evaluation=evaluation_attack(),
+        evaluation=EVALUATION_ATTACK,
         eval_batch_size=config["evaluation"]["batch_size"],
     script:
         "../workflow_scripts/import_model.py"

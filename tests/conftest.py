@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from robrep.models import build_model
+from robrep.learn.models import build_model
 
 from workflow_helpers import TINY, make_workdir, snakemake
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from robrep.activation_store import StoreLayout, extract_to_store
+from robrep.store.activations import StoreLayout, extract_to_store
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 import zarr
 
-from robrep.activation_store import (
+from robrep.store.activations import (
     ActivationStore,
     IncompleteStoreError,
     MismatchedStoresError,
@@ -72,8 +72,8 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, torch, os, signal
-        from robrep.models import build_model
-        from robrep import activation_store as st
+        from robrep.learn.models import build_model
+        from robrep.store import activations as st
         torch.manual_seed(0)
         model = build_model("convnet", 1, 10, [0.3], [0.3]).eval()
         real = st.LayerRecorder.record
@@ -97,7 +97,7 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
     with pytest.raises(FileNotFoundError):
         ActivationStore(tmp_path / "s.zarr")
     torch.manual_seed(0)
-    from robrep.models import build_model
+    from robrep.learn.models import build_model
 
     model = build_model("convnet", 1, 10, [0.3], [0.3]).eval()
     x = np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32)
@@ -165,7 +165,7 @@ def test_read_rows_fills_the_callers_buffer(tiny_model, tmp_path, dtype):
 
 def test_failed_extraction_removes_its_partial_store(tiny_model, tmp_path, monkeypatch):
     """An error mid-way (a full disk, a bad layer) leaves neither the store nor its partial."""
-    from robrep import activation_store as st
+    from robrep.store import activations as st
 
     calls = []
 
@@ -184,8 +184,8 @@ def test_failed_extraction_removes_its_partial_store(tiny_model, tmp_path, monke
 
 PEAK_SCRIPT = """
 import resource, sys, numpy as np, torch
-from robrep.models import build_model
-from robrep.activation_store import StoreLayout, extract_to_store
+from robrep.learn.models import build_model
+from robrep.store.activations import StoreLayout, extract_to_store
 torch.manual_seed(0)
 model = build_model("convnet-2", 1, 10, [0.3], [0.3]).eval()
 n = int(sys.argv[1])

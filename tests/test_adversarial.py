@@ -8,16 +8,16 @@ import pytest
 import torch
 import zarr
 
-from robrep.activation_store import ActivationStore
-from robrep.adversarial import (
+from robrep.io.checksums import DamagedArtefactError
+from robrep.learn.adversarial import (
     IncompleteAdversarialError,
     attack_batch_size,
     craft,
     read_adversarial,
     write_adversarial,
 )
-from robrep.attacks import AttackSpec
-from robrep.checksums import DamagedArtefactError
+from robrep.learn.attacks import AttackSpec
+from robrep.store.activations import ActivationStore
 
 from store_helpers import extract, images
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robrep.analyses import block_structure_score, depth_below, diagonal
+from robrep.study.scores import block_structure_score, depth_below, diagonal
 
 
 def block_matrix(sizes, within=0.9, across=0.3):
@@ -72,7 +72,7 @@ def test_depth_below_and_diagonal():
 def study(**changes):
     import copy
 
-    from robrep.analyses import Study
+    from robrep.pipeline.config import study_from_config
 
     from workflow_helpers import TINY
 
@@ -80,11 +80,11 @@ def study(**changes):
     config.update(changes)
     config.setdefault("activations", {}).setdefault("inputs", ["benign", "pgd"])
     config["training"].setdefault("checkpoint_every", 1)
-    return Study.from_config(config)
+    return study_from_config(config)
 
 
 def pairs_of(s, analysis):
-    from robrep.analyses import comparisons
+    from robrep.study.analyses import comparisons
 
     return [
         (a.id.removeprefix("digits/"), b.id.removeprefix("digits/"))
@@ -217,9 +217,9 @@ def test_registry_is_consistent():
     are unique; the config check knows exactly the registry's names."""
     from pathlib import Path
 
-    from robrep import config as rcfg
-    from robrep.analyses import ANALYSES, STUDY_FIGURES, figures
-    from robrep.figures import FIGURES
+    from robrep.pipeline import config as rcfg
+    from robrep.study.analyses import ANALYSES, STUDY_FIGURES, figures
+    from robrep.study.figures import FIGURES
 
     names = figures(ANALYSES, probes=True)
     assert set(names) == set(FIGURES) and len(names) == len(set(names))
@@ -235,7 +235,7 @@ def test_registry_is_consistent():
 
 
 def test_each_analysis_summarises_its_comparisons():
-    from robrep.analyses import ANALYSES
+    from robrep.study.analyses import ANALYSES
 
     m = block_matrix([3, 5])
     benign = {"checkpoint": "final", "inputs": "benign"}
@@ -253,7 +253,7 @@ def test_each_analysis_summarises_its_comparisons():
 
 
 def test_depth_matched_diagonal():
-    from robrep.analyses import depth_matched_diagonal
+    from robrep.study.scores import depth_matched_diagonal
 
     m = np.arange(12.0).reshape(3, 4)
     # Layers at relative depth 0, 0.5, 1 of a 3-layer net meet layers 0, 2 (1.5 rounds to 2), 3.
@@ -282,9 +282,9 @@ def test_ids_round_trip():
 def test_adding_an_analysis_is_one_registry_entry(monkeypatch):
     """The README's worked example: one entry (plus a figure function) and the config check,
     the pairs, the summaries and the figure list all know the new analysis."""
-    from robrep import analyses, figures
-    from robrep import config as rcfg
-    from robrep.analyses import Analysis, StoreKey, _mean_diagonal, comparisons
+    from robrep.pipeline import config as rcfg
+    from robrep.study import analyses, figures
+    from robrep.study.analyses import Analysis, StoreKey, _mean_diagonal, comparisons
 
     def eps_neighbours_pairs(study):
         for m in study.models:
@@ -328,8 +328,8 @@ def test_adding_an_analysis_is_one_registry_entry(monkeypatch):
 
 def test_comparison_of_stores_without_coordinates_is_refused(tiny_model, tmp_path):
     """A store lacking the metadata comparisons read (an older robrep's) is an error naming it."""
-    from robrep.activation_store import StoreLayout, extract_to_store
-    from robrep.compare import compare_stores
+    from robrep.store.activations import StoreLayout, extract_to_store
+    from robrep.study.compare import compare_stores
 
     x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
     path = extract_to_store(

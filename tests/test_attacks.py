@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robrep.attacks import AttackSpec, pgd
+from robrep.learn.attacks import AttackSpec, pgd
 
 from reference import accuracy
 

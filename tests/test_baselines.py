@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from robrep.analyses import block_score_interval, block_structure_score
-from robrep.compare import compare_stores
-from robrep.data import pass_orders
-from robrep.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_claims
-from robrep.summary import _stack, seed_baselines
+from robrep.learn.data import pass_orders
+from robrep.study.compare import compare_stores
+from robrep.study.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_claims
+from robrep.study.scores import block_score_interval, block_structure_score
+from robrep.study.summary import _stack, seed_baselines
 
 from store_helpers import extract
 
@@ -150,7 +150,7 @@ def test_claim_within_bootstrap_is_not_beyond_it():
 def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
     """The figures' band behind a curve: the seed pairs of its configurations, with their
     bootstrap intervals (so one seed pair still gives a band around its value)."""
-    from robrep.figures import _seed_band
+    from robrep.study.figures import _seed_band
 
     s = identical_stores
     robust = "pgd-linf-eps0.1"
@@ -168,7 +168,7 @@ def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
 
 
 def test_block_score_seed_range():
-    from robrep.summary import seed_range
+    from robrep.study.summary import seed_range
 
     methods = ["standard", "standard", "pgd", "pgd", "trades"]
     ds = _summary([0.5, 0.52, 0.2, np.nan, 0.1], [0.0] * 5, methods, [0, 1, 0, 1, 0])

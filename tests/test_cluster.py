@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from robrep import cluster
+from robrep.pipeline import cluster
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robrep import config as rcfg
 from robrep.ids import SAFE_ID, method_id
+from robrep.pipeline import config as rcfg
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
@@ -256,9 +256,7 @@ def test_external_models_are_checked_and_keyed(tmp_path):
     # External models only: no architectures, methods or seeds.
     only = {"datasets": ["digits"], "external_models": [external(tmp_path)]}
     check(only)
-    from robrep.analyses import Study
-
-    study = Study.from_config(
+    study = rcfg.study_from_config(
         {
             **only,
             "training": {"epochs": 2, "checkpoint_every": 1},

@@ -13,13 +13,13 @@ import pytest
 import torch
 import zarr
 
-from robrep.activation_store import (
+from robrep.learn.data import pass_orders
+from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
+from robrep.store.activations import (
     ActivationStore,
     DamagedStoreError,
     NonFiniteActivationsError,
 )
-from robrep.data import pass_orders
-from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
 
 from store_helpers import extract as extract_store
 from workflow_helpers import TINY, make_workdir, snakemake
@@ -64,7 +64,7 @@ def test_corrupted_chunk_fails_its_read_naming_store_and_array(tiny_model, tmp_p
 
 
 def test_comparison_of_a_damaged_store_gives_no_number(tiny_model, tmp_path):
-    from robrep.compare import compare_stores
+    from robrep.study.compare import compare_stores
 
     path = extract(tiny_model, tmp_path / "s.zarr")
     corrupt_middle(chunk_files(path / "gram")[0])
@@ -136,7 +136,8 @@ def test_a_failing_rule_script_logs_its_traceback(tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_weights_are_refused_naming_the_file(tiny_model, tmp_path, damage):
-    from robrep.weights import DamagedWeightsError, load_model, save_weights
+    from robrep.io.weights import DamagedWeightsError, save_weights
+    from robrep.learn.loading import load_model
 
     meta = {"arch": "convnet", "in_channels": 1, "num_classes": 10, "mean": [0.3], "std": [0.3]}
     path = tmp_path / "model.safetensors"
@@ -158,7 +159,7 @@ def test_tampered_netcdf_fails_its_checksum_naming_the_file(tmp_path):
     """Comparison and summary netCDF files carry Fletcher-32 checksums on every numeric array."""
     import xarray as xr
 
-    from robrep.xrio import DamagedArtefactError, read_netcdf, write_netcdf
+    from robrep.io.xrio import DamagedArtefactError, read_netcdf, write_netcdf
 
     values = np.random.default_rng(0).random((1, 30, 30))
     ds = xr.Dataset(
@@ -186,7 +187,7 @@ def test_tampered_netcdf_labels_fail_the_metadata_checksum(tmp_path, old, new):
     """Attributes and string labels, which Fletcher-32 does not cover, carry a SHA-256."""
     import xarray as xr
 
-    from robrep.xrio import DamagedArtefactError, read_netcdf, write_netcdf
+    from robrep.io.xrio import DamagedArtefactError, read_netcdf, write_netcdf
 
     ds = xr.Dataset(
         {"similarity": (("a",), np.arange(30.0))},
@@ -207,7 +208,7 @@ def test_tampered_netcdf_labels_fail_the_metadata_checksum(tmp_path, old, new):
 def test_json_artefacts_carry_and_verify_a_sha256(tmp_path):
     import json
 
-    from robrep.checksums import DamagedArtefactError, read_json, write_json
+    from robrep.io.checksums import DamagedArtefactError, read_json, write_json
 
     metrics = {"test": {"clean_acc": 0.9375, "robust_acc": float("nan")}, "seed": 0}
     path = tmp_path / "metrics.json"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robrep.data import (
+from robrep.learn.data import (
     DatasetMissingError,
     evaluation_subset,
     examples_in_test_split,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from robrep.external import CheckpointError, import_external, import_model, read_state_dict
-from robrep.models import build_model
+from robrep.learn.external import CheckpointError, import_external, import_model, read_state_dict
+from robrep.learn.models import build_model
 
 MEAN, STD = [0.5], [0.25]
 
@@ -134,7 +134,7 @@ def test_torchvision_state_dict(tmp_path):
 def test_reused_modules_are_probed_per_call():
     """torchvision ResNet's block ReLU runs twice per block: `all` probes each call, in the order
     the layers fire, and each call's output is its own (never the later one's)."""
-    from robrep.activation_store import LayerRecorder
+    from robrep.store.activations import LayerRecorder
 
     model = source_model("torchvision-resnet18", channels=3)
     layers = model.probe_layers("all")
@@ -214,8 +214,8 @@ def test_wrong_keys_and_shapes_are_named(tmp_path):
 
 
 def test_imported_models_accuracy_matches_a_direct_forward(tmp_path):
-    from robrep.data import Splits
-    from robrep.weights import load_model
+    from robrep.learn.data import Splits
+    from robrep.learn.loading import load_model
 
     model = source_model()
     torch.save(foreign_state(model), tmp_path / "w.pt")
@@ -239,7 +239,7 @@ def test_imported_models_accuracy_matches_a_direct_forward(tmp_path):
 def robustbench_or_skip():
     """robustbench, with the extra installed (`pip install -e '.[robustbench]'`)."""
     try:
-        from robrep.robustbench_zoo import import_robustbench
+        from robrep.learn.robustbench_zoo import import_robustbench
 
         return import_robustbench()
     except ImportError as err:
@@ -303,7 +303,7 @@ def test_robustbench_layout_directory_loads_as_robustbench_does(tmp_path, monkey
 
 def test_robustbench_entries_are_checked(tmp_path):
     robustbench_or_skip()
-    from robrep.config import ConfigError, check_external_models
+    from robrep.pipeline.config import ConfigError, check_external_models
 
     _, path = robustbench_checkpoint(tmp_path / "models")
     good = {

@@ -12,8 +12,8 @@ import pytest
 import torch
 import xarray as xr
 
-from robrep.checksums import read_json
-from robrep.models import build_model
+from robrep.io.checksums import read_json
+from robrep.learn.models import build_model
 
 from test_data import write_cifar10
 from test_external import RB_ARCH, robustbench_checkpoint, robustbench_or_skip
@@ -77,7 +77,7 @@ def test_external_models_only_run_end_to_end(external_run):
     workdir, models, log = external_run
     assert "rule train:" not in log and "rule import_model:" in log
     results = workdir / "results"
-    from robrep.data import read_splits, to_float
+    from robrep.learn.data import read_splits, to_float
 
     splits = read_splits(results / "data/digits/splits.npz")
     for name, method in (("standard", "standard"), ("robust", "pgd-linf-eps0.1")):
@@ -244,7 +244,7 @@ def test_robustbench_model_runs_end_to_end(tmp_path):
     write_config(workdir, config)
     snakemake(workdir)
     results = workdir / "results"
-    from robrep.data import read_splits, to_float
+    from robrep.learn.data import read_splits, to_float
 
     model_dir = results / f"models/cifar10/{RB_ARCH}/pgd-linf-eps8_255/seed0"
     metrics = read_json(model_dir / "metrics.json")

@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robrep.activation_store import (
-    ActivationStore,
-    MismatchedStoresError,
-    StoreLayout,
-    check_aligned,
-    extract_to_store,
-)
-from robrep.data import pass_orders
+from robrep.learn.data import pass_orders
 from robrep.similarity import (
     GramMaker,
     minibatch_cka_grams,
@@ -25,6 +18,13 @@ from robrep.similarity import (
     triangle_size,
     unpack_gram,
     upper_gram,
+)
+from robrep.store.activations import (
+    ActivationStore,
+    MismatchedStoresError,
+    StoreLayout,
+    check_aligned,
+    extract_to_store,
 )
 
 from reference import hsic1_textbook
@@ -217,7 +217,7 @@ STORE_META = {
 
 
 def test_comparison_records_its_minibatches(tiny_model, tmp_path):
-    from robrep.compare import compare_stores
+    from robrep.study.compare import compare_stores
 
     order = pass_orders(40, 2, split_seed=0)
     attrs = STORE_META
@@ -258,7 +258,7 @@ def test_packed_permutation_is_the_permuted_gram(rng, b):
 
 
 def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tmp_path):
-    from robrep.compare import compare_stores
+    from robrep.study.compare import compare_stores
 
     path = extract(
         tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0), meta=STORE_META
@@ -387,7 +387,7 @@ def test_class_conditional_cka_equals_unconditional_when_classes_share_one_repre
 
 
 def test_compare_stores_by_class(tiny_model, tmp_path):
-    from robrep.compare import compare_stores
+    from robrep.study.compare import compare_stores
 
     order = pass_orders(64, 2, split_seed=0)
     path = extract(tiny_model, tmp_path / "s.zarr", order, cka_batch_size=64, meta=STORE_META)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robrep.probes import probe_accuracy, probe_store, ridge_probe_fold
 from robrep.similarity import accumulate_gram
+from robrep.study.probes import probe_accuracy, probe_store, ridge_probe_fold
 
 STORE_META = {
     "model_id": "m",
@@ -82,8 +82,8 @@ def test_probe_store_names_layers_and_chance(tiny_model, tmp_path):
 @pytest.mark.filterwarnings("ignore:class .* fewer than the 2 probe folds")
 def test_probe_store_subset_reads_the_drawn_rows(tiny_model, tmp_path):
     """With n_examples below the store's, the probe is that of the seeded subset's features."""
-    from robrep.activation_store import ActivationStore
-    from robrep.probes import _RowSubset
+    from robrep.store.activations import ActivationStore
+    from robrep.study.probes import _RowSubset
 
     from store_helpers import extract
 
@@ -100,7 +100,7 @@ def test_probe_store_subset_reads_the_drawn_rows(tiny_model, tmp_path):
 def test_penalty_choice_is_brute_force_leave_one_out(rng):
     """The closed-form leave-one-out error that picks the penalty equals refitting without each
     example in turn (ridge with an intercept), so the chosen penalty is the brute-force best."""
-    from robrep.probes import PENALTIES
+    from robrep.study.probes import PENALTIES
 
     x = rng.standard_normal((24, 5))
     classes = rng.integers(0, 3, 24)

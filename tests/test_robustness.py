@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from robrep.robustness import autoattack, evaluate_robustness, gradient_masking
+from robrep.learn.robustness import autoattack, evaluate_robustness
+from robrep.study.summary import gradient_masking
 
 EVALUATION = {"norm": "linf", "eps": 0.05, "steps": 10}
 

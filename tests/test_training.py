@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from robrep.checksums import read_json
-from robrep.config import resolve_method
-from robrep.data import load_splits, save_splits
+from robrep.io.checksums import read_json
+from robrep.io.weights import read_metadata
+from robrep.learn.data import load_splits, save_splits
+from robrep.learn.loading import load_model
+from robrep.learn.training import TrainingDiverged, TrainSettings, train
+from robrep.pipeline.config import resolve_method
 from robrep.runtime import pick_device
-from robrep.training import TrainingDiverged, TrainSettings, train
-from robrep.weights import load_model, read_metadata
 
 
 def settings(**overrides):
@@ -83,9 +84,9 @@ def test_outputs_and_bitwise_determinism(splits, tmp_path):
 
 RESUME_SCRIPT = """
 import sys
-from robrep.data import read_splits
+from robrep.learn.data import read_splits
 from robrep.runtime import pick_device
-from robrep.training import TrainSettings, train
+from robrep.learn.training import TrainSettings, train
 import json
 settings = TrainSettings(**json.loads(sys.argv[1]))
 train(settings, read_splits(sys.argv[2]), sys.argv[3], pick_device("cpu"), threads=1)

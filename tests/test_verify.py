@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from robrep.activation_store import ActivationStore
-from robrep.verify import verify_results
+from robrep.pipeline.verify import verify_results
+from robrep.store.activations import ActivationStore
 
 from test_damage import chunk_files, corrupt_middle
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def robrep_verify(results):
     """The console entry point, as a user runs it."""
     robrep = shutil.which("robrep", path=str(sys.executable.rsplit("/", 1)[0]))
-    command = [robrep] if robrep else [sys.executable, "-m", "robrep.cli"]
+    command = [robrep] if robrep else [sys.executable, "-m", "robrep.pipeline.cli"]
     return subprocess.run([*command, "verify", str(results)], capture_output=True, text=True)
 
 

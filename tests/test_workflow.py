@@ -9,8 +9,8 @@ import pytest
 import torch
 import xarray as xr
 
-from robrep.activation_store import ActivationStore
-from robrep.checksums import read_json
+from robrep.io.checksums import read_json
+from robrep.store.activations import ActivationStore
 
 from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 
@@ -117,9 +117,9 @@ def test_full_run_outputs(completed_run):
 def test_transfer_stores_see_exactly_the_source_models_stored_examples(completed_run):
     """The adversarial images are stored once per model and checkpoint, within the attack's
     bound; a transfer store is the target model on exactly the source's stored images."""
-    from robrep.adversarial import read_adversarial
-    from robrep.data import evaluation_subset, read_splits, to_float
-    from robrep.weights import load_model
+    from robrep.learn.adversarial import read_adversarial
+    from robrep.learn.data import evaluation_subset, read_splits, to_float
+    from robrep.learn.loading import load_model
 
     results = completed_run / "results"
     splits = read_splits(results / "data/digits/splits.npz")

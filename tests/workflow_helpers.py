@@ -37,7 +37,7 @@ TINY = {
 
 
 def make_workdir(path: Path, config: dict) -> Path:
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "report", "profiles"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "report", "profiles", "envs"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -5,10 +5,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from robrep.findings import paper_claims
-from robrep.runtime import atomic_output, software_versions
-from robrep.summary import aggregate
-from robrep.xrio import write_netcdf, write_zarr
+from robrep.io.atomic import atomic_output
+from robrep.io.xrio import write_netcdf, write_zarr
+from robrep.runtime import software_versions
+from robrep.study.findings import paper_claims
+from robrep.study.summary import aggregate
 
 from _log import redirect_to_log
 

@@ -11,10 +11,10 @@ from robrep.workers import short_spin_environment
 os.environ.update(short_spin_environment())  # before torch loads its thread pool
 import torch
 
-from robrep.adversarial import craft, write_adversarial
-from robrep.attacks import AttackSpec
+from robrep.learn.adversarial import craft, write_adversarial
+from robrep.learn.attacks import AttackSpec
+from robrep.learn.loading import load_on_subset
 from robrep.runtime import pick_device, software_versions
-from robrep.weights import load_on_subset
 
 from _log import redirect_to_log
 

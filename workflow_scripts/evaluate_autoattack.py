@@ -8,10 +8,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.checksums import write_json
-from robrep.robustness import evaluate_robustness
+from robrep.io.checksums import write_json
+from robrep.learn.loading import load_on_subset
+from robrep.learn.robustness import evaluate_robustness
 from robrep.runtime import pick_device, software_versions
-from robrep.weights import load_on_subset
 
 from _log import redirect_to_log
 

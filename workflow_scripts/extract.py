@@ -11,11 +11,11 @@ os.environ.update(short_spin_environment())  # before torch and scipy load their
 import torch
 from threadpoolctl import threadpool_limits
 
-from robrep.activation_store import StoreLayout, extract_to_store
-from robrep.adversarial import read_adversarial
-from robrep.data import pass_orders
+from robrep.learn.adversarial import read_adversarial
+from robrep.learn.data import pass_orders
+from robrep.learn.loading import load_on_subset
 from robrep.runtime import pick_device, software_versions
-from robrep.weights import load_on_subset
+from robrep.store.activations import StoreLayout, extract_to_store
 
 from _log import redirect_to_log
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from robrep.figures import FIGURES
-from robrep.xrio import read_netcdf
+from robrep.io.xrio import read_netcdf
+from robrep.study.figures import FIGURES
 
 from _log import redirect_to_log
 

@@ -7,8 +7,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.data import read_splits
-from robrep.external import import_external
+from robrep.learn.data import read_splits
+from robrep.learn.external import import_external
 from robrep.runtime import pick_device
 
 from _log import redirect_to_log

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from robrep.data import load_splits, save_splits
+from robrep.learn.data import load_splits, save_splits
 
 from _log import redirect_to_log
 

@@ -6,8 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.probes import probe_store
-from robrep.xrio import write_netcdf
+from robrep.io.xrio import write_netcdf
+from robrep.study.probes import probe_store
 
 from _log import redirect_to_log
 

@@ -6,9 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from robrep.compare import compare_stores
+from robrep.io.xrio import write_netcdf
 from robrep.runtime import pick_device
-from robrep.xrio import write_netcdf
+from robrep.study.compare import compare_stores
 
 from _log import redirect_to_log
 

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from robrep.data import read_splits
+from robrep.learn.data import read_splits
+from robrep.learn.training import TrainSettings, train
 from robrep.runtime import pick_device
-from robrep.training import TrainSettings, train
 
 from _log import redirect_to_log
 

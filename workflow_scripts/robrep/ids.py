@@ -149,3 +149,17 @@ def comparison_id(a: StoreKey, b: StoreKey) -> str:
 
 def comparison_path(root: str, analysis: str, dataset: str, pair: str) -> str:
     return f"{root}/similarity/{analysis}/{dataset}/{pair}.nc"
+
+
+def saved_epochs(epochs: int, checkpoint_every: int) -> list[int]:
+    """Epochs whose weights training saves as checkpoints/epoch{e}.safetensors."""
+    return [e for e in range(1, epochs + 1) if checkpoint_every and e % checkpoint_every == 0]
+
+
+def method_coords(method: Mapping[str, Any]) -> dict[str, Any]:
+    """method / norm / eps of a resolved method as stored in metadata (`none`, 0 for standard)."""
+    return {
+        "method": method["method"],
+        "norm": method.get("norm") or "none",
+        "eps": float(method.get("eps") or 0.0),
+    }

@@ -1,67 +1,42 @@
-"""What every stage needs from its surroundings: the device, the software versions, atomic outputs."""
+"""What every stage needs from its surroundings: the device and the software versions.
+
+torch is imported only by `pick_device` (a job that runs no network never loads it); the versions
+are read from the installed packages' metadata.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import sys
-from collections.abc import Iterator
-from pathlib import Path
+from importlib import metadata
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+DEVICES = ("auto", "cpu", "cuda")  # config `device`
 
 
 def pick_device(requested: str = "auto") -> torch.device:
     """`auto` uses CUDA when available, else CPU; `cuda` without a GPU is an error."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: 'cuda' requested but torch sees no GPU; use 'auto' or 'cpu'")
     if requested not in ("cpu", "cuda"):
-        raise ValueError(f"device: {requested!r} is not one of auto, cpu, cuda")
+        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
     return torch.device(requested)
 
 
 def software_versions() -> dict[str, str]:
-    """Versions recorded in every artefact's metadata."""
+    """Versions recorded in every artefact's metadata (torch's as its package metadata gives it,
+    which is `torch.__version__`, without importing it)."""
     import robrep
 
     return {
         "python": sys.version.split()[0],
-        "torch": torch.__version__,
+        "torch": metadata.version("torch"),
         "robrep": robrep.__version__,
     }
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def partial_path(path: str | Path) -> Path:
-    """Where `atomic_output` writes `path` until it is complete."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield `.{name}.partial` beside `path` (to write a file or a directory); rename it into place
-    on success, remove it on failure. Nothing half-written ever appears at `path`, and a retry
-    after a kill (which runs no cleanup) starts by removing what the killed attempt left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    _remove(tmp)
-    try:
-        yield tmp
-        if tmp.is_dir() and path.exists():
-            _remove(path)  # os.replace cannot overwrite a non-empty directory
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise

@@ -1,0 +1,1 @@
+"""Artefact I/O: atomic writes, checksums, xarray and zarr I/O, safetensors weights."""

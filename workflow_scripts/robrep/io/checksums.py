@@ -1,0 +1,76 @@
+"""SHA-256 digests carried inside robrep's small artefacts, and the one way to say how to rebuild a
+damaged one.
+
+JSON files (a model's metrics.json) hold a `sha256` of their own canonical content; netCDF files
+hold one over their metadata (attributes, and the string and scalar variables HDF5's Fletcher-32
+does not cover). Readers verify before use and raise `DamagedArtefactError` naming the file and
+the command that rebuilds it. Files written before digests existed carry none and are read as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robrep.io.atomic import atomic_output
+
+JSON_DIGEST_KEY = "sha256"
+
+
+class DamagedArtefactError(RuntimeError):
+    """An artefact fails its checksum or cannot be read: rebuild it."""
+
+
+def rebuild_command(path: str | Path) -> str:
+    """The command that rebuilds one output of the workflow (and what depends on it)."""
+    return f"snakemake --cores all --forcerun {path}"
+
+
+def damaged(path: str | Path, why: str) -> DamagedArtefactError:
+    """The error for a damaged artefact: its path, what is wrong, and how to rebuild it."""
+    return DamagedArtefactError(f"{path} {why}; rebuild it: {rebuild_command(path)}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able form of numpy values, the same before writing and after reading back."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in np.asarray(value, dtype=object).ravel().tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def digest(content: Any) -> str:
+    """SHA-256 of `content` as canonical JSON (sorted keys, no whitespace, numpy as plain)."""
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_json(content: Mapping[str, Any], path: str | Path) -> None:
+    """Write `content` as JSON with its SHA-256 under `sha256`, atomically."""
+    body = dict(content)
+    body[JSON_DIGEST_KEY] = digest(body)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(body, indent=2, default=_plain))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON artefact, its SHA-256 verified (files without one are read as is); the digest key is
+    removed from what is returned."""
+    try:
+        body = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(path, f"cannot be read as JSON ({err})") from err
+    if not isinstance(body, dict):
+        raise damaged(path, "is not a JSON object")
+    saved = body.pop(JSON_DIGEST_KEY, None)
+    if saved is not None and saved != digest(body):
+        raise damaged(path, "fails its SHA-256 checksum")
+    return body

@@ -1,0 +1,311 @@
+"""Job resources derived from the config: data size, architecture cost, epochs and attack steps.
+
+A cluster scheduler needs memory and runtime up front. These estimates come from what a job will
+do: the dataset's size on disk, the model's parameters, FLOPs and activation volume per image
+(counted once per architecture and input shape on meta tensors), the number of epochs and
+attack steps, and a sustained throughput `gflops` that describes the machine (config
+`resources.gflops`). Retries multiply them by the attempt number.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from robrep.learn.data import DATASET_INFO, input_geometry
+from robrep.learn.models import LayerHooks, build_model
+
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class DatasetGeometry:
+    examples: int
+    channels: int
+    size: int
+    bytes_per_value: int
+    classes: int
+
+    @property
+    def megabytes(self) -> float:
+        return self.examples * self.channels * self.size**2 * self.bytes_per_value / MB
+
+
+def dataset_geometry(name: str, options: dict) -> DatasetGeometry:
+    """Examples, channels, image size and storage type of a configured dataset."""
+    info = DATASET_INFO[name]
+    channels, size = input_geometry(name, options)
+    return DatasetGeometry(info.examples, channels, size, info.pixel_bytes, info.classes)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    params: int
+    flops_per_image: float  # forward pass
+    activation_values_per_image: int  # every module's output, what backward keeps
+    probe_layers: int  # layers with Gram statistics
+    probe_values: int  # values per example over the probed layers, unpooled (what Grams see)
+    feature_layers: int  # layers that keep raw features
+    widest_feature: int  # largest flattened feature layer as stored (after pooling)
+    feature_values: int  # values stored per example over the feature layers (after pooling)
+
+
+def pooled_size(shape: tuple[int, ...], pool: int | None) -> int:
+    """Values of one example's layer output as stored: feature maps larger than pool x pool are
+    average-pooled to pool x pool (see `activation_store.LayerRecorder`)."""
+    if pool and len(shape) == 3 and max(shape[-2:]) > pool:
+        return shape[0] * pool * pool
+    return math.prod(shape)
+
+
+@functools.cache
+def model_cost(
+    arch: str,
+    channels: int,
+    size: int,
+    classes: int,
+    layers: str | tuple[str, ...] = "blocks",
+    pool: int | None = None,
+    features: str | tuple[str, ...] | None = None,
+) -> ModelCost:
+    """Parameters, forward FLOPs and activation volume of one image (meta tensors: no compute).
+
+    `layers`, `features` (default: `layers`; "none": no layer) and `pool` are the store's (config
+    `activations`): they decide what is stored.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(arch, channels, classes, [0.5] * channels, [0.5] * channels).eval()
+    outputs: Counter[str] = Counter()  # values each leaf module outputs, every call counted
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, n=name: outputs.update({n: o.numel()}))
+        for name, m in model.named_modules()
+        if name and not list(m.children())
+    ]
+    probes = model.probe_layers(layers if isinstance(layers, str) else list(layers))
+    features = layers if features is None else features
+    kept = (
+        []
+        if features == "none"
+        else model.probe_layers(features if isinstance(features, str) else list(features))
+    )
+    probe_shapes: dict[str, tuple[int, ...]] = {}
+    probed = LayerHooks(
+        model,
+        list(dict.fromkeys([*probes, *kept])),
+        lambda n, o: probe_shapes.__setitem__(n, tuple(o.shape[1:])),
+    )
+    probed.start()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, channels, size, size, device="meta"))
+    probed.remove()
+    for h in hooks:
+        h.remove()
+    return ModelCost(
+        params=sum(p.numel() for p in model.parameters()),
+        flops_per_image=float(counter.get_total_flops()),
+        activation_values_per_image=sum(outputs.values()),
+        probe_layers=len(probes),
+        probe_values=sum(math.prod(probe_shapes[n]) for n in probes),
+        feature_layers=len(kept),
+        widest_feature=max((pooled_size(probe_shapes[n], pool) for n in kept), default=0),
+        feature_values=sum(pooled_size(probe_shapes[n], pool) for n in kept),
+    )
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    """Bytes of one activation store (uncompressed) and of the float32 raw features it replaces."""
+
+    feature_bytes: int  # raw (pooled) features of the feature layers, in the store's dtype
+    gram_bytes: int  # Gram triangles of every probed layer, every batch of every pass (float32)
+    raw_float32_bytes: int  # float32 unpooled features of every probed layer (what Grams replace)
+
+    @property
+    def total(self) -> int:
+        return self.feature_bytes + self.gram_bytes
+
+
+def store_size(
+    cost: ModelCost, n_examples: int, cka_batch_size: int, passes: int, value_bytes: int = 4
+) -> StoreSize:
+    """What a store holds: features of the feature layers plus one packed Gram per probed layer,
+    batch and pass (its size does not depend on the layer's width; a shorter last batch fills part
+    of a full-size chunk)."""
+    batches = math.ceil(n_examples / cka_batch_size)
+    triangles = batches * cka_batch_size * (cka_batch_size + 1) // 2
+    return StoreSize(
+        feature_bytes=n_examples * cost.feature_values * value_bytes,
+        gram_bytes=passes * triangles * cost.probe_layers * 4,
+        raw_float32_bytes=n_examples * cost.probe_values * 4,
+    )
+
+
+def train_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    epochs: int,
+    batch_size: int,
+    attack_steps: int,
+    eval_steps: int,
+    gflops: float,
+    val_fraction: float,
+) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of one training job."""
+    mem = (
+        1500
+        + 2 * geometry.megabytes
+        + 16 * cost.params * 4 / MB  # weights, grads, momentum, saved states
+        + 3 * batch_size * cost.activation_values_per_image * 4 / MB
+    )
+    n_train = geometry.examples * (1 - val_fraction)
+    train_flops = 3 * cost.flops_per_image * n_train * (1 + attack_steps)  # fwd + bwd per pass
+    val_flops = 3 * cost.flops_per_image * geometry.examples * val_fraction * (1 + eval_steps)
+    seconds = epochs * (train_flops + val_flops) / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(10 + math.ceil(2 * seconds / 60))}
+
+
+def extract_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    n_examples: int,
+    adversarial: bool,
+    gflops: float,
+    value_bytes: int = 4,
+    cka_batch_size: int = 100,
+    passes: int = 1,
+) -> dict[str, int]:
+    """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
+    (`adversarial`: it reads stored adversarial examples; value_bytes from `activations.dtype`).
+
+    Work: a forward pass per batch of every pass, and per batch and probed layer a symmetric Gram
+    product (about b² D multiply-adds). Memory: the model, a forward batch, the adversarial
+    examples, and two batches of Grams and features in flight."""
+    b = cka_batch_size
+    images = n_examples * geometry.channels * geometry.size**2 * 4 if adversarial else 0
+    mem = (
+        1500
+        + geometry.megabytes
+        + 4 * cost.params * 4 / MB
+        + b * cost.activation_values_per_image * 4 / MB
+        + images / MB
+        + 2 * (cost.probe_layers * b * (b + 1) / 2 * 4 + b * cost.feature_values * 4) / MB
+    )
+    flops = n_examples * cost.flops_per_image * passes
+    flops += passes * n_examples * b * cost.probe_values  # b² D per batch and layer
+    seconds = flops / (gflops * 1e9)
+    size = store_size(cost, n_examples, b, passes, value_bytes)
+    return {
+        "mem_mb": int(math.ceil(mem)),
+        "runtime": int(5 + math.ceil(2 * seconds / 60)),
+        "disk_mb": int(math.ceil(10 + size.total / MB)),
+    }
+
+
+def attack_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    n_examples: int,
+    batch_size: int,
+    steps: int,
+    gflops: float,
+) -> dict[str, int]:
+    """mem_mb, runtime (minutes) and disk_mb of crafting one checkpoint's adversarial examples:
+    PGD-`steps` (a forward and a backward per step) on `n_examples`, `batch_size` at a time.
+    Memory: the model, a batch's forward and backward, the clean and adversarial images."""
+    images = n_examples * geometry.channels * geometry.size**2 * 4
+    mem = (
+        1500
+        + geometry.megabytes
+        + 4 * cost.params * 4 / MB
+        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
+        + 2 * images / MB
+    )
+    seconds = n_examples * cost.flops_per_image * (3 * steps + 1) / (gflops * 1e9)
+    return {
+        "mem_mb": int(math.ceil(mem)),
+        "runtime": int(5 + math.ceil(2 * seconds / 60)),
+        "disk_mb": int(math.ceil(10 + images / MB)),
+    }
+
+
+def similarity_resources(
+    cost_a: ModelCost,
+    cost_b: ModelCost,
+    n_examples: int,
+    cka_batch_size: int,
+    passes: int,
+    full_data: bool,
+    gflops: float,
+) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the packed
+    Grams (per batch: each store's chunk, read into two alternating buffers, and one float64
+    product of the stacked triangles) and, with `full_data`, N x N Grams and eigendecompositions
+    of the feature layers."""
+    b = cka_batch_size
+    layers = cost_a.probe_layers + cost_b.probe_layers
+    batches = passes * math.ceil(n_examples / b)
+    mem = 1500 + 2 * layers * b * (b + 1) / 2 * 4 / MB  # two chunk buffers per store
+    flops = batches * layers**2 * b * b  # (2L)² over b²/2 entries, twice (multiply, add)
+    if full_data:
+        feature_layers = cost_a.feature_layers + cost_b.feature_layers
+        widest = max(cost_a.widest_feature, cost_b.widest_feature)
+        mem += feature_layers * n_examples**2 * 8 * 3 / MB  # Gram, eigenvectors, a centred copy
+        flops += feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
+    seconds = flops / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+
+
+def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of the linear probes of one store: per feature layer, the
+    N x N Gram of its features (read in blocks) and, per fold, an eigendecomposition of the
+    training part's Gram (about 9 n³ flops) and a few n x n copies."""
+    n = n_examples
+    mem = 1500 + 6 * n * n * 8 / MB
+    flops = cost.feature_layers * (2 * n * n * cost.widest_feature + folds * 10 * n**3)
+    seconds = flops / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+
+
+# Forward passes per example of each AutoAttack attack with the standard settings (backward
+# passes count as two): APGD 100 iterations, targeted ones per target class, Square 5000 queries.
+AUTOATTACK_PASSES = {
+    "apgd-ce": 300,
+    "apgd-dlr": 300,
+    "apgd-t": 2700,
+    "fab": 1500,
+    "fab-t": 2700,
+    "square": 5000,
+}
+
+
+def autoattack_resources(
+    geometry: DatasetGeometry,
+    cost: ModelCost,
+    n_examples: int,
+    attacks: str | tuple[str, ...],
+    pgd_steps: int,
+    batch_size: int,
+    gflops: float,
+) -> dict[str, int]:
+    """mem_mb and runtime (minutes) of one model's AutoAttack and PGD evaluation on `n_examples`:
+    every attack on every example (an upper bound: AutoAttack only attacks what is still
+    robust)."""
+    from robrep.learn.robustness import VERSIONS
+
+    names = VERSIONS[attacks] if isinstance(attacks, str) else attacks
+    passes = sum(AUTOATTACK_PASSES[a] for a in names) + 3 * pgd_steps + 1
+    mem = (
+        1500
+        + geometry.megabytes
+        + 4 * cost.params * 4 / MB
+        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
+        + 3 * n_examples * geometry.channels * geometry.size**2 * 4 / MB
+    )
+    seconds = n_examples * cost.flops_per_image * passes / (gflops * 1e9)
+    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}

@@ -1,0 +1,158 @@
+"""Views of the minibatch CKA of two stores from their stored triangles (gathers, no new
+products): a permutation null, the examples of side b shuffled within each minibatch, and
+class-conditional CKA, each class's examples of every minibatch alone."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from robrep.similarity.batches import MIN_BATCH, _usable
+from robrep.similarity.gram import GramSource, triangle_size
+from robrep.similarity.hsic import _cross_products, _side_terms, _SideTerms, _staging
+from robrep.similarity.minibatch import _shared_batches
+
+
+def minibatch_cka_null(
+    a: GramSource,
+    b: GramSource,
+    permutations: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(permutations, len(a.names), len(b.names)) minibatch CKA of every layer pair with the
+    examples of `b` shuffled within each minibatch (its Gram becomes P K Pᵀ, a gather of the stored
+    triangle): what the metric shows when the two sides' examples do not correspond. HSIC_1 is
+    invariant to relabelling both of its arguments, so the self terms are the unshuffled ones.
+    Reproducible from `seed`."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
+    return _view_cka(
+        a, b, lambda t, n: [(None, rng.permutation(n)) for _ in range(permutations)], device
+    )
+
+
+def minibatch_cka_by_class(
+    a: GramSource,
+    b: GramSource | None,
+    batch_labels: Sequence[np.ndarray],
+    classes: Sequence[int],
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(classes, len(a.names), len(b.names)) class-conditional minibatch CKA: each class's
+    examples of every minibatch alone (the Gram restricted to their rows, a gather of the stored
+    triangle), pooled over batches as `minibatch_cka_grams` pools whole ones. `batch_labels[t]`
+    are the labels of batch t's rows in stored order; a class with fewer than 4 examples in a
+    batch skips that batch; `b` None compares `a` with itself."""
+
+    def views(t: int, n: int) -> list[View]:
+        labels = np.asarray(batch_labels[t])
+        if len(labels) != n:
+            raise ValueError(f"batch {t} has {n} rows but {len(labels)} labels")
+        return [(rows, rows) for rows in (np.flatnonzero(labels == c) for c in classes)]
+
+    cka = _view_cka(a, b, views, device)
+    few = [int(c) for c, m in zip(classes, cka, strict=True) if np.isnan(m).all()]
+    if few:
+        warnings.warn(
+            f"class-conditional CKA: classes {few} never have {MIN_BATCH} examples in one "
+            f"minibatch; their values are NaN (raise activations.cka_batch_size)",
+            stacklevel=2,
+        )
+    return cka
+
+
+@functools.lru_cache(maxsize=16)
+def _strict_index(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column of each packed strict-upper entry, and the (b, b) position in the packed
+    order of each off-diagonal entry (either triangle)."""
+    rows, cols = np.triu_indices(b, 1)
+    index = np.zeros((b, b), np.int64)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    return rows, cols, index
+
+
+def packed_permutation(b: int, order: np.ndarray) -> np.ndarray:
+    """Gather indices that turn a packed b x b Gram K into the packed Gram of the rows `order`
+    ((P K Pᵀ)_ij = K_order[i],order[j]): `packed[packed_permutation(b, order)]`. `order` may be a
+    permutation of the b rows (the Gram of the same rows relabelled) or any m of them (the m x m
+    Gram of that subset)."""
+    order = np.asarray(order)
+    rows, cols, _ = _strict_index(len(order))
+    index = _strict_index(b)[2]
+    return np.concatenate([index[order[rows], order[cols]], b * (b - 1) // 2 + order])
+
+
+NULL_STREAM = 0x4E11  # keeps the null's permutations apart from other uses of the seed
+View = tuple[np.ndarray | None, np.ndarray | None]  # rows of a batch taken by side a, side b
+
+
+def _view_cka(
+    a: GramSource,
+    b: GramSource | None,
+    views: Callable[[int, int], Sequence[View]],
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(views, len(a.names), len(b.names)) minibatch CKA of every layer pair, each view taking
+    rows of every batch from each side (`views(t, n)` for batch t of n rows: per view, the rows
+    of side a and of side b, None for all of them in stored order; fewer than 4 rows skip that
+    batch for that view). HSIC_1 terms come from gathers of the stored triangles: per view the
+    a x b cross products, and each side's one-sided terms as `_BatchSide` keeps them; `b` None is
+    `a` itself, read once."""
+    models = [a] if b is None else [a, b]
+    sizes, passes = _shared_batches(models, list(range(len(models))))
+    keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
+    width_a, width_b = len(a.names), len(models[-1].names)
+    largest = triangle_size(max(sizes))
+    buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
+    staging = _staging(width_a + width_b)
+    cross = self_a = self_b = None
+    dev = torch.device(device)
+    for t in keep:
+        n = sizes[t]
+        sides = [
+            _BatchSide(m.read(t, buf), n, staging, dev)
+            for m, buf in zip(models, buffers, strict=True)
+        ]
+        chosen = views(t, n)
+        if cross is None:
+            cross = np.zeros((len(chosen), width_a, width_b))
+            self_a, self_b = np.zeros((len(chosen), width_a)), np.zeros((len(chosen), width_b))
+        for v, (rows_a, rows_b) in enumerate(chosen):
+            m = n if rows_a is None else len(rows_a)
+            if m < MIN_BATCH:
+                continue
+            packed_a, terms_a = sides[0].of_rows(rows_a)
+            packed_b, terms_b = sides[-1].of_rows(rows_b)
+            products = _cross_products(packed_a, packed_b, m, staging, dev)
+            cross[v] += terms_a.cross_hsic(terms_b, products, m)
+            self_a[v] += terms_a.self_hsic(m)
+            self_b[v] += terms_b.self_hsic(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(self_a[:, :, None] * self_b[:, None, :])
+
+
+class _BatchSide:
+    """One side's packed Grams of a batch of n rows, and their `_SideTerms` for any of its rows:
+    computed once for all n rows (in stored order or relabelled: P K̃ Pᵀ 1 = P K̃ 1, and the
+    squares do not change), and from the gathered triangle for a subset."""
+
+    def __init__(self, packed: np.ndarray, n: int, staging: torch.Tensor, device: torch.device):
+        self.packed, self.n, self.staging, self.device = packed, n, staging, device
+
+    @functools.cached_property
+    def terms(self) -> _SideTerms:
+        return _side_terms(self.packed, self.n, self.staging, self.device)
+
+    def of_rows(self, rows: np.ndarray | None) -> tuple[np.ndarray, _SideTerms]:
+        """The packed Grams of `rows` of the batch (None: all, in stored order) and their terms."""
+        if rows is None:
+            return self.packed, self.terms
+        packed = self.packed[packed_permutation(self.n, rows)]
+        if len(rows) == self.n:
+            order = torch.from_numpy(np.asarray(rows)).to(self.device)
+            return packed, _SideTerms(self.terms.row_sums[order], self.terms.squares)
+        return packed, _side_terms(packed, len(rows), self.staging, self.device)

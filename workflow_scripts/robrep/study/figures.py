@@ -1,0 +1,535 @@
+"""Figures of the summary Dataset (see `summary.aggregate`), one function per figure, PNG out.
+
+`FIGURES` maps each figure name an analysis declares (`analyses.ANALYSES[...].figures`) to the
+function that draws it; `report/<name>.rst` is its caption.
+
+Seeds are averaged where a figure shows one curve or matrix per model configuration; a figure
+that shows spread draws the seed range as a band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from robrep.io.atomic import atomic_output  # noqa: E402
+from robrep.similarity.result import MINIBATCH_CKA as METRIC  # noqa: E402
+from robrep.study.analyses import ANALYSES  # noqa: E402
+from robrep.study.scores import depth_matched_diagonal  # noqa: E402
+from robrep.study.study import FROM_STANDARD  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _metric(ds: xr.Dataset) -> str:
+    return METRIC if METRIC in ds.metric.values else str(ds.metric.values[0])
+
+
+def _select(ds: xr.Dataset, **coords) -> np.ndarray:
+    """Indices of comparisons whose coordinates equal `coords`."""
+    mask = np.ones(ds.sizes["comparison"], bool)
+    for key, value in coords.items():
+        mask &= ds[key].values == value
+    return np.flatnonzero(mask)
+
+
+def _methods(ds: xr.Dataset) -> list[str]:
+    """Method ids ordered standard first, then by method kind, norm and eps."""
+    ids = ds.model_method_id.values.tolist()
+    key = {
+        m: (kind, [] if norm == "none" else [norm], eps)
+        for m, kind, norm, eps in zip(
+            ids,
+            ds.model_method.values.tolist(),
+            ds.model_norm.values.tolist(),
+            ds.model_eps.values.tolist(),
+            strict=True,
+        )
+    }
+    order = {"standard": 0, "pgd": 1, "trades": 2}
+    return sorted(dict.fromkeys(ids), key=lambda m: (order.get(key[m][0], 3), *key[m][1:]))
+
+
+def _mean_matrix(ds: xr.Dataset, idx: np.ndarray, metric: str) -> tuple[np.ndarray, list, list]:
+    """Seed-averaged matrix of comparisons `idx` (same architecture, so the same layers)."""
+    c0 = int(idx[0])
+    la, lb = int(ds.n_layers_a[c0]), int(ds.n_layers_b[c0])
+    mats = ds["similarity"].sel(metric=metric).isel(comparison=idx).values[:, :la, :lb]
+    names_a = ds.layer_name_a.isel(comparison=c0).values[:la].tolist()
+    names_b = ds.layer_name_b.isel(comparison=c0).values[:lb].tolist()
+    return np.nanmean(mats, axis=0), names_a, names_b
+
+
+def _mean_null(ds: xr.Dataset, idx: np.ndarray) -> np.ndarray:
+    """Seed-averaged upper percentile of the permutation null of comparisons `idx`."""
+    c0 = int(idx[0])
+    la, lb = int(ds.n_layers_a[c0]), int(ds.n_layers_b[c0])
+    return np.nanmean(ds["cka_null_upper"].isel(comparison=idx).values[:, :la, :lb], axis=0)
+
+
+def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+    """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1; values at or
+    below the permutation null's upper percentile (when computed) are grey."""
+    metric = _metric(ds)
+    null = ds.get("cka_null_upper") if metric == METRIC else None
+    cmap = plt.get_cmap("magma").with_extremes(bad="lightgrey")
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    methods = _methods(ds)
+    fig, axes = plt.subplots(
+        len(archs),
+        len(methods),
+        figsize=(2.6 * len(methods) + 1.5, 2.8 * len(archs) + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for r, arch in enumerate(archs):
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            idx = _select(ds, analysis="cross_layer", arch=arch, method_id=method, inputs="benign")
+            if len(idx) == 0:
+                ax.axis("off")
+                continue
+            mat, names, _ = _mean_matrix(ds, idx, metric)
+            if null is not None:  # indistinguishable from the permutation null: grey
+                mat = np.where(mat > _mean_null(ds, idx), mat, np.nan)
+            image = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap, origin="lower")
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
+            ax.set_title(f"{arch}\n{method}", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{metric} (mean over seeds)")
+    masked = (
+        " (grey: not above the permutation null's upper percentile)" if null is not None else ""
+    )
+    fig.suptitle(f"Cross-layer similarity, benign inputs{masked}")
+    _save(fig, path)
+
+
+def _eps_lines(
+    ds: xr.Dataset,
+    ax,
+    values: np.ndarray,
+    label_fmt: str,
+    band: bool = True,
+    interval: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """Plot `values` (per model) against eps, a line per (arch, method kind, norm), seed band;
+    with `interval` (per-model low and high), bars from the lowest low to the highest high."""
+    arch = ds.model_arch.values
+    kind = ds.model_method.values
+    norm = ds.model_norm.values
+    eps = ds.model_eps.values
+    for a in dict.fromkeys(arch.tolist()):
+        for k in ("pgd", "trades"):
+            for n in ("linf", "l2"):
+                sel = (arch == a) & (((kind == k) & (norm == n)) | (kind == "standard"))
+                if not ((arch == a) & (kind == k) & (norm == n)).any():
+                    continue
+                xs = sorted(set(eps[sel].tolist()))
+                mean = [np.nanmean(values[sel & (eps == x)]) for x in xs]
+                (line,) = ax.plot(
+                    xs, mean, marker="o", label=label_fmt.format(arch=a, kind=k, norm=n)
+                )
+                if interval is not None:
+                    lo = np.array([np.nanmin(interval[0][sel & (eps == x)]) for x in xs])
+                    hi = np.array([np.nanmax(interval[1][sel & (eps == x)]) for x in xs])
+                    ax.errorbar(
+                        xs,
+                        mean,
+                        # a percentile interval may miss its point estimate: never a negative bar
+                        yerr=np.fmax([np.subtract(mean, lo), hi - mean], 0),
+                        fmt="none",
+                        color=line.get_color(),
+                        capsize=3,
+                    )
+                if band:
+                    lo = [np.nanmin(values[sel & (eps == x)]) for x in xs]
+                    hi = [np.nanmax(values[sel & (eps == x)]) for x in xs]
+                    ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xlabel("training eps (0 = standard)")
+    ax.legend(fontsize=7)
+
+
+def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+    """Block-structure score of the cross-layer CKA matrix against training eps: the seed range
+    as a band, the bootstrap interval (widest over seeds) as bars."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    _eps_lines(
+        ds,
+        ax,
+        ds.block_score.values,
+        "{arch} {kind}-{norm}",
+        interval=(ds.block_score_low.values, ds.block_score_high.values),
+    )
+    ax.set_ylabel("block-structure score")
+    ax.set_title(
+        "Block structure vs training eps\n(band: seed range; bars: bootstrap 95% interval)",
+        fontsize=9,
+    )
+    _save(fig, path)
+
+
+def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
+    """Class-conditional cross-layer CKA against training eps: its spread across classes and its
+    mean (band: seed range)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _eps_lines(ds, axes[0], ds.class_cka_spread.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[1], ds.class_cka_mean.values, "{arch} {kind}-{norm}")
+    axes[0].set_ylabel("std over classes, mean over layer pairs")
+    axes[0].set_title("spread of class-conditional CKA across classes", fontsize=9)
+    axes[1].set_ylabel("mean over classes and layer pairs")
+    axes[1].set_title("class-conditional cross-layer CKA", fontsize=9)
+    fig.suptitle("Cross-layer similarity within each class (band: seed range)")
+    _save(fig, path)
+
+
+def _diagonal_panels(
+    ds: xr.Dataset,
+    path: str | Path,
+    analysis: str,
+    title: str,
+    ylabel: str,
+    columns: Sequence[tuple[str, dict]] = (("", {}),),
+) -> None:
+    """A row per architecture, a column per (label, comparison coordinates) of `columns`, a line
+    per method (and second architecture where it differs): each layer's similarity with the
+    layer at the same relative depth, mean over seeds; band: the seed baseline."""
+    metric = _metric(ds)
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    banded = ANALYSES[analysis].seed_baseline if analysis in ANALYSES else False
+    fig, axes = plt.subplots(
+        len(archs),
+        len(columns),
+        figsize=(4.5 * len(columns), 3.6 * len(archs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, arch in zip(axes, archs, strict=True):
+        for ax, (label, coords) in zip(row, columns, strict=True):
+            for method in _methods(ds):
+                wanted = {"analysis": analysis, "arch": arch, "method_id": method, **coords}
+                idx = _select(ds, **wanted)
+                for arch_b in dict.fromkeys(ds.arch_b.values[idx].tolist()):
+                    sub = idx[ds.arch_b.values[idx] == arch_b]
+                    mat, names, _ = _mean_matrix(ds, sub, metric)
+                    diag = depth_matched_diagonal(mat)
+                    name = method if arch_b == arch else f"{method} vs {arch_b}"
+                    depth = np.linspace(0, 1, len(diag))
+                    (line,) = ax.plot(depth, diag, marker=".", label=name)
+                    if banded:
+                        lo, hi = _seed_band(ds, sub, metric, len(diag))
+                        ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            if banded and not (ds.analysis.values == "seeds").any():
+                ax.text(
+                    0.02, 0.03, "one seed: no seed baseline", transform=ax.transAxes, fontsize=7
+                )
+            ax.set_title(f"{arch}\n{label}" if label else arch, fontsize=9)
+            ax.set_xlabel("relative depth of layer")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1.02)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _seed_band(
+    ds: xr.Dataset, idx: np.ndarray, metric: str, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, the range of same-layer similarity between seeds of the configurations that
+    comparisons `idx` compare (their `seeds` comparisons, benign, final), widened to the seed
+    pairs' bootstrap intervals where the summary has them: the seed baseline and its sampling
+    uncertainty (a single seed pair still gives a band)."""
+    configs = {
+        (ds.dataset.values[c], ds[f"arch{s}"].values[c], ds[f"method_id{s}"].values[c])
+        for c in idx
+        for s in ("", "_b")
+    }
+    base = [
+        c
+        for c in _select(ds, analysis="seeds", inputs="benign", checkpoint="final")
+        if (ds.dataset.values[c], ds.arch.values[c], ds.method_id.values[c]) in configs
+    ]
+    if not base:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    la = int(ds.n_layers_a[base[0]])
+
+    def diagonals(values: xr.DataArray) -> np.ndarray:
+        mats = values.isel(comparison=base).values[:, :la, :la]
+        return np.diagonal(mats, axis1=1, axis2=2)[:, :n]
+
+    low = high = diagonals(ds["similarity"].sel(metric=metric))
+    if "cka_ci_low" in ds and metric == METRIC:
+        low, high = diagonals(ds["cka_ci_low"]), diagonals(ds["cka_ci_high"])
+    return np.nanmin(low, axis=0), np.nanmax(high, axis=0)
+
+
+def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer of a robust model to the same layer of the standard model."""
+    _diagonal_panels(
+        ds,
+        path,
+        "robust_vs_standard",
+        "Robust vs standard model, same layer, benign inputs",
+        f"{_metric(ds)}(robust, standard)",
+        [("", {"inputs": "benign"})],
+    )
+
+
+def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer on benign vs the model's own PGD inputs, and (where computed) a
+    robust model on benign vs on the standard model's adversarial examples."""
+    columns = [("own adversarial examples", {"inputs_b": "pgd"})]
+    if (ds.inputs_b.values == FROM_STANDARD).any():
+        columns.append(("the standard model's adversarial examples", {"inputs_b": FROM_STANDARD}))
+    _diagonal_panels(
+        ds,
+        path,
+        "benign_vs_adversarial",
+        "Benign vs adversarial inputs, same layer",
+        f"{_metric(ds)}(benign, adversarial)",
+        columns,
+    )
+
+
+def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Robust vs standard model, same layer, on adversarial inputs: each on its own, both on the
+    standard model's, both on the robust model's."""
+    own = {"analysis": "robust_vs_standard", "inputs": "pgd"}
+    columns = [("each on its own adversarial examples", own)]
+    for direction, label in (
+        ("standard_to_robust", "both on the standard model's adversarial examples"),
+        ("robust_to_standard", "both on the robust model's adversarial examples"),
+    ):
+        inputs = FROM_STANDARD if direction == "standard_to_robust" else "pgd"
+        if len(_select(ds, analysis="transfer", inputs=inputs)):
+            columns.append((label, {"analysis": "transfer", "inputs": inputs}))
+    _diagonal_panels(
+        ds,
+        path,
+        "transfer",
+        "Robust vs standard model on adversarial inputs, same layer",
+        f"{_metric(ds)}(robust, standard)",
+        columns,
+    )
+
+
+def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
+    """The released code's three panels per architecture and robust method, on benign and (when
+    computed) adversarial inputs: the standard model's cross-layer CKA, the robust model's, and
+    the full robust x standard layer matrix (rows: robust layers), mean over seeds."""
+    metric = _metric(ds)
+    rows = [
+        (arch, method)
+        for arch in dict.fromkeys(ds.model_arch.values.tolist())
+        for method in _methods(ds)
+        if len(_select(ds, analysis="robust_vs_standard", arch=arch, method_id=method))
+    ]
+    kinds = [k for k in ("benign", "pgd") if (ds.inputs.values == k).any()]
+    panels = [(k, p) for k in kinds for p in ("standard", "robust", "robust x standard")]
+    fig, axes = plt.subplots(
+        max(len(rows), 1),
+        len(panels),
+        figsize=(2.4 * len(panels) + 1.5, 2.5 * max(len(rows), 1) + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for r, (arch, method) in enumerate(rows):
+        for c, (inputs, panel) in enumerate(panels):
+            ax = axes[r, c]
+            coords = {"arch": arch, "inputs": inputs}
+            if panel == "standard":
+                idx = _select(ds, analysis="cross_layer", method_id="standard", **coords)
+            elif panel == "robust":
+                idx = _select(ds, analysis="cross_layer", method_id=method, **coords)
+            else:
+                idx = _select(ds, analysis="robust_vs_standard", method_id=method, **coords)
+            if len(idx) == 0:
+                ax.axis("off")
+                continue
+            mat, names_a, names_b = _mean_matrix(ds, idx, metric)
+            image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
+            ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=4)
+            ax.set_yticks(range(len(names_a)), names_a if c == 0 else [], fontsize=4)
+            who = method if panel == "robust" else panel.replace("robust", method)
+            ax.set_title(f"{arch}, {inputs}\n{who}", fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{metric} (mean over seeds)")
+    fig.suptitle(
+        "Standard, robust and robust x standard layer similarity "
+        "(pgd: each model on its own adversarial examples)"
+    )
+    _save(fig, path)
+
+
+def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer of an Linf-trained model to the same layer of the L2-trained one."""
+    _diagonal_panels(
+        ds,
+        path,
+        "threat_models",
+        "Linf- vs L2-trained model, same layer",
+        f"{_metric(ds)}(Linf, L2)",
+    )
+
+
+def seeds_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer to the same layer of the same configuration at another seed."""
+    _diagonal_panels(
+        ds, path, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
+    )
+
+
+def width_depth_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+    """Similarity of each layer to the layer at the same relative depth of a wider/deeper sibling."""
+    _diagonal_panels(
+        ds,
+        path,
+        "width_depth",
+        "Across widths and depths, layers matched by relative depth",
+        f"{_metric(ds)}(arch, sibling)",
+    )
+
+
+def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+    """Per (arch, method): layer x checkpoint CKA to the final model; bottom row: best-final drop."""
+    metric = _metric(ds)
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    methods = _methods(ds)
+    fig, axes = plt.subplots(
+        len(archs) + 1,
+        len(methods),
+        figsize=(2.8 * len(methods) + 1.5, 2.9 * (len(archs) + 1)),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for r, arch in enumerate(archs):
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            idx = _select(ds, analysis="epochs", arch=arch, method_id=method)
+            epochs = sorted(
+                {int(ds.epoch.values[i]) for i in idx if ds.checkpoint.values[i] != "best"}
+            )
+            if not epochs:
+                ax.axis("off")
+                continue
+            cols = []
+            for e in epochs:
+                sub = [
+                    i
+                    for i in idx
+                    if int(ds.epoch.values[i]) == e and ds.checkpoint.values[i] != "best"
+                ]
+                mat, names, _ = _mean_matrix(ds, np.asarray(sub), metric)
+                cols.append(np.diagonal(mat))
+            image = ax.imshow(
+                np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
+            )
+            ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
+            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.set_title(f"{arch}\n{method}", fontsize=7)
+    for c, method in enumerate(methods):
+        ax = axes[-1, c]
+        for arch in archs:
+            sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+            rows = ds.best_final_drop.values[sel]
+            if np.all(np.isnan(rows)):
+                continue
+            drop = np.nanmean(rows, axis=0)
+            n = int(np.sum(~np.isnan(drop)))
+            ax.plot(np.linspace(0, 1, n), drop[:n], marker=".", label=arch)
+        ax.set_title(f"best vs final drop\n{method}", fontsize=7)
+        ax.set_xlabel("relative depth", fontsize=7)
+        ax.legend(fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{metric}(epoch, final), same layer")
+    _save(fig, path)
+
+
+def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
+    """Linear-probe accuracy of each layer against relative depth, a panel per architecture, a
+    line per method (mean over seeds, band: seed range), chance dashed."""
+    archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        for method in _methods(ds):
+            sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+            rows = ds.probe_accuracy.values[sel]
+            layers = np.flatnonzero(~np.all(np.isnan(rows), axis=0))
+            if len(layers) == 0:
+                continue
+            n = int(np.max(ds.probe_n_layers.values[sel]))  # the architecture's Gram layers
+            depth = layers / max(n - 1, 1)
+            (line,) = ax.plot(depth, np.nanmean(rows[:, layers], 0), marker=".", label=method)
+            lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
+            ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        chance = np.nanmean(ds.probe_chance.values[ds.model_arch.values == arch])
+        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_title(arch)
+        ax.set_xlabel("relative depth of layer")
+        ax.set_ylabel("linear-probe accuracy (k-fold)")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    fig.suptitle("Linear probes: class read out from each layer (band: seed range)")
+    _save(fig, path)
+
+
+def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+    """Test clean, PGD and (when computed) AutoAttack accuracy against training eps (band: seed
+    range); AutoAttack's panel also draws PGD on the same examples, dashed."""
+    panels = 3 if "autoattack_acc" in ds else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), sharey=True)
+    _eps_lines(ds, axes[0], ds.clean_acc.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[1], ds.robust_acc.values, "{arch} {kind}-{norm}")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_title("clean")
+    axes[1].set_title("robust (evaluation PGD attack)")
+    if panels == 3:
+        ax = axes[2]
+        _eps_lines(ds, ax, ds.autoattack_acc.values, "{arch} {kind}-{norm} AutoAttack")
+        drawn = len(ax.get_lines())
+        ax.set_prop_cycle(None)  # PGD in the colour of the same configuration's AutoAttack
+        _eps_lines(ds, ax, ds.autoattack_pgd_acc.values, "{arch} {kind}-{norm} PGD", band=False)
+        for line in ax.get_lines()[drawn:]:
+            line.set_linestyle("--")
+        ax.legend(fontsize=6)
+        flagged = int(np.nansum(ds.gradient_masking.values))
+        ax.set_title(
+            f"AutoAttack (solid) vs PGD (dashed), same examples\nflagged: {flagged}", fontsize=9
+        )
+    _save(fig, path)
+
+
+FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
+    draw.__name__: draw
+    for draw in (
+        cross_layer_heatmaps,
+        block_score_vs_eps,
+        class_conditional_cka,
+        robust_vs_standard_diagonal,
+        robust_vs_standard_matrix,
+        transfer_diagonal,
+        benign_vs_adversarial_diagonal,
+        epochs_heatmaps,
+        threat_models_diagonal,
+        seeds_diagonal,
+        width_depth_diagonal,
+        linear_probe_accuracy,
+        accuracy_vs_eps,
+    )
+}

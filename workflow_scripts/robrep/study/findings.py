@@ -1,0 +1,215 @@
+"""The paper's three claims, each tested against the seed baseline on the summary Dataset.
+
+Cianfarani et al. (NeurIPS 2022) claim that (1) robust networks lose the block structure of
+cross-layer similarity, (2) robust and standard networks differ mostly in deeper layers, and
+(3) robust representations are less specialised. For every robust configuration (dataset, arch,
+method) against the standard one, `paper_claims` measures each claim's quantity and says whether
+the robust-minus-standard difference goes the claimed way beyond what retraining with another
+seed changes (`exceeds`), the other way beyond it (`opposite`), or not (`within seed noise`). With
+one seed there is no yardstick: `no seed baseline`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from robrep.similarity.result import MINIBATCH_CKA
+from robrep.study.summary import finite_range
+
+DEEP = 0.5  # layers at relative depth >= DEEP are "deeper", the others "shallower"
+EXCEEDS, OPPOSITE, WITHIN, NO_BASELINE = (
+    "exceeds",
+    "opposite",
+    "within seed noise",
+    "no seed baseline",
+)
+
+
+def _nan(fn, *args, **kw) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args, **kw)
+
+
+def _verdict(difference: float, noise: float, claimed_sign: int) -> str:
+    """`claimed_sign` -1: the claim says robust is lower."""
+    if not np.isfinite(noise):
+        return NO_BASELINE
+    if not np.isfinite(difference) or abs(difference) <= noise:
+        return WITHIN
+    return EXCEEDS if np.sign(difference) == claimed_sign else OPPOSITE
+
+
+def _configs(ds: xr.Dataset) -> Iterator[tuple[str, str, str, np.ndarray, np.ndarray]]:
+    """(dataset, arch, robust method id, its model rows, the standard model rows)."""
+    for dataset in dict.fromkeys(ds.model_dataset.values.tolist()):
+        for arch in dict.fromkeys(ds.model_arch.values.tolist()):
+            here = (ds.model_dataset.values == dataset) & (ds.model_arch.values == arch)
+            standard = np.flatnonzero(here & (ds.model_method_id.values == "standard"))
+            if len(standard) == 0:
+                continue
+            for method in dict.fromkeys(ds.model_method_id.values[here].tolist()):
+                if method != "standard":
+                    robust = np.flatnonzero(here & (ds.model_method_id.values == method))
+                    yield dataset, arch, method, robust, standard
+
+
+def _seed_claim(r: np.ndarray, s: np.ndarray, claimed_sign: int) -> dict:
+    """The row of a per-model quantity, robust models' values `r` against standard ones' `s`:
+    means, difference, the larger seed range as noise, and the verdict (no interval)."""
+    difference = float(_nan(np.nanmean, r) - _nan(np.nanmean, s))
+    noise = max(finite_range(r), finite_range(s))
+    return {
+        "robust": float(_nan(np.nanmean, r)),
+        "standard": float(_nan(np.nanmean, s)),
+        "difference": difference,
+        "seed_noise": noise,
+        "low": float("nan"),
+        "high": float("nan"),
+        "verdict": _verdict(difference, noise, claimed_sign),
+    }
+
+
+def _scalar_claim(ds, name, robust, standard, claimed_sign, low=None, high=None) -> dict:
+    row = _seed_claim(ds[name].values[robust], ds[name].values[standard], claimed_sign)
+    if low is not None and high is not None:  # bootstrap intervals, widest over the seeds
+        row["low"] = float(
+            _nan(np.nanmin, ds[low].values[robust]) - _nan(np.nanmax, ds[high].values[standard])
+        )
+        row["high"] = float(
+            _nan(np.nanmax, ds[high].values[robust]) - _nan(np.nanmin, ds[low].values[standard])
+        )
+        if row["verdict"] == EXCEEDS and row["low"] <= 0 <= row["high"]:
+            row["verdict"] = WITHIN  # beyond the seed range, but not beyond the bootstrap
+    return row
+
+
+def _deep_layers(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    depth = np.arange(n_layers) / max(n_layers - 1, 1)
+    return np.flatnonzero(depth >= DEEP), np.flatnonzero(depth < DEEP)
+
+
+def _layer_claim(ds, dataset, arch, method) -> dict | None:
+    """Claim 2 on `robust_vs_standard`: the seed effect (robust-vs-standard CKA minus the seed
+    baseline) over the deeper layers, with its interval (bootstrap and seed pairs)."""
+    idx = np.flatnonzero(
+        (ds.analysis.values == "robust_vs_standard")
+        & (ds.inputs.values == "benign")
+        & (ds.dataset.values == dataset)
+        & (ds.arch.values == arch)
+        & (ds.method_id.values == method)
+    )
+    if len(idx) == 0:
+        return None
+    deep, shallow = _deep_layers(int(ds.n_layers_a.values[idx[0]]))
+    effect = ds.seed_effect.values[idx]
+    deep_effect = float(_nan(np.nanmean, effect[:, deep]))
+    shallow_effect = float(_nan(np.nanmean, effect[:, shallow]))
+    high = float(_nan(np.nanmax, _nan(np.nanmean, ds.seed_effect_high.values[idx][:, deep], 1)))
+    low = float(_nan(np.nanmin, _nan(np.nanmean, ds.seed_effect_low.values[idx][:, deep], 1)))
+    if not np.isfinite(deep_effect):
+        verdict = NO_BASELINE
+    elif high < 0 and deep_effect < shallow_effect:
+        verdict = EXCEEDS
+    elif low > 0 or (high < 0 and deep_effect >= shallow_effect):
+        verdict = OPPOSITE
+    else:
+        verdict = WITHIN
+    cka = ds.similarity.sel(metric=_metric(ds)).values[idx]
+    diag = np.diagonal(cka, axis1=1, axis2=2)
+    return {
+        "robust": float(_nan(np.nanmean, diag[:, deep])),
+        "standard": float(_nan(np.nanmean, ds.seed_baseline.values[idx][:, deep])),
+        "difference": deep_effect,
+        "seed_noise": float("nan"),
+        "low": low,
+        "high": high,
+        "shallower_difference": shallow_effect,
+        "verdict": verdict,
+    }
+
+
+def _metric(ds: xr.Dataset) -> str:
+    return MINIBATCH_CKA if MINIBATCH_CKA in ds.metric.values else str(ds.metric.values[0])
+
+
+def _measured(ds: xr.Dataset, name: str, rows: np.ndarray) -> bool:
+    """A claim needs its quantity: present and finite for some of the models (its analysis ran)."""
+    return name in ds and bool(np.isfinite(ds[name].values[rows]).any())
+
+
+def _deep_probe(ds: xr.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Per model of `rows`, mean probe accuracy over its probed layers at relative depth >= DEEP
+    (depth among the model's `probe_n_layers` Gram layers)."""
+    out = []
+    for r in rows:
+        probed = np.flatnonzero(np.isfinite(ds.probe_accuracy.values[r]))
+        deep = np.intersect1d(probed, _deep_layers(int(ds.probe_n_layers.values[r]))[0])
+        out.append(float(_nan(np.nanmean, ds.probe_accuracy.values[r, deep])))
+    return np.array(out)
+
+
+COLUMNS = (
+    "claim",
+    "dataset",
+    "arch",
+    "method_id",
+    "robust",
+    "standard",
+    "difference",
+    "seed_noise",
+    "low",
+    "high",
+    "shallower_difference",
+    "verdict",
+)
+CLAIMS = {
+    "block_structure": "robust networks lose block structure: block score, robust - standard",
+    "deeper_layers": (
+        "robust and standard differ in deeper layers: robust-vs-standard CKA (robust column) "
+        "minus the seed-to-seed CKA of the two configurations (standard column), mean over "
+        "layers at relative depth >= 0.5; low/high: its interval over the bootstrap and the seed "
+        "pairs; shallower_difference: the same over the shallower layers"
+    ),
+    "specialisation_probe": (
+        "robust representations are less specialised (linear-probe reading): probe accuracy, "
+        "mean over deeper layers, robust - standard"
+    ),
+    "specialisation_class_cka": (
+        "robust representations are less specialised (class-conditional reading): spread of "
+        "class-conditional cross-layer CKA across classes, robust - standard"
+    ),
+}
+
+
+def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """One row per robust configuration and claim: the measured robust and standard values,
+    their difference, the seed noise it is held against, an interval where one exists, and the
+    verdict (see the module doc). Claims whose quantities the summary lacks are left out."""
+    rows = []
+    for dataset, arch, method, robust, standard in _configs(ds):
+        got: dict[str, dict | None] = {}
+        models = np.concatenate([robust, standard])
+        if _measured(ds, "block_score", models):
+            bounds = ("block_score_low", "block_score_high") if "block_score_low" in ds else ()
+            got["block_structure"] = _scalar_claim(ds, "block_score", robust, standard, -1, *bounds)
+        if "seed_effect" in ds:
+            got["deeper_layers"] = _layer_claim(ds, dataset, arch, method)
+        if _measured(ds, "probe_accuracy", models):
+            got["specialisation_probe"] = _seed_claim(
+                _deep_probe(ds, robust), _deep_probe(ds, standard), -1
+            )
+        if _measured(ds, "class_cka_spread", models):
+            got["specialisation_class_cka"] = _scalar_claim(
+                ds, "class_cka_spread", robust, standard, -1
+            )
+        for claim, row in got.items():
+            if row is not None:
+                where = {"claim": claim, "dataset": dataset, "arch": arch, "method_id": method}
+                rows.append({k: {**where, **row}.get(k, float("nan")) for k in COLUMNS})
+    return rows
