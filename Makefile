@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test lint report dryrun verify bench-env bench
+.PHONY: run test test-unit lint report dryrun verify bench-env bench config-reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ verify: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
+# The fast tests: no Snakemake run, no SLURM cluster, nothing marked slow.
+test-unit: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration and not slow and not slurm"
+
+# config/README.md is rendered from config/schema.yaml (tests/test_config_reference.py checks it).
+config-reference: $(STAMP)
+	$(BIN)/python -m robrep.pipeline.config_reference config/schema.yaml > config/README.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/ruff format --check workflow_scripts tests benchmarks
@@ -47,7 +55,11 @@ $(BENCH_ENV)/.installed: $(STAMP)
 
 bench-env: $(BENCH_ENV)/.installed
 
+# Every bench's quick case; each writes its figures to benchmarks/results/ (benchmarks/README.md).
 bench: bench-env
-	$(BIN)/python benchmarks/bench_extract.py
-	$(BIN)/python benchmarks/bench_extract.py --pool 8
-	$(BIN)/python benchmarks/bench_cka.py --limit-batches 2
+	$(BIN)/python benchmarks/bench_gram.py --quick
+	$(BIN)/python benchmarks/bench_null.py --quick
+	$(BIN)/python benchmarks/bench_checksums.py --quick
+	$(BIN)/python benchmarks/bench_cka.py --quick
+	$(BIN)/python benchmarks/bench_extract.py --quick
+	$(BIN)/python benchmarks/report.py

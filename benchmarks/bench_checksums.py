@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
+import record  # noqa: E402
 from isolated import run_isolated  # noqa: E402
 
 
@@ -95,7 +96,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=HERE / "data" / "checksums")
+    parser.add_argument("--quick", action="store_true", help="b = 64, 1 pass: a smoke run")
+    parser.add_argument(
+        "--json", type=Path, help="where the figures go (default: benchmarks/results/)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.batch, args.passes, args.repeats = 64, 1, 1
     from robrep.workers import short_spin_environment
 
     with warnings.catch_warnings():  # this process measures nothing; its children inherit it
@@ -124,6 +131,8 @@ def main() -> None:
     for stage in ("extract", "compare"):
         ratio = best[f"{stage}_verified"] / best[f"{stage}_unverified"]
         print(f"{stage}: verified / unverified = {ratio:.3f}  (target <= 1.03)")
+        best[f"{stage}_verified_over_unverified"] = ratio
+    record.write("bench_checksums", args, best, args.threads)
     shutil.rmtree(args.dir, ignore_errors=True)
 
 

@@ -16,7 +16,6 @@ The per-pair approach of the paper's released code (Cianfarani et al. 2022) is r
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import shutil
@@ -30,6 +29,9 @@ import zarr
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / ".env"))
+sys.path.insert(0, str(HERE))
+
+import record  # noqa: E402
 
 
 def make_store(path: Path, n: int, widths: list[int], models: int, chunk: int, seed: int = 0):
@@ -338,8 +340,9 @@ def main() -> None:
         print(
             f"robrep peak RSS at N/2 vs N: {half / 2**20:.0f} MB vs {full / 2**20:.0f} MB ({full / half:.2f}x)"
         )
-    if args.json:
-        args.json.write_text(json.dumps({"sgemm_gflops": rate / 1e9, "rows": rows}, indent=2))
+    record.write(
+        "bench_cka", args, {"sgemm_gflops_in_case": rate / 1e9, "rows": rows}, args.threads
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 from robrep.learn.models import build_model
 from robrep.store.activations import StoreLayout, extract_to_store
 
+import record
+
 
 class SyntheticImages:
     """N seeded random images in [0, 1], produced per slice (never all in memory)."""
@@ -104,6 +106,9 @@ def main() -> None:
         help="activations.pool: average-pool maps to <= pool x pool",
     )
     parser.add_argument("--quick", action="store_true", help="convnet on 16 x 16, N = 500")
+    parser.add_argument(
+        "--json", type=Path, help="where the figures go (default: benchmarks/results/)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.arch, args.size, args.n = "convnet", 16, 500
@@ -145,6 +150,16 @@ def main() -> None:
         f"peak RSS: N={args.n}: {p1 / 2**20:.0f} MB   4N={4 * args.n}: {p4 / 2**20:.0f} MB   "
         f"ratio {p4 / p1:.3f} (growth during extraction {(p1 - b1) / 2**20:.0f} MB vs {(p4 - b4) / 2**20:.0f} MB)"
     )
+    figures = {
+        "bare_forward_s": min(bare),
+        "extraction_s": min(ext),
+        "extraction_over_forward": min(ext) / min(bare),
+        "store_mb": written / 2**20,
+        "peak_rss_n_mb": p1 / 2**20,
+        "peak_rss_4n_mb": p4 / 2**20,
+        "peak_rss_4n_over_n": p4 / p1,
+    }
+    record.write("bench_extract", args, figures, torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Every measurement runs in its own child process (peak RSS does not mask), side b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -37,6 +36,7 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
+import record  # noqa: E402
 from isolated import run_isolated  # noqa: E402
 
 MB = 2**20
@@ -339,8 +339,7 @@ def main() -> None:
     }
     for key, value in summary.items():
         print(f"{key:36s} {value if isinstance(value, dict) else format(value, '.4g')}")
-    if args.json:
-        args.json.write_text(json.dumps({"raw": r, "summary": summary}, indent=2, default=str))
+    record.write("bench_gram", args, {"summary": summary, "raw": r}, args.threads)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+import record
 
 
 class PackedGrams:
@@ -88,6 +91,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="b = 256, 20 layers: a smoke run")
+    parser.add_argument(
+        "--json", type=Path, help="where the figures go (default: benchmarks/results/)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.batch, args.layers, args.draws = 256, 20, 5
@@ -138,6 +144,11 @@ def main() -> None:
     print(f"  per draw before / now: {seconds['draw before'] / seconds['draw now']:.2f}x")
     print(f"  {draws} draws before / now: {seconds['null before'] / seconds['null now']:.2f}x")
     print(f"  max |CKA now - CKA before| over the draws: {difference:.1e}")
+    figures = {f"{key.replace(' ', '_')}_s": value for key, value in seconds.items()}
+    figures["draw_before_over_now"] = seconds["draw before"] / seconds["draw now"]
+    figures["null_before_over_now"] = seconds["null before"] / seconds["null now"]
+    figures["max_abs_cka_difference"] = float(difference)
+    record.write("bench_null", args, figures, args.threads)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from robrep.learn.models import build_model
 
-from workflow_helpers import TINY, make_workdir, snakemake
+from helpers.workflow import TINY, make_workdir, snakemake
 
 
 @pytest.fixture

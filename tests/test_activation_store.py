@@ -22,7 +22,7 @@ from robrep.store.activations import (
     extract_to_store,
 )
 
-from store_helpers import extract, images
+from helpers.stores import extract, images
 
 
 def test_values_equal_direct_forward(tiny_model, tmp_path):

@@ -19,7 +19,7 @@ from robrep.learn.adversarial import (
 from robrep.learn.attacks import AttackSpec
 from robrep.store.activations import ActivationStore
 
-from store_helpers import extract, images
+from helpers.stores import extract, images
 
 SPEC = AttackSpec("linf", 0.1, 3, 0.05)
 LABELS = np.arange(40) % 10

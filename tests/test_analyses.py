@@ -33,7 +33,7 @@ def test_block_score_ranks_block_above_uniform():
 
 @pytest.mark.parametrize("n, min_size", [(3, 2), (7, 2), (12, 3)])
 def test_block_score_is_its_definition(rng, n, min_size):
-    from reference import block_score_loops
+    from helpers.reference import block_score_loops
 
     c = rng.random((n, n))
     c = (c + c.T) / 2
@@ -74,7 +74,7 @@ def study(**changes):
 
     from robrep.pipeline.config import study_from_config
 
-    from workflow_helpers import TINY
+    from helpers.workflow import TINY
 
     config = copy.deepcopy(TINY)
     config.update(changes)

@@ -7,7 +7,7 @@ import torch
 
 from robrep.learn.attacks import AttackSpec, pgd
 
-from reference import accuracy
+from helpers.reference import accuracy
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])

@@ -14,7 +14,7 @@ from robrep.study.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_
 from robrep.study.scores import block_score_interval, block_structure_score
 from robrep.study.summary import _stack, seed_baselines
 
-from store_helpers import extract
+from helpers.stores import extract
 
 METHODS = {
     "standard": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},

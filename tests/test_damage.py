@@ -21,8 +21,9 @@ from robrep.store.activations import (
     NonFiniteActivationsError,
 )
 
-from store_helpers import extract as extract_store
-from workflow_helpers import TINY, make_workdir, snakemake
+from helpers.stores import chunk_files, corrupt_middle
+from helpers.stores import extract as extract_store
+from helpers.workflow import TINY, make_workdir, snakemake
 
 
 def extract(model, path, n=40, **kw):
@@ -37,18 +38,6 @@ def extract(model, path, n=40, **kw):
         pass_order=pass_orders(n, 2, 0),
         **kw,
     )
-
-
-def corrupt_middle(path, length=21):
-    """Overwrite `length` bytes in the middle of a file, keeping its size (a failing disk)."""
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid : mid + length] = bytes((b + 1) % 256 for b in data[mid : mid + length])
-    path.write_bytes(bytes(data))
-
-
-def chunk_files(array_dir):
-    return sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize("array", ["gram", "stage2.0"])

@@ -15,9 +15,9 @@ import xarray as xr
 from robrep.io.checksums import read_json
 from robrep.learn.models import build_model
 
-from test_data import write_cifar10
-from test_external import RB_ARCH, robustbench_checkpoint, robustbench_or_skip
-from workflow_helpers import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
+from helpers.external import RB_ARCH, robustbench_checkpoint, robustbench_or_skip
+from helpers.files import write_cifar10
+from helpers.workflow import TINY, job_counts, make_workdir, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 

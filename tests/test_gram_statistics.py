@@ -27,9 +27,9 @@ from robrep.store.activations import (
     extract_to_store,
 )
 
-from reference import hsic1_textbook
-from store_helpers import extract as extract_store
-from store_helpers import images
+from helpers.reference import hsic1_textbook
+from helpers.stores import extract as extract_store
+from helpers.stores import images
 
 
 class ArrayGrams:

@@ -18,7 +18,7 @@ from robrep.pipeline.config import load_config
 from robrep.pipeline.jobs import SIZE_SETTINGS, JobSizer
 from robrep.study.analyses import comparisons
 
-from workflow_helpers import TINY
+from helpers.workflow import TINY
 
 SCHEMA_PATH = Path(__file__).parents[1] / "config" / "schema.yaml"
 

@@ -61,7 +61,7 @@ def test_probe_warns_about_small_classes_and_refuses_too_few_examples():
 
 
 def test_probe_store_names_layers_and_chance(tiny_model, tmp_path):
-    from store_helpers import extract
+    from helpers.stores import extract
 
     path = extract(
         tiny_model,
@@ -85,7 +85,7 @@ def test_probe_store_subset_reads_the_drawn_rows(tiny_model, tmp_path):
     from robrep.store.activations import ActivationStore
     from robrep.study.probes import _RowSubset
 
-    from store_helpers import extract
+    from helpers.stores import extract
 
     path = extract(tiny_model, tmp_path / "s.zarr", n=60, meta=STORE_META, features=["stage3.0"])
     layer = ActivationStore(path).layer("stage3.0")

@@ -11,35 +11,20 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-import xarray as xr
 
-from workflow_helpers import (
+from helpers.workflow import (
     TINY,
     dry_run_with,
     job_counts,
     make_workdir,
     planned_jobs,
     snakemake,
+    summaries_equal,
     write_config,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def summaries_equal(a, b) -> None:
-    """Final results of two runs agree exactly: metrics files and every similarity value."""
-    models = sorted((a / "results/models").rglob("metrics.json"))
-    assert models
-    for path in models:
-        other = b / path.relative_to(a)
-        want = path.read_text().replace(str(a), "")
-        assert other.read_text().replace(str(b), "") == want, path
-    sa = xr.load_dataset(a / "results/summary/similarity.nc", engine="h5netcdf")
-    sb = xr.load_dataset(b / "results/summary/similarity.nc", engine="h5netcdf")
-    np.testing.assert_array_equal(sa.similarity.values, sb.similarity.values)
-    np.testing.assert_array_equal(sa.analysis.values, sb.analysis.values)
 
 
 def assert_only_one_model_planned(out: str, method_id: str) -> None:

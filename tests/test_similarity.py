@@ -23,7 +23,7 @@ from robrep.similarity import (
     minibatch_cka_multi,
 )
 
-from reference import feature_space_linear_cka, hsic1_textbook
+from helpers.reference import feature_space_linear_cka, hsic1_textbook
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

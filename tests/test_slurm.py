@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import ClusterError, missing_binaries, start, stop
-from test_reruns import summaries_equal
-from workflow_helpers import TINY, make_workdir, snakemake
+from helpers.slurm_cluster import ClusterError, missing_binaries, start, stop
+from helpers.workflow import TINY, make_workdir, snakemake, summaries_equal
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

@@ -6,6 +6,8 @@ import cannot hide an upward dependency."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,53 @@ def test_the_library_imports_no_package_face():
     faces = {m for m, p in MODULES.items() if p.name == "__init__.py" and m != "robrep"}
     through = {m: sorted(GRAPH[m] & faces) for m in MODULES if GRAPH[m] & faces}
     assert not through, through
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers/; a test module never imports a test module."""
+    tests = Path(__file__).parent
+    offenders = {}
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            bad = [n for n in names if n.split(".")[0].startswith("test_")]
+            if bad:
+                offenders[path.name] = bad
+    assert not offenders, offenders
+
+
+def _modules_after_import(*modules: str) -> set[str]:
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
+    code += "print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_summary_and_figures_do_not_import_torch():
+    """The aggregate and figure jobs' library imports load no torch (2/3 of a job's start)."""
+    loaded = _modules_after_import(
+        "robrep.study.summary",
+        "robrep.study.findings",
+        "robrep.study.figures",
+        "robrep.io.xrio",
+        "robrep.io.atomic",
+        "robrep.runtime",
+        "robrep.similarity",
+    )
+    assert "robrep.study.summary" in loaded
+    assert "torch" not in loaded
+
+
+def test_the_recorded_torch_version_is_torchs_own():
+    import torch
+
+    from robrep.runtime import torch_version
+
+    assert torch_version() == torch.__version__
+    code = "from robrep.runtime import torch_version; import sys; print(torch_version(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [torch.__version__, "False"]

@@ -15,7 +15,7 @@ import xarray as xr
 from robrep.pipeline.verify import verify_results
 from robrep.store.activations import ActivationStore
 
-from test_damage import chunk_files, corrupt_middle
+from helpers.stores import chunk_files, corrupt_middle
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import xarray as xr
 from robrep.io.checksums import read_json
 from robrep.store.activations import ActivationStore
 
-from workflow_helpers import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
+from helpers.workflow import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
 

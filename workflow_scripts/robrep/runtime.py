@@ -1,13 +1,15 @@
 """What every stage needs from its surroundings: the device and the software versions.
 
-torch is imported only by `pick_device` (a job that runs no network never loads it); the versions
-are read from the installed packages' metadata.
+torch is imported only by `pick_device` (a job that runs no network never loads it); its version
+is read from its package files.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
-from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,13 +32,28 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def torch_version() -> str:
+    """`torch.__version__` (build tag included, e.g. `2.14.1+cu130`) without importing torch: the
+    package's generated `torch/version.py` holds it as its first assignment."""
+    loaded = sys.modules.get("torch")
+    if loaded is not None:
+        return loaded.__version__
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("torch is not installed")
+    text = (Path(spec.origin).parent / "version.py").read_text()
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    if found is None:
+        raise RuntimeError(f"no __version__ in {Path(spec.origin).parent / 'version.py'}")
+    return found.group(1)
+
+
 def software_versions() -> dict[str, str]:
-    """Versions recorded in every artefact's metadata (torch's as its package metadata gives it,
-    which is `torch.__version__`, without importing it)."""
+    """Versions recorded in every artefact's metadata."""
     import robrep
 
     return {
         "python": sys.version.split()[0],
-        "torch": metadata.version("torch"),
+        "torch": torch_version(),
         "robrep": robrep.__version__,
     }

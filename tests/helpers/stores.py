@@ -44,3 +44,15 @@ def extract(
         progress=False,
         **kw,
     )
+
+
+def corrupt_middle(path, length=21):
+    """Overwrite `length` bytes in the middle of a file, keeping its size (a failing disk)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + length] = bytes((b + 1) % 256 for b in data[mid : mid + length])
+    path.write_bytes(bytes(data))
+
+
+def chunk_files(array_dir):
+    return sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())

@@ -9,31 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import xarray as xr
 import yaml
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TINY = {
-    "data_root": "data",
-    "datasets": ["digits"],
-    "dataset_options": {"digits": {"image_size": 8}},
-    "architectures": ["convnet"],
-    "methods": [{"method": "standard"}, {"method": "pgd", "norm": "linf", "eps": 0.1, "steps": 2}],
-    "seeds": [0],
-    "training": {"epochs": 2, "batch_size": 128, "checkpoint_every": 1},
-    "evaluation": {
-        "norm": "linf",
-        "eps": 0.1,
-        "steps": 3,
-        "val_steps": 1,
-        "autoattack": {"version": ["apgd-ce", "apgd-t"], "n_examples": 32},
-    },
-    "activations": {"n_examples": 64, "cka_batch_size": 32, "passes": 2},
-    "similarity": {
-        "metrics": ["minibatch_cka", "linear_cka_debiased", "svcca"],
-        "bootstrap": 20,
-    },
-}
+TINY = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())  # the tiny config, by hand too
 
 
 def make_workdir(path: Path, config: dict) -> Path:
@@ -104,3 +86,17 @@ def dry_run_with(workdir: Path, config: dict) -> str:
         return snakemake(workdir, "-n").stdout
     finally:
         write_config(workdir, TINY)
+
+
+def summaries_equal(a, b) -> None:
+    """Final results of two runs agree exactly: metrics files and every similarity value."""
+    models = sorted((a / "results/models").rglob("metrics.json"))
+    assert models
+    for path in models:
+        other = b / path.relative_to(a)
+        want = path.read_text().replace(str(a), "")
+        assert other.read_text().replace(str(b), "") == want, path
+    sa = xr.load_dataset(a / "results/summary/similarity.nc", engine="h5netcdf")
+    sb = xr.load_dataset(b / "results/summary/similarity.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(sa.similarity.values, sb.similarity.values)
+    np.testing.assert_array_equal(sa.analysis.values, sb.analysis.values)

@@ -1,7 +1,7 @@
 """A one-node SLURM cluster on localhost, for the `slurm` test and for trying the profile by hand.
 
-    python tests/slurm_cluster.py start [ROOT]   # install (as root, if missing) and start daemons
-    python tests/slurm_cluster.py stop [ROOT]    # stop them by pid
+    python tests/helpers/slurm_cluster.py start [ROOT]   # install (as root, if missing) and start daemons
+    python tests/helpers/slurm_cluster.py stop [ROOT]    # stop them by pid
     squeue; sinfo                                # then use it as any cluster
 
 munged runs with its own key and socket under ROOT; slurmctld and slurmd run in the foreground
@@ -216,7 +216,7 @@ def stop(root: str | Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in {"start", "stop"}:
-        sys.exit("usage: python tests/slurm_cluster.py start|stop [ROOT]")
+        sys.exit("usage: python tests/helpers/slurm_cluster.py start|stop [ROOT]")
     where = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/robrep-slurm")
     if sys.argv[1] == "start":
         print(json.dumps(start(where)))
