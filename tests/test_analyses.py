@@ -285,6 +285,7 @@ def test_adding_an_analysis_is_one_registry_entry(monkeypatch):
     from robrep.pipeline import config as rcfg
     from robrep.study import analyses, figures
     from robrep.study.analyses import Analysis, StoreKey, _mean_diagonal, comparisons
+    from robrep.study.variables import Variable
 
     def eps_neighbours_pairs(study):
         for m in study.models:
@@ -304,7 +305,13 @@ def test_adding_an_analysis_is_one_registry_entry(monkeypatch):
         "each robust model x the next larger eps of its method and norm",
         eps_neighbours_pairs,
         _mean_diagonal("eps_neighbour_mean_diag"),
-        {"eps_neighbour_mean_diag": False},
+        {
+            "eps_neighbour_mean_diag": Variable(
+                "next larger eps, same-layer CKA",
+                "mean over layers of CKA(layer, same layer at the next larger eps)",
+                "robrep.study.analyses._mean_diagonal",
+            )
+        },
         ("eps_neighbours_diagonal",),
     )
     monkeypatch.setitem(analyses.ANALYSES, "eps_neighbours", entry)
@@ -347,3 +354,31 @@ def test_comparison_of_stores_without_coordinates_is_refused(tiny_model, tmp_pat
         ValueError, match=r"old\.zarr lacks the metadata \['arch'.*forcerun extract"
     ):
         compare_stores(path, path, ["minibatch_cka"])
+
+
+def test_every_summary_variable_names_a_function_that_exists():
+    """The `computed_by` of every declared variable is a real robrep function."""
+    import importlib
+
+    from robrep.study.analyses import ANALYSES
+    from robrep.study.summary import STUDY_VARIABLES
+
+    declared = dict(STUDY_VARIABLES)
+    for analysis in ANALYSES.values():
+        assert not set(analysis.summaries) & set(STUDY_VARIABLES), analysis.name
+        declared.update(analysis.summaries)
+    for name, variable in declared.items():
+        module, _, function = variable.computed_by.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), name
+        assert variable.long_name and variable.description, name
+
+
+def test_an_undeclared_summary_variable_is_refused():
+    import xarray as xr
+
+    from robrep.study.summary import describe
+
+    with pytest.raises(ValueError, match=r"\['mystery'\] are declared nowhere"):
+        describe(xr.Dataset({"mystery": ("x", [1.0])}))
+    described = describe(xr.Dataset({"clean_acc": ("model", [0.9])}))
+    assert described.clean_acc.attrs["computed_by"] == "robrep.study.summary.model_summaries"

@@ -99,7 +99,7 @@ def test_one_seed_has_no_baseline(identical_stores):
 
 def test_block_score_interval_contains_the_point_estimate(identical_stores):
     part = _compare(identical_stores, "cross_layer", ("standard", 0), ("standard", 0), seed=2)
-    point = block_structure_score(part.similarity.sel(metric="minibatch_cka").values)
+    point = block_structure_score(part.similarity.values)
     low, high = block_score_interval(part)
     assert low <= point <= high and low < high
     assert block_score_interval(part) == (low, high)  # reproducible from the seed
@@ -160,11 +160,11 @@ def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
     ]
     ds = _stack(parts)
     n = int(ds.n_layers_a.values[0])
-    low, high = _seed_band(ds, np.array([0]), "minibatch_cka", n)
+    low, high = _seed_band(ds, np.array([0]), n)
     assert np.all(low <= 1 + 1e-6) and np.all(high >= 1 - 1e-6)
     np.testing.assert_allclose(low, np.diagonal(ds.cka_ci_low.values[1])[:n])
     none = _stack([parts[0]])
-    assert np.isnan(_seed_band(none, np.array([0]), "minibatch_cka", n)).all()
+    assert np.isnan(_seed_band(none, np.array([0]), n)).all()
 
 
 def test_block_score_seed_range():

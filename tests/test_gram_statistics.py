@@ -241,7 +241,7 @@ def test_comparison_records_its_minibatches(tiny_model, tmp_path):
     assert list(ds.batch_size.values) == [16, 16, 8, 16, 16, 8]
     assert ds.cka_per_pass.shape == (2, 8, 8)
     assert list(ds.full_metric.values) == ["svcca"] and ds.full_similarity.shape == (1, 2, 2)
-    np.testing.assert_allclose(np.diagonal(ds.similarity.sel(metric="minibatch_cka")), 1.0)
+    np.testing.assert_allclose(np.diagonal(ds.similarity), 1.0)
 
 
 @pytest.mark.parametrize("b", [4, 7, 16])
@@ -264,7 +264,7 @@ def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tm
         tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0), meta=STORE_META
     )
     ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
-    cka = ds.similarity.sel(metric="minibatch_cka").values
+    cka = ds.similarity.values
     upper = ds.cka_null_upper.values
     np.testing.assert_allclose(np.diagonal(cka), 1.0, atol=1e-6)
     assert np.all(np.diagonal(upper) < 0.5), np.diagonal(upper)

@@ -24,7 +24,6 @@ from robrep.ids import (
     StoreKey,
     comparison_id,
 )
-from robrep.similarity.result import MINIBATCH_CKA
 from robrep.study.scores import (
     ADV_THRESHOLD,
     block_score_interval,
@@ -35,6 +34,7 @@ from robrep.study.scores import (
     diagonal,
 )
 from robrep.study.study import FROM_STANDARD, TRANSFER_DIRECTIONS, Pair, Study
+from robrep.study.variables import Variable
 
 Summarise = Callable[[np.ndarray, Mapping[str, Any]], dict[str, Any]]
 
@@ -43,8 +43,8 @@ Summarise = Callable[[np.ndarray, Mapping[str, Any]], dict[str, Any]]
 class Analysis:
     """One analysis: its pairs, its per-model summaries and its figures (see the module doc).
 
-    `summaries` maps each variable `summarise` may return to whether it is per layer (a vector
-    along the first model's layers) or a scalar. `by_class`: its comparisons also hold
+    `summaries` declares each variable `summarise` may return (`variables.Variable`: whether it is
+    per layer, a vector along the first model's layers, or a scalar, and its attributes). `by_class`: its comparisons also hold
     class-conditional CKA. `seed_baseline`: its per-layer values are set against the seed-to-seed
     similarity of the configurations they compare (`summary.seed_baselines`; both sides must
     have the same architecture).
@@ -54,7 +54,7 @@ class Analysis:
     compares: str
     pairs: Callable[[Study], Iterable[Pair]]
     summarise: Summarise
-    summaries: Mapping[str, bool]
+    summaries: Mapping[str, Variable]
     figures: tuple[str, ...]
     by_class: bool = False
     seed_baseline: bool = False
@@ -80,7 +80,7 @@ def _cross_layer_summary(m: np.ndarray, comparison: Mapping[str, Any]) -> dict[s
         return {"block_score_pgd": block_structure_score(m)}
     out = {"block_score": block_structure_score(m)}
     part = comparison.get("part")
-    if part is not None and comparison.get("metric") == MINIBATCH_CKA:
+    if part is not None:
         out["block_score_low"], out["block_score_high"] = block_score_interval(part)
     if part is not None and "cka_by_class" in part:
         out.update(class_conditional_summary(part["cka_by_class"].values))
@@ -184,12 +184,39 @@ ANALYSES: dict[str, Analysis] = {
             _cross_layer_pairs,
             _cross_layer_summary,
             {
-                "block_score": False,
-                "block_score_low": False,
-                "block_score_high": False,
-                "block_score_pgd": False,
-                "class_cka_mean": False,
-                "class_cka_spread": False,
+                "block_score": Variable(
+                    "block-structure score",
+                    "the strongest contiguous block of the benign cross-layer CKA matrix: max over "
+                    "layer segments of (mean similarity within - mean similarity across)",
+                    "robrep.study.scores.block_structure_score",
+                ),
+                "block_score_low": Variable(
+                    "block-structure score, bootstrap low end",
+                    "2.5th percentile of the block score over minibatch resamples",
+                    "robrep.study.scores.block_score_interval",
+                ),
+                "block_score_high": Variable(
+                    "block-structure score, bootstrap high end",
+                    "97.5th percentile of the block score over minibatch resamples",
+                    "robrep.study.scores.block_score_interval",
+                ),
+                "block_score_pgd": Variable(
+                    "block-structure score on adversarial inputs",
+                    "the block score of the cross-layer matrix on the model's own PGD examples",
+                    "robrep.study.scores.block_structure_score",
+                ),
+                "class_cka_mean": Variable(
+                    "class-conditional cross-layer CKA, mean",
+                    "mean over classes and distinct layer pairs of minibatch CKA on one class's "
+                    "examples",
+                    "robrep.study.scores.class_conditional_summary",
+                ),
+                "class_cka_spread": Variable(
+                    "class-conditional cross-layer CKA, spread",
+                    "standard deviation over classes of class-conditional CKA, mean over layer "
+                    "pairs: how differently the layers relate for different classes",
+                    "robrep.study.scores.class_conditional_summary",
+                ),
             },
             ("cross_layer_heatmaps", "block_score_vs_eps", "class_conditional_cka"),
             by_class=True,
@@ -200,7 +227,19 @@ ANALYSES: dict[str, Analysis] = {
             "and each on its own adversarial examples",
             _robust_vs_standard_pairs,
             _robust_vs_standard_summary,
-            {"robust_vs_standard_mean_diag": False, "robust_vs_standard_mean_diag_pgd": False},
+            {
+                "robust_vs_standard_mean_diag": Variable(
+                    "robust vs standard, same-layer CKA",
+                    "mean over layers of CKA(layer of the robust model, same layer of the standard "
+                    "model), benign inputs",
+                    "robrep.study.analyses._robust_vs_standard_summary",
+                ),
+                "robust_vs_standard_mean_diag_pgd": Variable(
+                    "robust vs standard, same-layer CKA on adversarial inputs",
+                    "the same, each model on its own PGD examples",
+                    "robrep.study.analyses._robust_vs_standard_summary",
+                ),
+            },
             ("robust_vs_standard_diagonal", "robust_vs_standard_matrix"),
             seed_baseline=True,
         ),
@@ -210,7 +249,16 @@ ANALYSES: dict[str, Analysis] = {
             "examples and both on the robust model's (transfer.directions)",
             _transfer_pairs,
             _transfer_summary,
-            {f"transfer_{d}_mean_diag": False for d in TRANSFER_DIRECTIONS},
+            {
+                f"transfer_{d}_mean_diag": Variable(
+                    f"robust vs standard, same-layer CKA, {d.replace('_', ' ')} transfer",
+                    "mean over layers of CKA(robust layer, same standard layer), both models on "
+                    + ("the standard" if d == "standard_to_robust" else "the robust")
+                    + " model's adversarial examples",
+                    "robrep.study.analyses._transfer_summary",
+                )
+                for d in TRANSFER_DIRECTIONS
+            },
             ("transfer_diagonal",),
             seed_baseline=True,
         ),
@@ -221,8 +269,18 @@ ANALYSES: dict[str, Analysis] = {
             _benign_vs_adversarial_pairs,
             _benign_vs_adversarial_summary,
             {
-                f"adversarial_depth_below_{ADV_THRESHOLD}": False,
-                f"transfer_depth_below_{ADV_THRESHOLD}": False,
+                f"adversarial_depth_below_{ADV_THRESHOLD}": Variable(
+                    f"depth where benign vs PGD CKA falls below {ADV_THRESHOLD}",
+                    "relative depth (0 first probed layer, 1 last) of the first layer whose CKA "
+                    "between benign and own-PGD inputs is below the threshold; NaN if none",
+                    "robrep.study.scores.depth_below",
+                ),
+                f"transfer_depth_below_{ADV_THRESHOLD}": Variable(
+                    f"depth where benign vs transferred CKA falls below {ADV_THRESHOLD}",
+                    "the same for a robust model on benign vs on the standard model's "
+                    "adversarial examples",
+                    "robrep.study.scores.depth_below",
+                ),
             },
             ("benign_vs_adversarial_diagonal",),
             seed_baseline=True,
@@ -232,7 +290,14 @@ ANALYSES: dict[str, Analysis] = {
             "each saved checkpoint and best x final, same model",
             _epochs_pairs,
             _epochs_summary,
-            {"best_final_drop": True},
+            {
+                "best_final_drop": Variable(
+                    "best vs final checkpoint dissimilarity",
+                    "1 - CKA(best checkpoint, final checkpoint) per layer",
+                    "robrep.study.analyses._epochs_summary",
+                    per_layer=True,
+                )
+            },
             ("epochs_heatmaps",),
             seed_baseline=True,
         ),
@@ -241,7 +306,14 @@ ANALYSES: dict[str, Analysis] = {
             "Linf- x L2-trained models of the same method, arch and seed",
             _threat_models_pairs,
             _mean_diagonal("threat_model_mean_diag"),
-            {"threat_model_mean_diag": False},
+            {
+                "threat_model_mean_diag": Variable(
+                    "Linf vs L2 model, same-layer CKA",
+                    "mean over layers of CKA(layer, same layer) of the Linf model and its L2 "
+                    "counterpart",
+                    "robrep.study.analyses._mean_diagonal",
+                )
+            },
             ("threat_models_diagonal",),
             seed_baseline=True,
         ),
@@ -250,7 +322,14 @@ ANALYSES: dict[str, Analysis] = {
             "the same configuration at different seeds",
             _seeds_pairs,
             _mean_diagonal("seed_mean_diag"),
-            {"seed_mean_diag": False},
+            {
+                "seed_mean_diag": Variable(
+                    "seed vs seed, same-layer CKA",
+                    "mean over layers of CKA(layer, same layer) of a model and the same "
+                    "configuration at a later seed",
+                    "robrep.study.analyses._mean_diagonal",
+                )
+            },
             ("seeds_diagonal",),
         ),
         Analysis(
@@ -260,7 +339,14 @@ ANALYSES: dict[str, Analysis] = {
             lambda m, comparison: {
                 "width_depth_mean_diag": float(np.nanmean(depth_matched_diagonal(m)))
             },
-            {"width_depth_mean_diag": False},
+            {
+                "width_depth_mean_diag": Variable(
+                    "width/depth, depth-matched CKA",
+                    "mean over the first architecture's layers of CKA with the layer at the same "
+                    "relative depth of the wider or deeper family member",
+                    "robrep.study.scores.depth_matched_diagonal",
+                )
+            },
             ("width_depth_diagonal",),
         ),
     )

@@ -2,7 +2,7 @@
 
 Minibatch CKA comes from the stores' Gram statistics (every Gram layer, every batch of every
 pass); the full-data metrics from the raw features of the feature layers. The result is a small
-xarray Dataset: `similarity(metric, layer_a, layer_b)` (minibatch CKA),
+xarray Dataset: `similarity(layer_a, layer_b)` (minibatch CKA),
 `full_similarity(full_metric, feature_a, feature_b)`, minibatch CKA's per-batch HSIC terms,
 bootstrap interval and per-pass values, the `pass_order` and batch partition it used, and as attributes the coordinates of both stores (dataset, arch, method, norm, eps, seed,
 checkpoint, epoch, inputs), read from the stores' own metadata.
@@ -92,13 +92,10 @@ def compare_stores(
             low, high = res.bootstrap(bootstrap, seed)
             data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
             data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
-    data_vars["similarity"] = (
-        ("metric", "layer_a", "layer_b"),
-        np.stack([values[m] for m in metrics if m in values]),
-    )
+    if MINIBATCH_CKA in values:
+        data_vars["similarity"] = (("layer_a", "layer_b"), values[MINIBATCH_CKA])
     full = [m for m in metrics if m != MINIBATCH_CKA]
     coords = {
-        "metric": [m for m in metrics if m in values],
         "layer_a": sa.layers,
         "layer_b": sb.layers,
     }

@@ -32,10 +32,6 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def _metric(ds: xr.Dataset) -> str:
-    return METRIC if METRIC in ds.metric.values else str(ds.metric.values[0])
-
-
 def _select(ds: xr.Dataset, **coords) -> np.ndarray:
     """Indices of comparisons whose coordinates equal `coords`."""
     mask = np.ones(ds.sizes["comparison"], bool)
@@ -61,11 +57,11 @@ def _methods(ds: xr.Dataset) -> list[str]:
     return sorted(dict.fromkeys(ids), key=lambda m: (order.get(key[m][0], 3), *key[m][1:]))
 
 
-def _mean_matrix(ds: xr.Dataset, idx: np.ndarray, metric: str) -> tuple[np.ndarray, list, list]:
+def _mean_matrix(ds: xr.Dataset, idx: np.ndarray) -> tuple[np.ndarray, list, list]:
     """Seed-averaged matrix of comparisons `idx` (same architecture, so the same layers)."""
     c0 = int(idx[0])
     la, lb = int(ds.n_layers_a[c0]), int(ds.n_layers_b[c0])
-    mats = ds["similarity"].sel(metric=metric).isel(comparison=idx).values[:, :la, :lb]
+    mats = ds["similarity"].isel(comparison=idx).values[:, :la, :lb]
     names_a = ds.layer_name_a.isel(comparison=c0).values[:la].tolist()
     names_b = ds.layer_name_b.isel(comparison=c0).values[:lb].tolist()
     return np.nanmean(mats, axis=0), names_a, names_b
@@ -81,8 +77,7 @@ def _mean_null(ds: xr.Dataset, idx: np.ndarray) -> np.ndarray:
 def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
     """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1; values at or
     below the permutation null's upper percentile (when computed) are grey."""
-    metric = _metric(ds)
-    null = ds.get("cka_null_upper") if metric == METRIC else None
+    null = ds.get("cka_null_upper")
     cmap = plt.get_cmap("magma").with_extremes(bad="lightgrey")
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     methods = _methods(ds)
@@ -101,7 +96,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             if len(idx) == 0:
                 ax.axis("off")
                 continue
-            mat, names, _ = _mean_matrix(ds, idx, metric)
+            mat, names, _ = _mean_matrix(ds, idx)
             if null is not None:  # indistinguishable from the permutation null: grey
                 mat = np.where(mat > _mean_null(ds, idx), mat, np.nan)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap, origin="lower")
@@ -109,7 +104,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
             ax.set_title(f"{arch}\n{method}", fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{metric} (mean over seeds)")
+        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{METRIC} (mean over seeds)")
     masked = (
         " (grey: not above the permutation null's upper percentile)" if null is not None else ""
     )
@@ -206,7 +201,6 @@ def _diagonal_panels(
     """A row per architecture, a column per (label, comparison coordinates) of `columns`, a line
     per method (and second architecture where it differs): each layer's similarity with the
     layer at the same relative depth, mean over seeds; band: the seed baseline."""
-    metric = _metric(ds)
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     banded = ANALYSES[analysis].seed_baseline if analysis in ANALYSES else False
     fig, axes = plt.subplots(
@@ -223,13 +217,13 @@ def _diagonal_panels(
                 idx = _select(ds, **wanted)
                 for arch_b in dict.fromkeys(ds.arch_b.values[idx].tolist()):
                     sub = idx[ds.arch_b.values[idx] == arch_b]
-                    mat, names, _ = _mean_matrix(ds, sub, metric)
+                    mat, names, _ = _mean_matrix(ds, sub)
                     diag = depth_matched_diagonal(mat)
                     name = method if arch_b == arch else f"{method} vs {arch_b}"
                     depth = np.linspace(0, 1, len(diag))
                     (line,) = ax.plot(depth, diag, marker=".", label=name)
                     if banded:
-                        lo, hi = _seed_band(ds, sub, metric, len(diag))
+                        lo, hi = _seed_band(ds, sub, len(diag))
                         ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
             if banded and not (ds.analysis.values == "seeds").any():
                 ax.text(
@@ -245,9 +239,7 @@ def _diagonal_panels(
     _save(fig, path)
 
 
-def _seed_band(
-    ds: xr.Dataset, idx: np.ndarray, metric: str, n: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _seed_band(ds: xr.Dataset, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per layer, the range of same-layer similarity between seeds of the configurations that
     comparisons `idx` compare (their `seeds` comparisons, benign, final), widened to the seed
     pairs' bootstrap intervals where the summary has them: the seed baseline and its sampling
@@ -270,8 +262,8 @@ def _seed_band(
         mats = values.isel(comparison=base).values[:, :la, :la]
         return np.diagonal(mats, axis1=1, axis2=2)[:, :n]
 
-    low = high = diagonals(ds["similarity"].sel(metric=metric))
-    if "cka_ci_low" in ds and metric == METRIC:
+    low = high = diagonals(ds["similarity"])
+    if "cka_ci_low" in ds:
         low, high = diagonals(ds["cka_ci_low"]), diagonals(ds["cka_ci_high"])
     return np.nanmin(low, axis=0), np.nanmax(high, axis=0)
 
@@ -283,7 +275,7 @@ def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "robust_vs_standard",
         "Robust vs standard model, same layer, benign inputs",
-        f"{_metric(ds)}(robust, standard)",
+        f"{METRIC}(robust, standard)",
         [("", {"inputs": "benign"})],
     )
 
@@ -299,7 +291,7 @@ def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "benign_vs_adversarial",
         "Benign vs adversarial inputs, same layer",
-        f"{_metric(ds)}(benign, adversarial)",
+        f"{METRIC}(benign, adversarial)",
         columns,
     )
 
@@ -321,7 +313,7 @@ def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "transfer",
         "Robust vs standard model on adversarial inputs, same layer",
-        f"{_metric(ds)}(robust, standard)",
+        f"{METRIC}(robust, standard)",
         columns,
     )
 
@@ -330,7 +322,6 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
     """The released code's three panels per architecture and robust method, on benign and (when
     computed) adversarial inputs: the standard model's cross-layer CKA, the robust model's, and
     the full robust x standard layer matrix (rows: robust layers), mean over seeds."""
-    metric = _metric(ds)
     rows = [
         (arch, method)
         for arch in dict.fromkeys(ds.model_arch.values.tolist())
@@ -360,14 +351,14 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
             if len(idx) == 0:
                 ax.axis("off")
                 continue
-            mat, names_a, names_b = _mean_matrix(ds, idx, metric)
+            mat, names_a, names_b = _mean_matrix(ds, idx)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
             ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=4)
             ax.set_yticks(range(len(names_a)), names_a if c == 0 else [], fontsize=4)
             who = method if panel == "robust" else panel.replace("robust", method)
             ax.set_title(f"{arch}, {inputs}\n{who}", fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{metric} (mean over seeds)")
+        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{METRIC} (mean over seeds)")
     fig.suptitle(
         "Standard, robust and robust x standard layer similarity "
         "(pgd: each model on its own adversarial examples)"
@@ -382,14 +373,14 @@ def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "threat_models",
         "Linf- vs L2-trained model, same layer",
-        f"{_metric(ds)}(Linf, L2)",
+        f"{METRIC}(Linf, L2)",
     )
 
 
 def seeds_diagonal(ds: xr.Dataset, path: str | Path) -> None:
     """Similarity of each layer to the same layer of the same configuration at another seed."""
     _diagonal_panels(
-        ds, path, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
+        ds, path, "seeds", "Same configuration, different seeds", f"{METRIC}(seed i, seed j)"
     )
 
 
@@ -400,13 +391,12 @@ def width_depth_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "width_depth",
         "Across widths and depths, layers matched by relative depth",
-        f"{_metric(ds)}(arch, sibling)",
+        f"{METRIC}(arch, sibling)",
     )
 
 
 def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
     """Per (arch, method): layer x checkpoint CKA to the final model; bottom row: best-final drop."""
-    metric = _metric(ds)
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     methods = _methods(ds)
     fig, axes = plt.subplots(
@@ -434,7 +424,7 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                     for i in idx
                     if int(ds.epoch.values[i]) == e and ds.checkpoint.values[i] != "best"
                 ]
-                mat, names, _ = _mean_matrix(ds, np.asarray(sub), metric)
+                mat, names, _ = _mean_matrix(ds, np.asarray(sub))
                 cols.append(np.diagonal(mat))
             image = ax.imshow(
                 np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
@@ -457,7 +447,7 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         ax.set_xlabel("relative depth", fontsize=7)
         ax.legend(fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{metric}(epoch, final), same layer")
+        fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{METRIC}(epoch, final), same layer")
     _save(fig, path)
 
 

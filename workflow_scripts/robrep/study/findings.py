@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from robrep.similarity.result import MINIBATCH_CKA
 from robrep.study.summary import finite_range
 
 DEEP = 0.5  # layers at relative depth >= DEEP are "deeper", the others "shallower"
@@ -120,7 +119,7 @@ def _layer_claim(ds, dataset, arch, method) -> dict | None:
         verdict = OPPOSITE
     else:
         verdict = WITHIN
-    cka = ds.similarity.sel(metric=_metric(ds)).values[idx]
+    cka = ds.similarity.values[idx]
     diag = np.diagonal(cka, axis1=1, axis2=2)
     return {
         "robust": float(_nan(np.nanmean, diag[:, deep])),
@@ -132,10 +131,6 @@ def _layer_claim(ds, dataset, arch, method) -> dict | None:
         "shallower_difference": shallow_effect,
         "verdict": verdict,
     }
-
-
-def _metric(ds: xr.Dataset) -> str:
-    return MINIBATCH_CKA if MINIBATCH_CKA in ds.metric.values else str(ds.metric.values[0])
 
 
 def _measured(ds: xr.Dataset, name: str, rows: np.ndarray) -> bool:

@@ -20,11 +20,119 @@ import xarray as xr
 from robrep.ids import ModelKey, method_coords
 from robrep.io.checksums import read_json
 from robrep.io.xrio import read_netcdf
-from robrep.similarity.result import MINIBATCH_CKA
 from robrep.study.analyses import ANALYSES
+from robrep.study.variables import Variable
 
 # Per layer pair variables of a comparison stacked when every comparison has them: the permutation
 # null's upper percentile and minibatch CKA's bootstrap interval.
+_CMP = "robrep.study.compare.compare_stores"
+# The summary's variables that no analysis declares: each comparison's own values, stacked, and
+# the study-wide ones (seed baselines, probes, AutoAttack, accuracies).
+STUDY_VARIABLES = {
+    "similarity": Variable(
+        "minibatch CKA",
+        "minibatch linear CKA (Nguyen et al. 2021) of every Gram-layer pair of the two stores, "
+        "from the stores' Gram statistics over every batch of every pass",
+        "robrep.similarity.minibatch.minibatch_cka_grams",
+    ),
+    "full_similarity": Variable(
+        "full-data similarity",
+        "the full-data metrics (full_metric) of every feature-layer pair, on the raw features",
+        "robrep.similarity.full.full_data_similarity",
+    ),
+    "cka_ci_low": Variable(
+        "minibatch CKA, bootstrap low end",
+        "2.5th percentile of minibatch CKA over minibatch resamples (similarity.bootstrap)",
+        _CMP,
+    ),
+    "cka_ci_high": Variable(
+        "minibatch CKA, bootstrap high end",
+        "97.5th percentile of minibatch CKA over minibatch resamples (similarity.bootstrap)",
+        _CMP,
+    ),
+    "cka_null_upper": Variable(
+        "permutation null, 95th percentile",
+        "95th percentile of minibatch CKA with side b's examples shuffled within each batch: "
+        "values at or below it are indistinguishable from unrelated examples",
+        "robrep.similarity.views.minibatch_cka_null",
+    ),
+    "cka_by_class": Variable(
+        "class-conditional minibatch CKA",
+        "minibatch CKA on each class's examples of every batch alone",
+        "robrep.similarity.views.minibatch_cka_by_class",
+    ),
+    "block_score_seed_range": Variable(
+        "block-structure score, seed range",
+        "max - min of the block score over the seeds of the model's configuration (NaN with one "
+        "seed)",
+        "robrep.study.summary.seed_range",
+    ),
+    "seed_baseline": Variable(
+        "seed baseline",
+        "mean same-layer CKA of the seed pairs of the configurations a comparison compares",
+        "robrep.study.summary.seed_baselines",
+    ),
+    "seed_effect": Variable(
+        "effect beyond the seed baseline",
+        "the comparison's same-layer CKA minus its seed baseline",
+        "robrep.study.summary.seed_baselines",
+    ),
+    "seed_effect_low": Variable(
+        "effect beyond the seed baseline, low end",
+        "the comparison's bootstrap low end minus the highest seed pair's high end",
+        "robrep.study.summary.seed_baselines",
+    ),
+    "seed_effect_high": Variable(
+        "effect beyond the seed baseline, high end",
+        "the comparison's bootstrap high end minus the lowest seed pair's low end",
+        "robrep.study.summary.seed_baselines",
+    ),
+    "probe_accuracy": Variable(
+        "linear-probe accuracy",
+        "cross-validated accuracy of a ridge classifier on each feature layer (NaN elsewhere)",
+        "robrep.study.probes.probe_store",
+        per_layer=True,
+    ),
+    "probe_chance": Variable(
+        "linear-probe chance level", "the majority-class rate", "robrep.study.probes.probe_store"
+    ),
+    "probe_n_layers": Variable(
+        "layers of the probed model",
+        "the model's Gram layers (the depth scale of probe_accuracy)",
+        "robrep.study.summary.probe_summary",
+    ),
+    "autoattack_acc": Variable(
+        "AutoAttack accuracy",
+        "accuracy under AutoAttack (pyautoattack) on the evaluation subset",
+        "robrep.study.summary.autoattack_summary",
+    ),
+    "autoattack_clean_acc": Variable(
+        "clean accuracy on the AutoAttack subset",
+        "clean accuracy on the examples AutoAttack attacks",
+        "robrep.study.summary.autoattack_summary",
+    ),
+    "autoattack_pgd_acc": Variable(
+        "PGD accuracy on the AutoAttack subset",
+        "evaluation-PGD accuracy on the examples AutoAttack attacks",
+        "robrep.study.summary.autoattack_summary",
+    ),
+    "gradient_masking": Variable(
+        "gradient-masking flag",
+        "1 when AutoAttack accuracy is more than evaluation.autoattack.masking_gap below PGD "
+        "accuracy on the same examples",
+        "robrep.study.summary.gradient_masking",
+    ),
+    "clean_acc": Variable(
+        "clean test accuracy",
+        "accuracy of the final weights on the test split",
+        "robrep.study.summary.model_summaries",
+    ),
+    "robust_acc": Variable(
+        "PGD test accuracy",
+        "accuracy of the final weights under the evaluation PGD attack on the test split",
+        "robrep.study.summary.model_summaries",
+    ),
+}
 PAIR_VARIABLES = ("cka_null_upper", "cka_ci_low", "cka_ci_high")
 _SIDE_COORDS = (
     "arch",
@@ -42,7 +150,6 @@ _SIDE_COORDS = (
 def aggregate(
     comparison_files: Sequence[str | Path],
     metrics_files: Sequence[str | Path],
-    metric: str = MINIBATCH_CKA,
     attrs: Mapping[str, Any] | None = None,
     probe_files: Sequence[str | Path] = (),
     autoattack_files: Sequence[str | Path] = (),
@@ -53,8 +160,8 @@ def aggregate(
     model; a model `masking_gap` or more below its PGD accuracy is flagged and warned about);
     also return accuracy rows.
 
-    `metrics_files` are the models' metrics.json, in model order; `metric` is the similarity
-    used for the per-model summaries.
+    `metrics_files` are the models' metrics.json, in model order; the per-model summaries are
+    built on minibatch CKA.
     """
     parts = [read_netcdf(f) for f in comparison_files]
     if not parts:
@@ -67,11 +174,17 @@ def aggregate(
                 f"comparison {path} lacks the attributes {missing} (written by an older robrep?); "
                 f"recompute it: snakemake --forcerun extract (stores lack them too)"
             )
+        if "similarity" in part and part["similarity"].dims != ("layer_a", "layer_b"):
+            raise ValueError(
+                f"comparison {path} holds similarity{part['similarity'].dims}, the layout of an "
+                f"older robrep (a metric dimension); recompute it: snakemake --cores all "
+                f"--forcerun similarity"
+            )
     ds = _stack(parts)
     models = [read_json(f) for f in metrics_files]
-    summary, accuracy = model_summaries(ds, models, metric, parts)
+    summary, accuracy = model_summaries(ds, models, parts)
     summary["block_score_seed_range"] = ("model", seed_range(summary, "block_score"))
-    ds = xr.merge([ds, summary, seed_baselines(ds, metric)])
+    ds = xr.merge([ds, summary, seed_baselines(ds)])
     if probe_files:
         ds = xr.merge([ds, probe_summary(ds, [read_netcdf(f) for f in probe_files])])
     if autoattack_files:
@@ -80,24 +193,43 @@ def aggregate(
     ds.attrs.update(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
     )
-    ds.attrs["summary_metric"] = metric
-    return ds, accuracy
+    return describe(ds), accuracy
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with every data variable's attributes (`long_name`, `description`, `computed_by`, and
+    `analysis` for an analysis's summaries) from its one declaration: the analysis registry or
+    `STUDY_VARIABLES`. An undeclared variable is an error, so none reaches a figure untraced."""
+    declared = {
+        name: variable.attrs(analysis.name)
+        for analysis in ANALYSES.values()
+        for name, variable in analysis.summaries.items()
+    }
+    declared.update({name: variable.attrs() for name, variable in STUDY_VARIABLES.items()})
+    missing = sorted(set(ds.data_vars) - set(declared))
+    if missing:
+        raise ValueError(
+            f"summary variables {missing} are declared nowhere; add them to their analysis's "
+            f"summaries or to robrep.study.summary.STUDY_VARIABLES"
+        )
+    for name in ds.data_vars:
+        ds[name].attrs.update(declared[name])
+    return ds
 
 
 def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
-    """One Dataset `similarity(comparison, metric, layer_a, layer_b)` (and `full_similarity` over
+    """One Dataset `similarity(comparison, layer_a, layer_b)` (minibatch CKA) (and `full_similarity` over
     the feature layers), NaN-padded to the largest layer counts, with each comparison's
     coordinates (side b's with suffix `_b`)."""
     n_a = max(p.sizes["layer_a"] for p in parts)
     n_b = max(p.sizes["layer_b"] for p in parts)
-    metric_names = list(parts[0].metric.values)
-    sim = np.full((len(parts), len(metric_names), n_a, n_b), np.nan)
+    sim = np.full((len(parts), n_a, n_b), np.nan)
     names_a = np.full((len(parts), n_a), "", dtype=object)
     names_b = np.full((len(parts), n_b), "", dtype=object)
     coords: dict[str, list] = {}
     for c, part in enumerate(parts):
         la, lb = part.sizes["layer_a"], part.sizes["layer_b"]
-        sim[c, :, :la, :lb] = part["similarity"].sel(metric=metric_names).values
+        sim[c, :la, :lb] = part["similarity"].values
         names_a[c, :la] = part.layer_a.values
         names_b[c, :lb] = part.layer_b.values
         row = {
@@ -115,7 +247,7 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
         coords[key] = [int(v) for v in coords[key]]
     for key in ("eps", "eps_b"):
         coords[key] = [float(v) for v in coords[key]]
-    data_vars = {"similarity": (("comparison", "metric", "layer_a", "layer_b"), sim)}
+    data_vars = {"similarity": (("comparison", "layer_a", "layer_b"), sim)}
     for name in PAIR_VARIABLES:
         if all(name in p for p in parts):
             stacked = np.full((len(parts), n_a, n_b), np.nan)
@@ -142,7 +274,6 @@ def _stack(parts: Sequence[xr.Dataset]) -> xr.Dataset:
         coords={
             **extra_coords,
             "comparison": np.arange(len(parts)),
-            "metric": metric_names,
             "layer_a": np.arange(n_a),
             "layer_b": np.arange(n_b),
             "layer_name_a": (("comparison", "layer_a"), names_a.astype(str)),
@@ -183,15 +314,14 @@ def _stack_full(parts: Sequence[xr.Dataset]) -> tuple[tuple, dict[str, Any]]:
     return (("comparison", "full_metric", "feature_a", "feature_b"), full), coords
 
 
-def _matrix(ds: xr.Dataset, c: int, metric: str) -> np.ndarray:
+def _matrix(ds: xr.Dataset, c: int) -> np.ndarray:
     la, lb = int(ds.n_layers_a[c]), int(ds.n_layers_b[c])
-    return ds["similarity"].sel(metric=metric).isel(comparison=c).values[:la, :lb]
+    return ds["similarity"].isel(comparison=c).values[:la, :lb]
 
 
 def model_summaries(
     ds: xr.Dataset,
     models: Sequence[Mapping[str, Any]],
-    metric: str,
     parts: Sequence[xr.Dataset] | None = None,
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
     """Every analysis's per-model summaries (NaN where a model has none) and the accuracies, from
@@ -201,16 +331,15 @@ def model_summaries(
     index = {key: i for i, key in enumerate(keys)}
     n_layer = ds.sizes["layer_a"]
     values = {
-        name: np.full((len(keys), n_layer) if per_layer else len(keys), np.nan)
+        name: np.full((len(keys), n_layer) if variable.per_layer else len(keys), np.nan)
         for analysis in ANALYSES.values()
-        for name, per_layer in analysis.summaries.items()
+        for name, variable in analysis.summaries.items()
     }
-    use = metric if metric in ds.metric.values else str(ds.metric.values[0])
     for c in range(ds.sizes["comparison"]):
         comparison = {
             k: ds[k].values[c].item() for k in ("analysis", "checkpoint", "inputs", "inputs_b")
         }
-        comparison.update(metric=use, part=parts[c] if parts is not None else None)
+        comparison["part"] = parts[c] if parts is not None else None
         key = ModelKey(
             str(ds.dataset.values[c]),
             str(ds.arch.values[c]),
@@ -220,8 +349,8 @@ def model_summaries(
         if key not in index:
             continue
         analysis = ANALYSES[comparison["analysis"]]
-        for name, value in analysis.summarise(_matrix(ds, c, use), comparison).items():
-            if analysis.summaries[name]:
+        for name, value in analysis.summarise(_matrix(ds, c), comparison).items():
+            if analysis.summaries[name].per_layer:
                 values[name][index[key], : len(value)] = value
             else:
                 values[name][index[key]] = value
@@ -288,17 +417,16 @@ def finite_range(values: np.ndarray) -> float:
     return float(np.ptp(finite)) if len(finite) >= 2 else float("nan")
 
 
-def _diagonals(ds: xr.Dataset, name: str, idx: Sequence[int], metric: str | None) -> np.ndarray:
+def _diagonals(ds: xr.Dataset, name: str, idx: Sequence[int]) -> np.ndarray:
     """(len(idx), layer_a) same-layer values of `name` (NaN-padded) for comparisons `idx`."""
-    values = ds[name].sel(metric=metric) if metric is not None else ds[name]
-    values = values.isel(comparison=list(idx)).values
+    values = ds[name].isel(comparison=list(idx)).values
     n = min(values.shape[1:])
     out = np.full(values.shape[:2], np.nan)
     out[:, :n] = np.diagonal(values, axis1=1, axis2=2)
     return out
 
 
-def seed_baselines(ds: xr.Dataset, metric: str = MINIBATCH_CKA) -> xr.Dataset:
+def seed_baselines(ds: xr.Dataset) -> xr.Dataset:
     """Each layer's value in every comparison of a `seed_baseline` analysis set against how much
     two seeds of the configurations it compares differ (the `seeds` comparisons of side a's and
     side b's dataset/arch/method, benign, final).
@@ -310,7 +438,6 @@ def seed_baselines(ds: xr.Dataset, metric: str = MINIBATCH_CKA) -> xr.Dataset:
     sampling and the spread across seed pairs. NaN without seed pairs (one seed) or for other
     analyses.
     """
-    use = metric if metric in ds.metric.values else str(ds.metric.values[0])
     shape = (ds.sizes["comparison"], ds.sizes["layer_a"])
     out = {k: np.full(shape, np.nan) for k in ("baseline", "effect", "effect_low", "effect_high")}
     analysis = ds.analysis.values
@@ -332,7 +459,7 @@ def seed_baselines(ds: xr.Dataset, metric: str = MINIBATCH_CKA) -> xr.Dataset:
         and ds.inputs.values[c] == "benign"
         and ds.checkpoint.values[c] == "final"
     ]
-    has_ci = "cka_ci_low" in ds and use == MINIBATCH_CKA
+    has_ci = "cka_ci_low" in ds
     for c in range(shape[0]):
         name = str(analysis[c])
         if name not in ANALYSES or not ANALYSES[name].seed_baseline:
@@ -340,18 +467,18 @@ def seed_baselines(ds: xr.Dataset, metric: str = MINIBATCH_CKA) -> xr.Dataset:
         base = [s for s in seeds if config["a"][s] in (config["a"][c], config["b"][c])]
         if not base:
             continue
-        value = _diagonals(ds, "similarity", [c], use)[0]
-        baseline = _diagonals(ds, "similarity", base, use)
+        value = _diagonals(ds, "similarity", [c])[0]
+        baseline = _diagonals(ds, "similarity", base)
         low, high = (
             (
-                _diagonals(ds, "cka_ci_low", [c], None)[0],
-                _diagonals(ds, "cka_ci_high", [c], None)[0],
+                _diagonals(ds, "cka_ci_low", [c])[0],
+                _diagonals(ds, "cka_ci_high", [c])[0],
             )
             if has_ci
             else (value, value)
         )
         base_low, base_high = (
-            (_diagonals(ds, "cka_ci_low", base, None), _diagonals(ds, "cka_ci_high", base, None))
+            (_diagonals(ds, "cka_ci_low", base), _diagonals(ds, "cka_ci_high", base))
             if has_ci
             else (baseline, baseline)
         )
