@@ -67,6 +67,7 @@ def test_incomplete_store_is_not_trusted(tiny_model, tmp_path):
         ActivationStore(path)
 
 
+@pytest.mark.slow
 def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
     """SIGKILL an extraction mid-way: the final path never appears; a rerun completes it."""
     script = textwrap.dedent(
@@ -198,6 +199,7 @@ print((peak - before) * 1024)
 """
 
 
+@pytest.mark.slow
 def test_memory_flat_as_n_grows(tmp_path):
     """Growth of peak RSS during extraction is about one batch, not proportional to N.
 

@@ -42,6 +42,7 @@ def test_cifar_refuses_pickles_with_code(tmp_path):
         load_splits("cifar10", tmp_path, {}, 0.2, 0)
 
 
+@pytest.mark.slow
 def test_imagefolder_tree(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "imagenette2-160"

@@ -238,6 +238,7 @@ def test_imported_models_accuracy_matches_a_direct_forward(tmp_path):
     same_outputs(loaded, model)
 
 
+@pytest.mark.slow
 def test_robustbench_layout_directory_loads_as_robustbench_does(tmp_path, monkeypatch):
     """A RobustBench model_dir: the import equals RobustBench's own loader on the same directory
     and a direct forward of the saved model, probes every Conv/BN/ReLU/Linear module, and never

@@ -41,6 +41,7 @@ def test_snakefmt():
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 def test_snakemake_lint_passes():
     """Every rule declares its software (envs/robrep.yaml), so Snakemake's lint has nothing to say."""
     out = run(sys.executable, "-m", "snakemake", "--lint")

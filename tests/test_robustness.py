@@ -45,6 +45,7 @@ def images(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.mark.slow
 def test_autoattack_is_at_most_pgd_at_most_clean():
     x, y = images()
     got = evaluate_robustness(

@@ -119,6 +119,7 @@ def test_cross_model_equals_concatenated_self(rng):
     np.testing.assert_allclose(results[(0, 1)].cka, together[: len(a), len(a) :], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_minibatch_approaches_full_data_debiased(rng):
     errors = []
     for n in (200, 3200):

@@ -54,6 +54,7 @@ def weights(path):
     return load_file(str(path))
 
 
+@pytest.mark.slow
 def test_outputs_and_bitwise_determinism(splits, tmp_path):
     s, _ = splits
     m1 = train(settings(), s, tmp_path / "a", pick_device("cpu"), threads=1)
@@ -93,6 +94,7 @@ train(settings, read_splits(sys.argv[2]), sys.argv[3], pick_device("cpu"), threa
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(splits, tmp_path):
     s, split_path = splits
     cfg = settings(epochs=4, checkpoint_every=2)
@@ -123,6 +125,7 @@ def test_resume_after_sigkill_matches_uninterrupted(splits, tmp_path):
             assert np.array_equal(wa[k], wb[k]), (name, k)
 
 
+@pytest.mark.slow
 def test_changed_settings_do_not_resume(splits, tmp_path):
     s, _ = splits
     cfg = settings(epochs=2)
