@@ -42,7 +42,7 @@ class AttackSpec:
 
     @classmethod
     def from_method(cls, method: Mapping[str, Any]) -> AttackSpec:
-        """The training attack of a resolved method (see `config.resolve_method`)."""
+        """The training attack of a resolved method (see `pipeline.config.resolve_method`)."""
         return cls(method["norm"], method["eps"], method["steps"], method["step_size"])
 
     @classmethod

@@ -238,7 +238,7 @@ def import_external(
     eval_batch_size: int,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Import an `external_models` entry (resolved, `config.external_models`): load and check
+    """Import an `external_models` entry (resolved, `pipeline.config.external_models`): load and check
     its checkpoint, test it like a trained model (clean and evaluation-PGD accuracy on the test
     split), and write `model.safetensors` and `metrics.json` (last) to `out_dir`, as training
     does. The checkpoint's SHA-256 is recorded with both."""

@@ -29,7 +29,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
 @dataclass(frozen=True)
 class ModelOnSubset:
     """A model's weights loaded with the examples a rule evaluates it on: the fixed seeded
-    subset of the test split (`data.evaluation_subset`)."""
+    subset of the test split (`learn.data.evaluation_subset`)."""
 
     model: ProbedNet
     meta: dict

@@ -49,9 +49,9 @@ def compare_stores(
     The minibatches are the stores' own (they must agree: `check_aligned`). Minibatch CKA runs on
     `device`; the full-data metrics on the CPU (float64 eigensolves). With `permutations`, the
     95th percentile of minibatch CKA with side b's examples shuffled within each batch
-    (`similarity.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
+    (`similarity.views.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
     it are indistinguishable from unrelated examples. With `by_class`, `cka_by_class` holds
-    minibatch CKA restricted to each class's examples (`similarity.minibatch_cka_by_class`).
+    minibatch CKA restricted to each class's examples (`similarity.views.minibatch_cka_by_class`).
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)

@@ -6,7 +6,7 @@ specialised to the task as far as a linear read-out recovers the label from it (
 regression onto one-hot labels (a least-squares linear classifier), its penalty chosen per fold by
 exact leave-one-out error on the training part, scored by k-fold cross-validated accuracy
 (stratified folds, scikit-learn). It works in the dual, from the layer's N x N linear Gram
-(`similarity.accumulate_gram`, features read in bounded blocks), so the raw features of any width
+(`similarity.full.accumulate_gram`, features read in bounded blocks), so the raw features of any width
 are probed exactly, never projected or held whole.
 """
 

@@ -23,7 +23,7 @@ class Study:
     `pipeline.config.study_from_config`)."""
 
     models: tuple[ModelKey, ...]
-    methods: Mapping[str, Mapping[str, Any]]  # resolved (`config.resolve_method`), by method id
+    methods: Mapping[str, Mapping[str, Any]]  # by method id (`pipeline.config.resolve_method`)
     checkpoints: tuple[str, ...]  # activation checkpoints: final, best, epoch{e}
     adversarial_inputs: bool  # `pgd` stores are extracted
     seeds: tuple[int, ...]
