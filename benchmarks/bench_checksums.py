@@ -27,11 +27,14 @@ from isolated import run_isolated  # noqa: E402
 
 
 def _unverified() -> None:
-    import robrep.store.activations as store
+    import robrep.store.extract as writing
+    import robrep.store.read as reading
 
-    codec = store.chunk_codecs
-    store.chunk_codecs = lambda name: [c for c in codec(name) if type(c).__name__ != "Crc32cCodec"]
-    store.checked_read = lambda path, array, where, read: read()
+    codec = writing.chunk_codecs
+    writing.chunk_codecs = lambda name: [
+        c for c in codec(name) if type(c).__name__ != "Crc32cCodec"
+    ]
+    reading.checked_read = lambda path, array, where, read: read()
 
 
 def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: int, threads: int):
@@ -40,7 +43,8 @@ def _extract(verified: bool, seed: int, path: str, n: int, batch: int, passes: i
     from bench_gram import images, model
 
     from robrep.learn.data import pass_orders
-    from robrep.store.activations import StoreLayout, extract_to_store
+    from robrep.store.extract import extract_to_store
+    from robrep.store.format import StoreLayout
 
     if not verified:
         _unverified()

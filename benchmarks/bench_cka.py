@@ -61,7 +61,7 @@ def make_store(path: Path, n: int, widths: list[int], models: int, chunk: int, s
 
 def layers(path: Path, model: int, count: int):
     """The layers as the store's read API offers them (`read_rows` fills reused buffers)."""
-    from robrep.store.activations import LayerArray
+    from robrep.store.read import LayerArray
 
     group = zarr.open_group(str(path), mode="r")
     return [LayerArray(group[f"m{model}/l{k}"], f"l{k}") for k in range(count)]

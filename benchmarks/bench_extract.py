@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from robrep.learn.models import build_model
-from robrep.store.activations import StoreLayout, extract_to_store
+from robrep.store.extract import extract_to_store
+from robrep.store.format import StoreLayout
 
 import record
 

@@ -63,7 +63,8 @@ def _extract(arch, seed, n, batch, passes, path, features, threads):
     """Extraction as the rule runs it; the Gram phase in it (every `GramMaker` call) is timed."""
     from robrep.learn.data import pass_orders
     from robrep.similarity import GramMaker
-    from robrep.store.activations import StoreLayout, extract_to_store
+    from robrep.store.extract import extract_to_store
+    from robrep.store.format import StoreLayout
 
     torch.set_num_threads(threads)
     phase = {"seconds": 0.0, "flops": 0.0}
@@ -120,7 +121,7 @@ def _gram_phase(arch, batch, threads):
     """One batch's layer outputs in memory; time the stored Gram (syrk-style lower triangle)
     against a full X Xᵀ (sgemm) on the same shapes."""
     from robrep.similarity import GramMaker, upper_gram
-    from robrep.store.activations import LayerRecorder
+    from robrep.store.extract import LayerRecorder
 
     torch.set_num_threads(threads)
     net = model(arch, 0)
@@ -154,7 +155,7 @@ def _gram_phase(arch, batch, threads):
 def _comparison(path_a, path_b, source, threads):
     """All-pairs minibatch CKA of two stores from their Gram statistics or their features."""
     from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
-    from robrep.store.activations import ActivationStore
+    from robrep.store.read import ActivationStore
 
     torch.set_num_threads(threads)
     a, b = ActivationStore(path_a), ActivationStore(path_b)
@@ -180,7 +181,7 @@ def _paper_pairs(path_a, path_b, batch, sample, threads):
     pairs of the first batch; returns seconds per pair and batch."""
     from bench_cka import _hsic1_trace
 
-    from robrep.store.activations import ActivationStore
+    from robrep.store.read import ActivationStore
 
     torch.set_num_threads(threads)
     a, b = ActivationStore(path_a), ActivationStore(path_b)

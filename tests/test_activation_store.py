@@ -13,14 +13,9 @@ import torch
 import xarray as xr
 import zarr
 
-from robrep.store.activations import (
-    ActivationStore,
-    IncompleteStoreError,
-    MismatchedStoresError,
-    StoreLayout,
-    check_aligned,
-    extract_to_store,
-)
+from robrep.store.extract import extract_to_store
+from robrep.store.format import IncompleteStoreError, MismatchedStoresError, StoreLayout
+from robrep.store.read import ActivationStore, check_aligned
 
 from helpers.stores import extract, images
 
@@ -74,7 +69,7 @@ def test_killed_extraction_leaves_nothing_that_looks_finished(tmp_path):
         f"""
         import numpy as np, torch, os, signal
         from robrep.learn.models import build_model
-        from robrep.store import activations as st
+        from robrep.store import extract as st
         torch.manual_seed(0)
         model = build_model("convnet", 1, 10, [0.3], [0.3]).eval()
         real = st.LayerRecorder.record
@@ -166,7 +161,7 @@ def test_read_rows_fills_the_callers_buffer(tiny_model, tmp_path, dtype):
 
 def test_failed_extraction_removes_its_partial_store(tiny_model, tmp_path, monkeypatch):
     """An error mid-way (a full disk, a bad layer) leaves neither the store nor its partial."""
-    from robrep.store import activations as st
+    from robrep.store import extract as st
 
     calls = []
 
@@ -186,7 +181,8 @@ def test_failed_extraction_removes_its_partial_store(tiny_model, tmp_path, monke
 PEAK_SCRIPT = """
 import resource, sys, numpy as np, torch
 from robrep.learn.models import build_model
-from robrep.store.activations import StoreLayout, extract_to_store
+from robrep.store.extract import extract_to_store
+from robrep.store.format import StoreLayout
 torch.manual_seed(0)
 model = build_model("convnet-2", 1, 10, [0.3], [0.3]).eval()
 n = int(sys.argv[1])

@@ -17,7 +17,7 @@ from robrep.learn.adversarial import (
     write_adversarial,
 )
 from robrep.learn.attacks import AttackSpec
-from robrep.store.activations import ActivationStore
+from robrep.store.read import ActivationStore
 
 from helpers.stores import extract, images
 

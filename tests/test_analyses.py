@@ -335,7 +335,8 @@ def test_adding_an_analysis_is_one_registry_entry(monkeypatch):
 
 def test_comparison_of_stores_without_coordinates_is_refused(tiny_model, tmp_path):
     """A store lacking the metadata comparisons read (an older robrep's) is an error naming it."""
-    from robrep.store.activations import StoreLayout, extract_to_store
+    from robrep.store.extract import extract_to_store
+    from robrep.store.format import StoreLayout
     from robrep.study.compare import compare_stores
 
     x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)

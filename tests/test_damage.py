@@ -13,13 +13,11 @@ import pytest
 import torch
 import zarr
 
+from robrep.io.zarrio import DamagedStoreError
 from robrep.learn.data import pass_orders
 from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
-from robrep.store.activations import (
-    ActivationStore,
-    DamagedStoreError,
-    NonFiniteActivationsError,
-)
+from robrep.store.format import NonFiniteActivationsError
+from robrep.store.read import ActivationStore
 
 from helpers.stores import chunk_files, corrupt_middle
 from helpers.stores import extract as extract_store

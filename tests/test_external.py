@@ -136,7 +136,7 @@ def test_torchvision_state_dict(tmp_path):
 def test_reused_modules_are_probed_per_call():
     """torchvision ResNet's block ReLU runs twice per block: `all` probes each call, in the order
     the layers fire, and each call's output is its own (never the later one's)."""
-    from robrep.store.activations import LayerRecorder
+    from robrep.store.extract import LayerRecorder
 
     model = source_model("torchvision-resnet18", channels=3)
     layers = model.probe_layers("all")

@@ -19,13 +19,9 @@ from robrep.similarity import (
     unpack_gram,
     upper_gram,
 )
-from robrep.store.activations import (
-    ActivationStore,
-    MismatchedStoresError,
-    StoreLayout,
-    check_aligned,
-    extract_to_store,
-)
+from robrep.store.extract import extract_to_store
+from robrep.store.format import MismatchedStoresError, StoreLayout
+from robrep.store.read import ActivationStore, check_aligned
 
 from helpers.reference import hsic1_textbook
 from helpers.stores import extract as extract_store

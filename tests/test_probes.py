@@ -82,7 +82,7 @@ def test_probe_store_names_layers_and_chance(tiny_model, tmp_path):
 @pytest.mark.filterwarnings("ignore:class .* fewer than the 2 probe folds")
 def test_probe_store_subset_reads_the_drawn_rows(tiny_model, tmp_path):
     """With n_examples below the store's, the probe is that of the seeded subset's features."""
-    from robrep.store.activations import ActivationStore
+    from robrep.store.read import ActivationStore
     from robrep.study.probes import _RowSubset
 
     from helpers.stores import extract

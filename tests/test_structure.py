@@ -101,7 +101,7 @@ def test_no_import_circle():
 
 def test_the_structure_test_sees_imports():
     """The walk finds real edges (so the tests above cannot pass over an empty graph)."""
-    assert "robrep.similarity.gram" in GRAPH["robrep.store.activations"]
+    assert "robrep.similarity.gram" in GRAPH["robrep.store.extract"]
     assert "robrep.study.analyses" in GRAPH["robrep.pipeline.config"]  # a function-level import
     assert len(MODULES) > 30
 

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from robrep.pipeline.verify import verify_results
-from robrep.store.activations import ActivationStore
+from robrep.store.read import ActivationStore
 
 from helpers.stores import chunk_files, corrupt_middle
 

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from robrep.io.checksums import read_json
-from robrep.store.activations import ActivationStore
+from robrep.store.read import ActivationStore
 
 from helpers.workflow import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
 

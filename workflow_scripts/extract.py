@@ -15,7 +15,8 @@ from robrep.learn.adversarial import read_adversarial
 from robrep.learn.data import pass_orders
 from robrep.learn.loading import load_on_subset
 from robrep.runtime import pick_device, software_versions
-from robrep.store.activations import StoreLayout, extract_to_store
+from robrep.store.extract import extract_to_store
+from robrep.store.format import StoreLayout
 
 from _log import redirect_to_log
 

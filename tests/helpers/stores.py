@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from robrep.store.activations import StoreLayout, extract_to_store
+from robrep.store.extract import extract_to_store
+from robrep.store.format import StoreLayout
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

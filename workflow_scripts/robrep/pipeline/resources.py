@@ -56,7 +56,7 @@ class ModelCost:
 
 def pooled_size(shape: tuple[int, ...], pool: int | None) -> int:
     """Values of one example's layer output as stored: feature maps larger than pool x pool are
-    average-pooled to pool x pool (see `store.activations.LayerRecorder`)."""
+    average-pooled to pool x pool (see `store.extract.LayerRecorder`)."""
     if pool and len(shape) == 3 and max(shape[-2:]) > pool:
         return shape[0] * pool * pool
     return math.prod(shape)

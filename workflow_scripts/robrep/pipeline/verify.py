@@ -55,7 +55,7 @@ def _metrics(path: Path, results: Path) -> None:
 
 
 def _store(path: Path, results: Path) -> None:
-    from robrep.store.activations import ActivationStore
+    from robrep.store.read import ActivationStore
 
     ActivationStore(path).verify()
 
@@ -68,7 +68,8 @@ def _adversarial(path: Path, results: Path) -> None:
 
 def _comparison(path: Path, results: Path) -> None:
     from robrep.io.xrio import read_netcdf
-    from robrep.store.activations import ActivationStore, MismatchedStoresError, check_aligned
+    from robrep.store.format import MismatchedStoresError
+    from robrep.store.read import ActivationStore, check_aligned
 
     ds = read_netcdf(path)
     paths = []

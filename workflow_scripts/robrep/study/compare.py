@@ -25,7 +25,7 @@ from robrep.similarity.full import full_data_similarity
 from robrep.similarity.minibatch import minibatch_cka_grams
 from robrep.similarity.result import MINIBATCH_CKA
 from robrep.similarity.views import minibatch_cka_by_class, minibatch_cka_null
-from robrep.store.activations import ActivationStore, check_aligned
+from robrep.store.read import ActivationStore, check_aligned
 
 NULL_LEVEL = 0.95  # the permutation null's percentile reported as cka_null_upper
 STORE_COORDS = ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs")

@@ -22,7 +22,7 @@ import xarray as xr
 from sklearn.model_selection import StratifiedKFold
 
 from robrep.similarity.full import accumulate_gram
-from robrep.store.activations import ActivationStore
+from robrep.store.read import ActivationStore
 
 # Ridge penalties tried, relative to the mean eigenvalue of the training Gram.
 PENALTIES = np.logspace(-6, 1, 8)
