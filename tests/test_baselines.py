@@ -205,3 +205,20 @@ def test_claims_without_their_analysis_are_left_out():
     # deeper layers: relative depth 0.5 and 1 of 3 layers
     assert row["standard"] == pytest.approx(0.93) and row["robust"] == pytest.approx(0.805)
     assert row["verdict"] == EXCEEDS
+
+
+def test_a_comparison_of_the_old_layout_is_refused(identical_stores, tmp_path):
+    """A comparison written before the metric dimension was dropped is refused by name, with the
+    command that recomputes it, not stacked into wrong numbers."""
+    from robrep.io.xrio import write_netcdf
+    from robrep.study.summary import aggregate
+
+    ds = _compare(identical_stores, "seeds", ("standard", 0), ("standard", 1))
+    assert ds.similarity.dims == ("layer_a", "layer_b")
+    old = ds.assign(similarity=ds.similarity.expand_dims(metric=["minibatch_cka"]))
+    path = tmp_path / "old.nc"
+    write_netcdf(old, path)
+    with pytest.raises(
+        ValueError, match=rf"{path} holds similarity\('metric', .*--forcerun similarity"
+    ):
+        aggregate([path], [])
