@@ -8,8 +8,10 @@ munged runs with its own key and socket under ROOT; slurmctld and slurmd run in 
 as children of this helper's process group and are stopped by pid. The configuration is written
 to ROOT/slurm.conf *and* /etc/slurm/slurm.conf: the executor plugin's job step strips every
 SLURM_* variable (SLURM_CONF too) before its inner `srun`, so only the default path is seen there.
-There is no accounting daemon, so the profile uses `slurm-status-command: squeue` (MinJobAge 600
-keeps finished jobs visible to squeue) and `slurm-no-account: true`.
+There is no accounting daemon, so the profile uses `slurm-status-command: squeue` and
+`slurm-no-account: true`. MinJobAge 7200 keeps finished jobs visible to squeue for the plugin's
+status checks and for the test's own check of every job's final state, after a run that may take
+many minutes on a loaded machine (at 600 s a CI run lost its first jobs' states).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
-MinJobAge=600
+MinJobAge=7200
 SchedulerType=sched/backfill
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={int(_memory_mb() * 0.9)} State=UNKNOWN
 PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
