@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from threadpoolctl import threadpool_limits
 
 import record
 
@@ -51,20 +51,16 @@ class PackedGrams:
 def null_before(a: PackedGrams, b: PackedGrams, draws: int, seed: int) -> np.ndarray:
     """`minibatch_cka_null` on one batch as it ran before: per draw, the gather and the full
     product of both sides' stacked triangles (`_batch_hsic`), its a x b block and diagonal."""
-    from robrep.similarity import (
-        NULL_STREAM,
-        _batch_hsic,
-        _staging,
-        packed_permutation,
-    )
+    from robrep.similarity import NULL_STREAM, NumpyKernels, _batch_hsic, packed_permutation
 
     n, width = a.batch_sizes[0], len(a.names)
-    staging = _staging(width + len(b.names))
+    kernels = NumpyKernels()
+    staging = kernels.staging(width + len(b.names))
     rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
     out = []
     for _ in range(draws):
         shuffled = b.packed[packed_permutation(n, rng.permutation(n))]
-        hsic = _batch_hsic([a.packed, shuffled], n, staging, torch.device("cpu"))
+        hsic = _batch_hsic([a.packed, shuffled], n, staging, kernels)
         selfs = np.diagonal(hsic)
         out.append(hsic[:width, width:] / np.sqrt(np.outer(selfs[:width], selfs[width:])))
     return np.stack(out)
@@ -97,13 +93,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batch, args.layers, args.draws = 256, 20, 5
-    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # numpy's BLAS: the kernels run on numpy on the CPU
 
     from robrep.similarity import (
+        NumpyKernels,
         _batch_hsic,
         _cross_products,
         _side_terms,
-        _staging,
         minibatch_cka_null,
         packed_permutation,
     )
@@ -111,8 +107,8 @@ def main() -> None:
     b, width, draws = args.batch, args.layers, args.draws
     a_side, b_side = PackedGrams(b, width, 0), PackedGrams(b, width, 1)
     order = np.random.default_rng(2).permutation(b)
-    staging = _staging(2 * width)
-    cpu = torch.device("cpu")
+    cpu = NumpyKernels()
+    staging = cpu.staging(2 * width)
 
     def draw(product):
         return product(

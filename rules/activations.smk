@@ -7,7 +7,9 @@ rule extract:
     output:
         directory(StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").path(RESULTS)),
     log:
-        f"{RESULTS}/logs/extract/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
+        job_log("extract", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}"),
+    benchmark:
+        job_benchmark("extract", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}")
     conda:
         CONDA_ENV
     threads: config["threads"]["extract"]

@@ -13,7 +13,9 @@ rule aggregate:
         accuracy=f"{RESULTS}/summary/accuracy.csv",
         findings=f"{RESULTS}/summary/findings.csv",
     log:
-        f"{RESULTS}/logs/aggregate.log",
+        job_log("aggregate"),
+    benchmark:
+        job_benchmark("aggregate")
     conda:
         CONDA_ENV
     params:
@@ -37,7 +39,9 @@ rule figures:
             for name in FIGURES
         },
     log:
-        f"{RESULTS}/logs/figures.log",
+        job_log("figures"),
+    benchmark:
+        job_benchmark("figures")
     conda:
         CONDA_ENV
     script:

@@ -9,6 +9,7 @@ import yaml
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import apply_wildcards
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -26,6 +27,7 @@ from robrep.ids import (
 from robrep.learn.data import dataset_options
 from robrep.pipeline import cluster as rcluster
 from robrep.pipeline import config as rcfg
+from robrep.pipeline import job_times
 from robrep.pipeline.jobs import JobSizer
 from robrep.study.analyses import ANALYSES, comparisons, figures
 
@@ -177,6 +179,22 @@ def all_targets():
     )
 
 
+def job_log(rule_name, name=None):
+    """A job's log: results/logs/<rule>/<name>.log, or results/logs/<rule>.log for a rule of one
+    job."""
+    return (
+        f"{RESULTS}/logs/{rule_name}/{name}.log"
+        if name
+        else f"{RESULTS}/logs/{rule_name}.log"
+    )
+
+
+def job_benchmark(rule_name, name=None):
+    """A job's Snakemake benchmark (wall and CPU seconds, peak memory), named as its log:
+    results/benchmarks/<rule>/<name or rule>.tsv."""
+    return f"{RESULTS}/benchmarks/{rule_name}/{name or rule_name}.tsv"
+
+
 # ------------------------------------------------------------------------------------------
 # Resources for schedulers: robrep.pipeline.jobs sizes every job; retries scale the requests.
 
@@ -242,5 +260,26 @@ def cluster_start():
         rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()
 
 
+def report_job_times():
+    """After a successful run: every rule's job times from the benchmark files, beside the
+    resource model's requests, into results/benchmarks/per_rule.tsv and the console."""
+    requested = {}
+    for rule_name, wildcards in SIZER.planned_jobs(
+        ATTACKED, STORES, PROBED, AUTOATTACKED
+    ):
+        pattern = str(getattr(rules, rule_name).rule.benchmark)
+        path = apply_wildcards(pattern, vars(wildcards))
+        requested[path] = SIZER.estimate(rule_name, wildcards)
+    times = job_times.per_rule(f"{RESULTS}/benchmarks", requested)
+    if times:
+        job_times.write_table(times, f"{RESULTS}/benchmarks/per_rule.tsv")
+        logger.info("Job times by rule, from results/benchmarks/per_rule.tsv")
+        logger.info(job_times.format_table(times))
+
+
 onstart:
     cluster_start()
+
+
+onsuccess:
+    report_job_times()

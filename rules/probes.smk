@@ -7,7 +7,9 @@ rule probe:
     output:
         StoreKey(WILDCARD_MODEL, "{checkpoint}", "{inputs}").probe_path(RESULTS),
     log:
-        f"{RESULTS}/logs/probe/{MODEL_ID}/{{checkpoint}}/{{inputs}}.log",
+        job_log("probe", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}"),
+    benchmark:
+        job_benchmark("probe", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}")
     conda:
         CONDA_ENV
     threads: config["threads"]["similarity"]

@@ -8,7 +8,9 @@ rule attack:
     output:
         directory(adversarial_path(RESULTS, WILDCARD_MODEL, "{checkpoint}")),
     log:
-        f"{RESULTS}/logs/attack/{MODEL_ID}/{{checkpoint}}.log",
+        job_log("attack", f"{MODEL_ID}/{{checkpoint}}"),
+    benchmark:
+        job_benchmark("attack", f"{MODEL_ID}/{{checkpoint}}")
     conda:
         CONDA_ENV
     threads: config["threads"]["extract"]
@@ -36,7 +38,9 @@ rule autoattack:
     output:
         f"{MODEL_DIR}/autoattack.json",
     log:
-        f"{RESULTS}/logs/autoattack/{MODEL_ID}.log",
+        job_log("autoattack", MODEL_ID),
+    benchmark:
+        job_benchmark("autoattack", MODEL_ID)
     conda:
         CONDA_ENV
     threads: config["threads"]["train"]

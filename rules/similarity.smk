@@ -7,7 +7,9 @@ rule similarity:
     output:
         comparison_path(RESULTS, "{analysis}", "{dataset}", "{pair}"),
     log:
-        f"{RESULTS}/logs/similarity/{{analysis}}/{{dataset}}/{{pair}}.log",
+        job_log("similarity", "{analysis}/{dataset}/{pair}"),
+    benchmark:
+        job_benchmark("similarity", "{analysis}/{dataset}/{pair}")
     conda:
         CONDA_ENV
     threads: config["threads"]["similarity"]

@@ -5,7 +5,9 @@ rule prepare_data:
     output:
         splits_path("{dataset}"),
     log:
-        f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
+        job_log("prepare_data", "{dataset}"),
+    benchmark:
+        job_benchmark("prepare_data", "{dataset}")
     conda:
         CONDA_ENV
     params:
@@ -30,7 +32,9 @@ rule train:
         ],
         metrics=f"{MODEL_DIR}/metrics.json",
     log:
-        f"{RESULTS}/logs/train/{MODEL_ID}.log",
+        job_log("train", MODEL_ID),
+    benchmark:
+        job_benchmark("train", MODEL_ID)
     conda:
         CONDA_ENV
     threads: config["threads"]["train"]
@@ -58,7 +62,9 @@ rule import_model:
         model=f"{RESULTS}/models/{{external}}/model.safetensors",
         metrics=f"{RESULTS}/models/{{external}}/metrics.json",
     log:
-        f"{RESULTS}/logs/import_model/{{external}}.log",
+        job_log("import_model", "{external}"),
+    benchmark:
+        job_benchmark("import_model", "{external}")
     wildcard_constraints:
         external=EXTERNAL_PATTERN,
     conda:

@@ -24,8 +24,8 @@ from robrep.store.format import MismatchedStoresError, StoreLayout
 from robrep.store.read import ActivationStore, check_aligned
 
 from helpers.reference import hsic1_textbook
+from helpers.stores import STORE_META, images
 from helpers.stores import extract as extract_store
-from helpers.stores import images
 
 
 class ArrayGrams:
@@ -196,20 +196,6 @@ def test_pass_order_must_be_permutations(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"pass_order\[1\] is not a permutation"):
         extract(tiny_model, tmp_path / "s.zarr", np.stack([np.arange(20), np.zeros(20, int)]))
     assert not (tmp_path / "s.zarr").exists() and not list(tmp_path.iterdir())
-
-
-# What a comparison reads from its stores' attributes.
-STORE_META = {
-    "model_id": "m",
-    "dataset": "digits",
-    "arch": "convnet",
-    "method_id": "standard",
-    "method": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
-    "seed": 0,
-    "checkpoint": "final",
-    "epoch": 1,
-    "inputs": "benign",
-}
 
 
 def test_comparison_records_its_minibatches(tiny_model, tmp_path):

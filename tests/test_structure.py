@@ -131,28 +131,6 @@ def test_no_test_module_imports_another():
     assert not offenders, offenders
 
 
-def _modules_after_import(*modules: str) -> set[str]:
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
-    code += "print('\\n'.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
-
-
-def test_summary_and_figures_do_not_import_torch():
-    """The aggregate and figure jobs' library imports load no torch (2/3 of a job's start)."""
-    loaded = _modules_after_import(
-        "robrep.study.summary",
-        "robrep.study.findings",
-        "robrep.study.figures",
-        "robrep.io.xrio",
-        "robrep.io.atomic",
-        "robrep.runtime",
-        "robrep.similarity",
-    )
-    assert "robrep.study.summary" in loaded
-    assert "torch" not in loaded
-
-
 def test_the_recorded_torch_version_is_torchs_own():
     import torch
 

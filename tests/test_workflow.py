@@ -119,6 +119,28 @@ def test_full_run_outputs(completed_run):
     assert {"robust_acc", "autoattack_acc", "autoattack_pgd_acc", "gradient_masking"} <= set(header)
 
 
+def test_every_job_leaves_a_benchmark_and_the_run_sums_them_per_rule(completed_run):
+    import csv
+
+    root = completed_run / "results/benchmarks"
+    rules = {"prepare_data", "train", "attack", "autoattack", "extract", "similarity", "probe"}
+    rules |= {"aggregate", "figures"}
+    assert {p.name for p in root.iterdir() if p.is_dir()} == rules
+    comparisons = list((completed_run / "results/similarity").rglob("*.nc"))
+    assert len(list((root / "similarity").rglob("*.tsv"))) == len(comparisons)
+    with open(root / "per_rule.tsv", newline="") as fh:
+        table = {row["rule"]: row for row in csv.DictReader(fh, delimiter="\t")}
+    assert set(table) == rules
+    assert int(table["similarity"]["jobs"]) == len(comparisons)
+    for rule, row in table.items():
+        assert float(row["wall_s"]) > 0, rule
+        if rule in {"prepare_data", "aggregate", "figures"}:  # not sized: run locally only
+            assert row["max_wall_over_runtime"] == "", rule
+        else:  # every sized job ran well inside the runtime and memory it would ask SLURM for
+            assert 0 < float(row["max_wall_over_runtime"]) < 1, (rule, row)
+            assert 0 < float(row["max_rss_over_mem_mb"]) < 1, (rule, row)
+
+
 def test_transfer_stores_see_exactly_the_source_models_stored_examples(completed_run):
     """The adversarial images are stored once per model and checkpoint, within the attack's
     bound; a transfer store is the target model on exactly the source's stored images."""

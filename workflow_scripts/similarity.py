@@ -4,17 +4,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import torch
+from threadpoolctl import threadpool_limits
 
 from robrep.io.xrio import write_netcdf
-from robrep.runtime import pick_device
+from robrep.runtime import compute_device
 from robrep.study.compare import compare_stores
 
 from _log import redirect_to_log
 
-with redirect_to_log(snakemake):
+with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # numpy's BLAS
     p, wc = snakemake.params, snakemake.wildcards
-    torch.set_num_threads(snakemake.threads)
     ds = compare_stores(
         snakemake.input.a,
         snakemake.input.b,
@@ -26,7 +25,7 @@ with redirect_to_log(snakemake):
         permutations=p.permutations,
         by_class=p.by_class,
         attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
-        device=pick_device(snakemake.config["device"]),
+        device=compute_device(snakemake.config["device"]),
     )
     write_netcdf(ds, snakemake.output[0])
     print(ds)

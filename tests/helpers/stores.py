@@ -11,6 +11,19 @@ from torch import nn
 from robrep.store.extract import extract_to_store
 from robrep.store.format import StoreLayout
 
+# What a comparison reads from its stores' attributes.
+STORE_META = {
+    "model_id": "m",
+    "dataset": "digits",
+    "arch": "convnet",
+    "method_id": "standard",
+    "method": {"method": "standard", "id": "standard", "norm": None, "eps": 0.0},
+    "seed": 0,
+    "checkpoint": "final",
+    "epoch": 1,
+    "inputs": "benign",
+}
+
 
 def images(n: int, seed: int = 0) -> np.ndarray:
     """`n` random single-channel 8x8 images in [0, 1)."""

@@ -1,12 +1,15 @@
 """What every stage needs from its surroundings: the device and the software versions.
 
-torch is imported only by `pick_device` (a job that runs no network never loads it); its version
-is read from its package files.
+torch is imported only by `pick_device` (a job that runs no network never loads it, and
+`compute_device` spares a numpy job the import where no GPU can be visible); its version is read
+from its package files.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -30,6 +33,25 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
     return torch.device(requested)
+
+
+def gpu_absent() -> bool:
+    """True where torch can see no GPU: CUDA_VISIBLE_DEVICES hides every one, or the machine has
+    no NVIDIA or AMD GPU device node. Decided without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return True
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
+def compute_device(requested: str = "auto") -> str:
+    """The device of a job that computes with numpy on the CPU and torch on a GPU (similarity):
+    `pick_device`'s answer as a string, but "cpu" without importing torch when `requested` is
+    "cpu", or "auto" where `gpu_absent()`."""
+    if requested not in DEVICES:
+        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
+    if requested == "cpu" or (requested == "auto" and gpu_absent()):
+        return "cpu"
+    return str(pick_device(requested))
 
 
 def torch_version() -> str:

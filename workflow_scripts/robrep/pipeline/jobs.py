@@ -38,6 +38,11 @@ def _hashable(layers: str | list[str]) -> str | tuple[str, ...]:
     return layers if isinstance(layers, str) else tuple(layers)
 
 
+def _store_wildcards(store: StoreKey) -> SimpleNamespace:
+    """The wildcards of a job that writes or reads one store (extract, probe)."""
+    return SimpleNamespace(**vars(store.model), checkpoint=store.checkpoint, inputs=store.inputs)
+
+
 class JobSizer:
     """The resources of every rule's jobs in one study (see the module doc). `wildcards` is any
     object with the rule's wildcards as attributes (Snakemake's, or a `SimpleNamespace`)."""
@@ -130,14 +135,11 @@ class JobSizer:
         for model, checkpoint in attacked:
             yield "attack", SimpleNamespace(**vars(model), checkpoint=checkpoint)
         for s in stores:
-            yield (
-                "extract",
-                SimpleNamespace(**vars(s.model), checkpoint=s.checkpoint, inputs=s.inputs),
-            )
+            yield "extract", _store_wildcards(s)
         for analysis, dataset, pair in self.comparisons:
             yield "similarity", SimpleNamespace(analysis=analysis, dataset=dataset, pair=pair)
         for s in probed:
-            yield "probe", SimpleNamespace(**vars(s.model))
+            yield "probe", _store_wildcards(s)
         for m in autoattacked:
             yield "autoattack", SimpleNamespace(**vars(m))
 

@@ -2,12 +2,13 @@
 full-data metrics.
 
 Read in this order: `batches` (the minibatch partition), `gram` (the Gram statistic stores hold),
-`hsic` (HSIC_1 kernels), `minibatch` (the accumulator), `views` (permutation null, by class),
-`result` (the result type), `full` (full-data metrics).
+`backend` (where the kernels compute: numpy on the CPU, torch on a GPU), `hsic` (HSIC_1 kernels),
+`minibatch` (the accumulator), `views` (permutation null, by class), `result` (the result type),
+`full` (full-data metrics).
 
 The package's face: `from robrep.similarity import minibatch_cka` works for every public name
-below. Names are loaded on first use, so a job that needs only the numpy parts (`result`, `full`,
-`batches`) never imports torch.
+below. Names are loaded on first use; nothing here imports torch unless it computes on a GPU or is
+handed torch tensors (extraction), so a CPU comparison runs on numpy alone.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _WHERE = {
         "unpack_gram",
         "upper_gram",
     ),
-    "hsic": ("_batch_hsic", "_cross_products", "_side_terms", "_staging"),
+    "backend": ("Kernels", "NumpyKernels", "TorchKernels", "kernels_for"),
+    "hsic": ("_batch_hsic", "_cross_products", "_side_terms"),
     "minibatch": ("FeatureGrams", "minibatch_cka", "minibatch_cka_grams", "minibatch_cka_multi"),
     "views": ("NULL_STREAM", "minibatch_cka_by_class", "minibatch_cka_null", "packed_permutation"),
     "full": (

@@ -59,13 +59,17 @@ def center(gram: np.ndarray) -> np.ndarray:
 
 
 def ucenter(gram: np.ndarray) -> np.ndarray:
-    """U-centring of an N x N Gram (zero diagonal), for unbiased HSIC; a float64 copy (the
-    minibatch path's torch kernel, so both estimators centre alike; torch loads on first use)."""
-    import torch
-
-    from robrep.similarity.hsic import _ucenter_
-
-    return _ucenter_(torch.tensor(gram, dtype=torch.float64)).numpy()
+    """U-centring of an N x N Gram (Székely & Rizzo 2014), a float64 copy with a zero diagonal:
+    ⟨ucentred(K), ucentred(L)⟩ / (n (n - 3)) is the unbiased HSIC_1 of Song et al. (2012)."""
+    gram = np.array(gram, dtype=np.float64)
+    n = gram.shape[0]
+    np.fill_diagonal(gram, 0.0)
+    means = gram.sum(0) / (n - 2)
+    means -= means.sum() / (2 * (n - 1))
+    gram -= means[:, None]
+    gram -= means[None, :]
+    np.fill_diagonal(gram, 0.0)
+    return gram
 
 
 def cka_from_grams(k: np.ndarray, l_: np.ndarray, debiased: bool = False) -> float:

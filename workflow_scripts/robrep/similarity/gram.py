@@ -1,17 +1,22 @@
 """The Gram statistic, the store format's contract: each layer's b x b minibatch Gram of
 X − offset (float32, a symmetric product), packed as its strict upper triangle row by row, then
-its diagonal. Extraction writes it (`GramMaker`); `GramSource` is what the accumulator reads."""
+its diagonal. Extraction writes it (`GramMaker`); `GramSource` is what the accumulator reads.
+numpy arrays are multiplied by BLAS; torch is imported only for torch tensors (a GPU, extraction)."""
 
 from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def triangle_size(b: int) -> int:
@@ -27,13 +32,6 @@ def _pack_positions(b: int) -> np.ndarray:
     return np.concatenate([rows * b + cols, np.arange(b) * (b + 1)])
 
 
-@functools.lru_cache(maxsize=16)
-def _strict_entries(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column of each packed strict-upper entry of a b x b Gram."""
-    rows, cols = np.triu_indices(b, 1)
-    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
-
-
 def upper_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """A row-major b x b matrix whose upper triangle (diagonal included) is X Xᵀ of float32 rows
     `x` (b, D), the rest zero: half a full product's FLOPs.
@@ -43,6 +41,7 @@ def upper_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     column blocks at or right of it, (blocks + 1) / (2 blocks) of the FLOPs.
     """
     if x.device.type == "cpu":
+        import torch
         from scipy.linalg.blas import ssyrk
 
         rows = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
@@ -52,6 +51,8 @@ def upper_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
 
 def row_block_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """`upper_gram` on any device: each row block times the column blocks at or right of it."""
+    import torch
+
     b = x.shape[0]
     out = torch.zeros(b, b, dtype=x.dtype, device=x.device)
     edges = [round(b * i / blocks) for i in range(blocks + 1)]
@@ -64,7 +65,9 @@ def pack_gram(upper: torch.Tensor | np.ndarray) -> np.ndarray:
     """The packed float32 Gram statistic of a b x b matrix whose upper triangle holds K: the strict
     upper triangle row by row, then the diagonal (one gather)."""
     b = upper.shape[0]
-    if isinstance(upper, torch.Tensor):
+    if not isinstance(upper, np.ndarray):  # a torch tensor
+        import torch
+
         positions = torch.from_numpy(_pack_positions(b)).to(upper.device)
         return upper.reshape(-1)[positions].cpu().numpy()
     return np.take(upper.reshape(-1), _pack_positions(b))
@@ -132,14 +135,18 @@ class GramMaker:
         self.offsets: dict[Any, Any] = {}
         self.scratch = np.empty(self.SCRATCH_VALUES, np.float32)
         self.buffer: torch.Tensor | None = None
-        threads = threads or torch.get_num_threads()
+        threads = threads or _compute_threads()
         self.helpers = ThreadPoolExecutor(threads - 1) if threads > 1 else None
 
-    def __call__(self, key: Any, output: torch.Tensor) -> np.ndarray:
-        flat = output.detach().reshape(len(output), -1)
-        if flat.device.type != "cpu":
-            return self._on_device(key, flat.float())
-        x = flat.numpy() if flat.dtype == torch.float32 else flat.float().numpy()
+    def __call__(self, key: Any, output: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The packed Gram of one batch of layer `key`: (b, ...) rows, numpy or torch."""
+        if isinstance(output, np.ndarray):
+            x = np.asarray(output.reshape(len(output), -1), dtype=np.float32)
+        else:
+            flat = output.detach().reshape(len(output), -1)
+            if flat.device.type != "cpu":
+                return self._on_device(key, flat.float())
+            x = flat.float().numpy()
         if key not in self.offsets:
             self.offsets[key] = x.mean(0)  # float32: an offset need not be exact
         return pack_gram(offset_upper_gram(x, self.offsets[key], self.scratch, self.helpers))
@@ -147,12 +154,30 @@ class GramMaker:
     def _on_device(self, key: Any, x: torch.Tensor) -> np.ndarray:
         """X − offset into one growing buffer (a fresh multi-MB array per layer costs about as much
         as the product), row-block product, packing on the device."""
+        import torch
+
         if key not in self.offsets:
             self.offsets[key] = x.mean(0, keepdim=True)
         if self.buffer is None or self.buffer.numel() < x.numel():
             self.buffer = torch.empty(x.numel(), device=x.device)
         centred = torch.sub(x, self.offsets[key], out=self.buffer[: x.numel()].view(x.shape))
         return pack_gram(row_block_gram(centred))
+
+
+def _compute_threads() -> int:
+    """The threads a CPU job computes with: torch's setting where torch is loaded, else the CPUs
+    this process may run on."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+
+
+def on_device(x: np.ndarray, device: Any) -> np.ndarray | torch.Tensor:
+    """`x` where `device` is the CPU (numpy, no torch), else a torch tensor on `device`."""
+    if str(device) == "cpu":
+        return x
+    import torch
+
+    return torch.from_numpy(x).to(device)
 
 
 class GramSource(Protocol):

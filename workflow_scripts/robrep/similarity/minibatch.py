@@ -15,14 +15,18 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from robrep.similarity.backend import Kernels, kernels_for
 from robrep.similarity.batches import Batch, _batch_rows, _check_models, _name, _size, _usable
-from robrep.similarity.gram import GramMaker, GramSource, triangle_size
-from robrep.similarity.hsic import _batch_hsic, _staging
+from robrep.similarity.gram import GramMaker, GramSource, on_device, triangle_size
+from robrep.similarity.hsic import _batch_hsic
+
+if TYPE_CHECKING:
+    import torch
+
 from robrep.similarity.result import CKAResult, _warn_degenerate
 
 
@@ -31,7 +35,7 @@ def minibatch_cka(
     b: Sequence[Any] | None = None,
     batch_size: int = 256,
     shuffle_seed: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
     progress: Callable[[int, int], None] | None = None,
     pass_order: np.ndarray | None = None,
 ) -> CKAResult:
@@ -47,7 +51,7 @@ def minibatch_cka_multi(
     pairs: Sequence[tuple[int, int]] | None = None,
     batch_size: int = 256,
     shuffle_seed: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
     pass_order: np.ndarray | None = None,
@@ -75,7 +79,7 @@ def minibatch_cka_multi(
 def minibatch_cka_grams(
     models: Sequence[GramSource],
     pairs: Sequence[tuple[int, int]] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[tuple[int, int], CKAResult]:
@@ -90,7 +94,8 @@ def minibatch_cka_grams(
     largest = triangle_size(max(sizes))
     buffers = {k: [np.empty(largest * widths[k], np.float32) for _ in range(2)] for k in used}
     total = sum(widths.values())
-    staging = _staging(total)
+    kernels = kernels_for(device)
+    staging = kernels.staging(total)
     spent = {"read": 0.0, "hsic": 0.0}
 
     def read(flat: int) -> np.ndarray:
@@ -107,7 +112,7 @@ def minibatch_cka_grams(
     for count, t in enumerate(keep):
         stats = [next(items) for _ in used]
         start = time.perf_counter()
-        hsic = _batch_hsic(stats, sizes[t], staging, torch.device(device))
+        hsic = _batch_hsic(stats, sizes[t], staging, kernels)
         for k in used:
             block = slice(columns[k], columns[k] + widths[k])
             selfs[k].append(np.diagonal(hsic[block, block]).copy())
@@ -174,7 +179,7 @@ class FeatureGrams:
         self,
         layers: Sequence[Any],
         batches: Sequence[Batch],
-        device: str | torch.device = "cpu",
+        device: str | torch.device | Kernels = "cpu",
         spent: dict[str, float] | None = None,
     ):
         self.layers = list(layers)
@@ -182,7 +187,7 @@ class FeatureGrams:
         self.rows = [rows for _, rows in batches]
         self.batch_sizes = [_size(rows) for rows in self.rows]
         self.batch_passes = [p for p, _ in batches]
-        self.device = torch.device(device)
+        self.device = kernels_for(device).device
         self.spent = spent if spent is not None else {}
         widest = max(math.prod(layer.shape[1:]) for layer in self.layers)
         self.buffer = np.empty(max(self.batch_sizes) * widest, np.float32)
@@ -194,7 +199,7 @@ class FeatureGrams:
         for i, layer in enumerate(self.layers):
             x = _rows_into(layer, self.rows[batch], self.buffer[: b * _width(layer)].reshape(b, -1))
             start = time.perf_counter()
-            packed[:, i] = self.maker(i, torch.from_numpy(x).to(self.device))
+            packed[:, i] = self.maker(i, on_device(x, self.device))
             self.spent["gram"] = self.spent.get("gram", 0.0) + time.perf_counter() - start
         return packed
 

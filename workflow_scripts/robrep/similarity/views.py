@@ -7,14 +7,18 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from robrep.similarity.backend import Kernels, kernels_for
 from robrep.similarity.batches import MIN_BATCH, _usable
 from robrep.similarity.gram import GramSource, triangle_size
-from robrep.similarity.hsic import _cross_products, _side_terms, _SideTerms, _staging
+from robrep.similarity.hsic import _cross_products, _side_terms, _SideTerms
 from robrep.similarity.minibatch import _shared_batches
+
+if TYPE_CHECKING:
+    import torch
 
 
 def minibatch_cka_null(
@@ -22,7 +26,7 @@ def minibatch_cka_null(
     b: GramSource,
     permutations: int,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
 ) -> np.ndarray:
     """(permutations, len(a.names), len(b.names)) minibatch CKA of every layer pair with the
     examples of `b` shuffled within each minibatch (its Gram becomes P K Pᵀ, a gather of the stored
@@ -40,7 +44,7 @@ def minibatch_cka_by_class(
     b: GramSource | None,
     batch_labels: Sequence[np.ndarray],
     classes: Sequence[int],
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
 ) -> np.ndarray:
     """(classes, len(a.names), len(b.names)) class-conditional minibatch CKA: each class's
     examples of every minibatch alone (the Gram restricted to their rows, a gather of the stored
@@ -94,7 +98,7 @@ def _view_cka(
     a: GramSource,
     b: GramSource | None,
     views: Callable[[int, int], Sequence[View]],
-    device: str | torch.device = "cpu",
+    device: str | torch.device | Kernels = "cpu",
 ) -> np.ndarray:
     """(views, len(a.names), len(b.names)) minibatch CKA of every layer pair, each view taking
     rows of every batch from each side (`views(t, n)` for batch t of n rows: per view, the rows
@@ -108,13 +112,13 @@ def _view_cka(
     width_a, width_b = len(a.names), len(models[-1].names)
     largest = triangle_size(max(sizes))
     buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
-    staging = _staging(width_a + width_b)
+    kernels = kernels_for(device)
+    staging = kernels.staging(width_a + width_b)
     cross = self_a = self_b = None
-    dev = torch.device(device)
     for t in keep:
         n = sizes[t]
         sides = [
-            _BatchSide(m.read(t, buf), n, staging, dev)
+            _BatchSide(m.read(t, buf), n, staging, kernels)
             for m, buf in zip(models, buffers, strict=True)
         ]
         chosen = views(t, n)
@@ -127,7 +131,7 @@ def _view_cka(
                 continue
             packed_a, terms_a = sides[0].of_rows(rows_a)
             packed_b, terms_b = sides[-1].of_rows(rows_b)
-            products = _cross_products(packed_a, packed_b, m, staging, dev)
+            products = _cross_products(packed_a, packed_b, m, staging, kernels)
             cross[v] += terms_a.cross_hsic(terms_b, products, m)
             self_a[v] += terms_a.self_hsic(m)
             self_b[v] += terms_b.self_hsic(m)
@@ -140,12 +144,12 @@ class _BatchSide:
     computed once for all n rows (in stored order or relabelled: P K̃ Pᵀ 1 = P K̃ 1, and the
     squares do not change), and from the gathered triangle for a subset."""
 
-    def __init__(self, packed: np.ndarray, n: int, staging: torch.Tensor, device: torch.device):
-        self.packed, self.n, self.staging, self.device = packed, n, staging, device
+    def __init__(self, packed: np.ndarray, n: int, staging: Any, kernels: Kernels):
+        self.packed, self.n, self.staging, self.kernels = packed, n, staging, kernels
 
     @functools.cached_property
     def terms(self) -> _SideTerms:
-        return _side_terms(self.packed, self.n, self.staging, self.device)
+        return _side_terms(self.packed, self.n, self.staging, self.kernels)
 
     def of_rows(self, rows: np.ndarray | None) -> tuple[np.ndarray, _SideTerms]:
         """The packed Grams of `rows` of the batch (None: all, in stored order) and their terms."""
@@ -153,6 +157,5 @@ class _BatchSide:
             return self.packed, self.terms
         packed = self.packed[packed_permutation(self.n, rows)]
         if len(rows) == self.n:
-            order = torch.from_numpy(np.asarray(rows)).to(self.device)
-            return packed, _SideTerms(self.terms.row_sums[order], self.terms.squares)
-        return packed, _side_terms(packed, len(rows), self.staging, self.device)
+            return packed, self.terms.of_rows(rows)
+        return packed, _side_terms(packed, len(rows), self.staging, self.kernels)

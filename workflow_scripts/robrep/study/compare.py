@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import xarray as xr
 
 from robrep.ids import method_coords
@@ -26,6 +25,9 @@ from robrep.similarity.minibatch import minibatch_cka_grams
 from robrep.similarity.result import MINIBATCH_CKA
 from robrep.similarity.views import minibatch_cka_by_class, minibatch_cka_null
 from robrep.store.read import ActivationStore, check_aligned
+
+if TYPE_CHECKING:
+    import torch
 
 NULL_LEVEL = 0.95  # the permutation null's percentile reported as cka_null_upper
 STORE_COORDS = ("dataset", "arch", "method_id", "seed", "checkpoint", "epoch", "inputs")
@@ -47,7 +49,8 @@ def compare_stores(
     """All layer pairs of two stores under every metric, with minibatch-CKA HSIC terms and CIs.
 
     The minibatches are the stores' own (they must agree: `check_aligned`). Minibatch CKA runs on
-    `device`; the full-data metrics on the CPU (float64 eigensolves). With `permutations`, the
+    `device` (numpy on the CPU, torch elsewhere); the full-data metrics on the CPU (float64
+    eigensolves). With `permutations`, the
     95th percentile of minibatch CKA with side b's examples shuffled within each batch
     (`similarity.views.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
     it are indistinguishable from unrelated examples. With `by_class`, `cka_by_class` holds
