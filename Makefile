@@ -62,4 +62,5 @@ bench: bench-env
 	$(BIN)/python benchmarks/bench_checksums.py --quick
 	$(BIN)/python benchmarks/bench_cka.py --quick
 	$(BIN)/python benchmarks/bench_extract.py --quick
+	$(BIN)/python benchmarks/bench_jobs.py --quick
 	$(BIN)/python benchmarks/report.py

@@ -8,6 +8,7 @@ child process so they do not mask each other.
     make bench-env                     # torch-cka 0.21 and ckatorch 1.0.3 into benchmarks/.env
     .venv/bin/python benchmarks/bench_cka.py            # the full case (writes ~4 GB)
     .venv/bin/python benchmarks/bench_cka.py --quick    # a small smoke case
+    .venv/bin/python benchmarks/bench_cka.py --in-memory  # arrays in memory vs stacked Grams
 
 The per-pair approach of the paper's released code (Cianfarani et al. 2022) is re-expressed as
 `paper_per_pair`: Grams per pair and HSIC_1 with trace(K @ L), an O(b^3) product per pair.
@@ -345,5 +346,82 @@ def main() -> None:
     )
 
 
+def stacked_gram_accumulator(models, batch: int, dtype) -> np.ndarray:
+    """The simplest all-pairs minibatch CKA (Nguyen et al. 2021): per batch, each layer's centred
+    features in `dtype`, its Gram, U-centred (float64), all layers' Grams stacked as columns and
+    one product for every HSIC_1; summed over batches, normalised at the end. Cross block a x b."""
+    from robrep.similarity.full import ucenter
+
+    n, widths = len(models[0][0]), [len(m) for m in models]
+    total = np.zeros((sum(widths), sum(widths)))
+    for start in range(0, n - batch + 1, batch):
+        stacked = np.empty((batch * batch, sum(widths)))
+        for column, x in enumerate(layer for m in models for layer in m):
+            rows = x[start : start + batch].astype(dtype)
+            rows -= rows.mean(0)
+            stacked[:, column] = ucenter(rows @ rows.T).ravel()
+        total += stacked.T @ stacked
+    norms = np.sqrt(np.diag(total))
+    return (total / np.outer(norms, norms))[: widths[0], widths[0] :]
+
+
+def in_memory_case(args: argparse.Namespace) -> None:
+    """`minibatch_cka_multi` on in-memory arrays vs `stacked_gram_accumulator` in float64 and in
+    float32, same data, same process, interleaved, best of `--repeats` (issue 24's case: N = 4000,
+    b = 500, 6 x 6 layers of 512-4096 features)."""
+    from threadpoolctl import threadpool_limits
+
+    from robrep.similarity import minibatch_cka_multi
+
+    threadpool_limits(args.threads)
+    n = 1000 if args.quick else 4000
+    widths = [512, 1024, 2048, 4096, 2048, 1024]
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal((n, 32), dtype=np.float32)
+    models = [
+        [
+            signal @ rng.standard_normal((32, w), dtype=np.float32)
+            + rng.standard_normal((n, w), dtype=np.float32)
+            for w in widths
+        ]
+        for _ in range(2)
+    ]
+    runs = {
+        "robrep minibatch_cka_multi": lambda: (
+            minibatch_cka_multi(models, [(0, 1)], args.batch)[(0, 1)].cka
+        ),
+        "stacked Grams, float64": lambda: stacked_gram_accumulator(models, args.batch, np.float64),
+        "stacked Grams, float32": lambda: stacked_gram_accumulator(models, args.batch, np.float32),
+    }
+    best, results = dict.fromkeys(runs, float("inf")), {}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    ours = best["robrep minibatch_cka_multi"]
+    print(
+        f"in memory: 2 models x 6 layers {widths}, N = {n}, b = {args.batch}, {args.threads} threads"
+    )
+    figures = {}
+    for name, seconds in best.items():
+        diff = np.abs(results[name] - results["robrep minibatch_cka_multi"]).max()
+        print(
+            f"  {name:28s} {seconds:7.3f} s  {seconds / ours:5.2f}x robrep's time  max |dCKA| {diff:.1e}"
+        )
+        figures[name] = {"seconds": seconds, "over_robrep": seconds / ours, "max_abs_diff": diff}
+    record.write("bench_cka_in_memory", args, figures, args.threads)
+
+
 if __name__ == "__main__":
-    main()
+    if "--in-memory" in sys.argv:
+        parser = argparse.ArgumentParser(description=in_memory_case.__doc__.split("\n")[0])
+        parser.add_argument("--in-memory", action="store_true")
+        parser.add_argument("--quick", action="store_true", help="N = 1000")
+        parser.add_argument("--batch", type=int, default=500)
+        parser.add_argument("--repeats", type=int, default=3)
+        parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--json", type=Path, help="where the figures go")
+        in_memory_case(parser.parse_args())
+    else:
+        main()

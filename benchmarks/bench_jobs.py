@@ -96,7 +96,6 @@ def main() -> None:
     if table.exists():
         print(f"\nper-rule job times of the last run ({table}):")
         print(table.read_text())
-        figures["per_rule_tsv"] = table.read_text()
     record.write("bench_jobs", args, figures, threads=1)
 
 

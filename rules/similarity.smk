@@ -16,6 +16,7 @@ rule similarity:
     resources:
         mem_mb=resource("similarity", "mem_mb"),
         runtime=resource("similarity", "runtime"),
+        gpu=GPU,
     params:
         metrics=SIM["metrics"],
         bootstrap=SIM["bootstrap"],

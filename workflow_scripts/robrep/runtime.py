@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -29,7 +30,12 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch sees no GPU; use 'auto' or 'cpu'")
+        raise RuntimeError(
+            f"device: 'cuda' requested but torch sees no GPU on {platform.node()} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, SLURM job "
+            f"{os.environ.get('SLURM_JOB_ID', 'none')}); ask for a GPU (the rule's gpu resource) "
+            f"or use device 'auto' or 'cpu'"
+        )
     if requested not in ("cpu", "cuda"):
         raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
     return torch.device(requested)
