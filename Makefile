@@ -27,8 +27,9 @@ report: $(STAMP)
 verify: $(STAMP)
 	$(BIN)/robrep verify results
 
+# --durations: the slowest tests, so a CI log shows where the suite's time goes.
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 # The fast tests: no Snakemake run, no SLURM cluster, nothing marked slow.
 test-unit: $(STAMP)
