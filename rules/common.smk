@@ -258,6 +258,12 @@ def cluster_start():
     if on_slurm() and not workflow.dryrun:
         interval = config["resources"]["pending_check_seconds"]
         rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()
+    elif GPU and cluster_node() is None and "gpu" not in workflow.global_resources:
+        logger.warning(
+            "device: cuda on this machine: each GPU job leases a GPU of its own and waits "
+            "while all are leased; pass --resources gpu=N (N: this machine's GPUs) so that "
+            "Snakemake starts no more GPU jobs than that"
+        )
 
 
 def report_job_times():

@@ -7,14 +7,19 @@ from its package files.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import glob
 import importlib.util
 import os
 import platform
 import re
 import sys
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -24,21 +29,91 @@ DEVICES = ("auto", "cpu", "cuda")  # config `device`
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """`auto` uses CUDA when available, else CPU; `cuda` without a GPU is an error."""
+    """`auto` uses CUDA when available, else CPU; `cuda` without a GPU is an error. Outside
+    SLURM (a workstation) a CUDA job leases one GPU of its own (`lease_gpu`) and runs on it."""
     import torch
 
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
+    if requested not in DEVICES:
+        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise RuntimeError(
             f"device: 'cuda' requested but torch sees no GPU on {platform.node()} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, SLURM job "
             f"{os.environ.get('SLURM_JOB_ID', 'none')}); ask for a GPU (the rule's gpu resource) "
             f"or use device 'auto' or 'cpu'"
         )
-    if requested not in ("cpu", "cuda"):
-        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
-    return torch.device(requested)
+    if "SLURM_JOB_ID" in os.environ:  # SLURM gave this job its GPU: the first one it sees
+        return torch.device("cuda")
+    return torch.device("cuda", _leased_gpu(torch.cuda.device_count()))
+
+
+@functools.cache
+def _leased_gpu(count: int) -> int:
+    """This process's one lease, however often it asks for its device."""
+    return lease_gpu(gpu_ids(count))
+
+
+class GpuBusyError(RuntimeError):
+    """Every GPU of this machine stayed leased by other jobs for longer than the wait allowed."""
+
+
+GPU_LOCKS_ENV = "ROBREP_GPU_LOCKS"  # where the leases live (default: a directory in tmp per user)
+_LEASES: list[Any] = []  # open lock files: a lease lasts as long as this process
+
+
+def gpu_ids(count: int) -> list[str]:
+    """The ids CUDA's devices 0 .. count-1 have on this machine: CUDA_VISIBLE_DEVICES's entries
+    where it is set (what two jobs with different masks agree on), else their indices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else []
+    return ids[:count] if len(ids) >= count else [str(i) for i in range(count)]
+
+
+def gpu_lock_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"robrep-gpus-{os.getuid()}"
+    return Path(os.environ.get(GPU_LOCKS_ENV) or default)
+
+
+def lease_gpu(
+    ids: Sequence[str],
+    lock_dir: str | Path | None = None,
+    timeout: float | None = None,
+    poll: float = 1.0,
+) -> int:
+    """The index (into `ids`) of a GPU no other job holds, leased until this process ends: an
+    exclusive `flock` on `<lock_dir>/gpu-<id>.lock`, which the kernel releases when the process
+    exits, crash or kill included. With every GPU leased it waits (saying so once a minute),
+    and after `timeout` seconds raises `GpuBusyError`. A workstation run thus puts each GPU job
+    on its own device, and never two on one."""
+    lock_dir = Path(lock_dir) if lock_dir is not None else gpu_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    start = told = time.monotonic()
+    while True:
+        for index, gpu in enumerate(ids):
+            fh = open(lock_dir / f"gpu-{gpu}.lock", "a+")  # noqa: SIM115 (held for the process)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()} {platform.node()}\n")
+            fh.flush()
+            _LEASES.append(fh)
+            return index
+        waited = time.monotonic() - start
+        if timeout is not None and waited >= timeout:
+            raise GpuBusyError(
+                f"all {len(ids)} GPUs ({', '.join(ids)}) stayed leased for {waited:.0f} s "
+                f"(locks in {lock_dir}); run fewer GPU jobs at once (--resources gpu=N)"
+            )
+        if time.monotonic() - told >= 60:
+            print(f"waiting for a free GPU: all of {', '.join(ids)} are leased", file=sys.stderr)
+            told = time.monotonic()
+        time.sleep(poll)
 
 
 def gpu_absent() -> bool:
