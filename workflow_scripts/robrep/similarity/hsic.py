@@ -32,7 +32,7 @@ def _row_blocks(
     block) per block."""
     strict = b * (b - 1) // 2
     step = staging.shape[0]
-    host = np.asarray(staging) if isinstance(staging, np.ndarray) else staging.numpy()
+    host = staging if isinstance(staging, np.ndarray) else staging.numpy()  # torch: CPU tensor
     for lo in range(0, strict, step):
         hi = min(lo + step, strict)
         start = 0
