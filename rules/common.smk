@@ -276,10 +276,11 @@ def report_job_times():
         pattern = str(getattr(rules, rule_name).rule.benchmark)
         path = apply_wildcards(pattern, vars(wildcards))
         requested[path] = SIZER.estimate(rule_name, wildcards)
+    # The run's outputs are complete whatever happens here: a bad file costs only the table.
     try:
         times = job_times.per_rule(f"{RESULTS}/benchmarks", requested)
-    except (OSError, ValueError) as err:  # the run's outputs are complete; only the table is not
-        logger.warning(f"no per-rule job times: {err}")
+    except (OSError, ValueError) as err:
+        logger.warning(f"no table of job times ({err})")
         return
     if times:
         job_times.write_table(times, f"{RESULTS}/benchmarks/per_rule.tsv")

@@ -11,7 +11,6 @@ import zarr
 from robrep.io.checksums import DamagedArtefactError
 from robrep.learn.adversarial import (
     IncompleteAdversarialError,
-    attack_batch_size,
     craft,
     read_adversarial,
     write_adversarial,
@@ -92,9 +91,3 @@ def test_damaged_or_incomplete_examples_give_no_images(tiny_model, tmp_path):
         read_adversarial(other)
     with pytest.raises(FileNotFoundError):
         read_adversarial(tmp_path / "missing.zarr")
-
-
-def test_attack_batch_is_whole_chunks():
-    assert attack_batch_size(256, 100) == 200
-    assert attack_batch_size(50, 100) == 100
-    assert attack_batch_size(64, 32) == 64

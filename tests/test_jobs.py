@@ -109,9 +109,11 @@ def test_a_job_no_node_holds_is_refused_naming_the_settings():
     s.check_every_job(s.planned_jobs([], [], [], []), None)  # locally: nothing to refuse
 
 
-def test_the_attack_batch_is_whole_chunks():
-    assert sizer(activations={"batch_size": 100, "cka_batch_size": 32}).attack_batch == 96
-    assert sizer(activations={"batch_size": 10, "cka_batch_size": 32}).attack_batch == 32
+def test_the_attack_batch_is_its_own_setting_not_the_cka_partition():
+    for cka_batch_size in (32, 100, 150):
+        config = {"batch_size": 100, "cka_batch_size": cka_batch_size}
+        assert sizer(activations=config).attack_batch == 100
+    assert sizer(activations={"batch_size": 10, "chunk_rows": 64}).attack_batch == 10
 
 
 def test_probe_and_autoattack_examples_are_clamped():

@@ -187,6 +187,13 @@ def test_one_attack_job_per_model_checkpoint_feeds_several_stores(completed_run)
         assert kinds == ["pgd", f"transfer-{path.split('/')[4]}"], (path, kinds)
 
 
+def test_a_new_cka_partition_reextracts_but_never_recrafts_adversarial_examples(completed_run):
+    activations = {**TINY["activations"], "cka_batch_size": 16}
+    counts = job_counts(dry_run_with(completed_run, {**TINY, "activations": activations}))
+    assert counts.get("extract") and counts.get("similarity")
+    assert "attack" not in counts and "train" not in counts, counts
+
+
 def test_unknown_transfer_source_is_refused_naming_the_sources(completed_run):
     target = "results/activations/digits/convnet/standard/seed0/final/transfer-pgd-linf-eps9.zarr"
     out = snakemake(completed_run, "-n", target, check=False)

@@ -35,12 +35,6 @@ class IncompleteAdversarialError(RuntimeError):
     """The adversarial store was not finished (killed attack) and must be rebuilt."""
 
 
-def attack_batch_size(batch_size: int, chunk_rows: int) -> int:
-    """The attack batch: `activations.batch_size` rounded down to whole feature chunks (at least
-    one), the batches in which pgd stores have always been attacked, so their seeds agree."""
-    return max(1, batch_size // chunk_rows) * chunk_rows
-
-
 def craft(
     model: nn.Module,
     images: np.ndarray,

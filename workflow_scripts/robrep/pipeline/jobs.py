@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from robrep.ids import ModelKey, StoreKey
-from robrep.learn.adversarial import attack_batch_size
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, check_request
 from robrep.pipeline.config import examples_used, external_models, feature_layers
@@ -60,9 +59,7 @@ class JobSizer:
         self.examples = examples_used(config)
         self.external = {m.id: entry for m, entry in external_models(config).items()}
         self.gflops = config["resources"]["gflops"]
-        self.attack_batch = attack_batch_size(
-            self.act["batch_size"], self.act.get("chunk_rows") or self.act["cka_batch_size"]
-        )
+        self.attack_batch = self.act["batch_size"]  # its own setting: not the CKA partition
         self._estimators = {
             "train": self._train,
             "import_model": self._import_model,
