@@ -28,13 +28,17 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")  # config `device`
 
 
+def _check_device(requested: str) -> None:
+    if requested not in DEVICES:
+        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """`auto` uses CUDA when available, else CPU; `cuda` without a GPU is an error. Outside
     SLURM (a workstation) a CUDA job leases one GPU of its own (`lease_gpu`) and runs on it."""
     import torch
 
-    if requested not in DEVICES:
-        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
+    _check_device(requested)
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -128,8 +132,7 @@ def compute_device(requested: str = "auto") -> str:
     """The device of a job that computes with numpy on the CPU and torch on a GPU (similarity):
     `pick_device`'s answer as a string, but "cpu" without importing torch when `requested` is
     "cpu", or "auto" where `gpu_absent()`."""
-    if requested not in DEVICES:
-        raise ValueError(f"device: {requested!r} is not one of {', '.join(DEVICES)}")
+    _check_device(requested)
     if requested == "cpu" or (requested == "auto" and gpu_absent()):
         return "cpu"
     return str(pick_device(requested))

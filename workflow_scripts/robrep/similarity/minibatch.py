@@ -69,8 +69,9 @@ def minibatch_cka_multi(
     n = _check_models(models)
     batches = _batch_rows(n, batch_size, shuffle_seed, pass_order)
     spent: dict[str, float] = {"gram": 0.0}
-    sources = [FeatureGrams(m, batches, device, spent) for m in models]
-    got = minibatch_cka_grams(sources, pairs, device, progress, timings)
+    kernels = kernels_for(device)  # one backend for the Grams and the HSIC products
+    sources = [FeatureGrams(m, batches, kernels, spent) for m in models]
+    got = minibatch_cka_grams(sources, pairs, kernels, progress, timings)
     if timings is not None:
         timings["gram"] = timings.get("gram", 0.0) + spent["gram"]
     return got
