@@ -256,7 +256,8 @@ def main() -> None:
     args.dir.mkdir(parents=True)
     stores = {k: args.dir / f"{k}.zarr" for k in ("grams0", "grams1", "features0", "features1")}
 
-    from robrep.pipeline.resources import model_cost, store_size
+    from robrep.learn.cost import model_cost
+    from robrep.pipeline.resources import store_size
 
     cost = model_cost(args.arch, 3, 32, 10, "all", None, "none")
     print(

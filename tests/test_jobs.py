@@ -11,6 +11,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from robrep.learn.cost import model_cost, pooled_size
 from robrep.learn.models import build_model
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, ResourceRequestError
@@ -36,23 +37,23 @@ MODEL = SimpleNamespace(dataset="digits", arch="convnet", method_id="standard", 
 
 
 def test_model_cost_counts_the_networks_parameters():
-    cost = rres.model_cost("convnet", 1, 8, 10)
+    cost = model_cost("convnet", 1, 8, 10)
     model = build_model("convnet", 1, 10, [0.5], [0.5])
     assert cost.params == sum(p.numel() for p in model.parameters())
     assert cost.flops_per_image > 0 and cost.activation_values_per_image > 0
     assert cost.probe_layers == len(model.probe_layers("blocks"))
-    none = rres.model_cost("convnet", 1, 8, 10, features="none")
+    none = model_cost("convnet", 1, 8, 10, features="none")
     assert none.feature_layers == 0 and none.feature_values == 0
 
 
 def test_pooling_shrinks_only_large_feature_maps():
-    assert rres.pooled_size((16, 32, 32), 8) == 16 * 8 * 8
-    assert rres.pooled_size((16, 4, 4), 8) == 16 * 4 * 4
-    assert rres.pooled_size((100,), 8) == 100
+    assert pooled_size((16, 32, 32), 8) == 16 * 8 * 8
+    assert pooled_size((16, 4, 4), 8) == 16 * 4 * 4
+    assert pooled_size((100,), 8) == 100
 
 
 def test_store_size_is_grams_plus_features():
-    cost = rres.model_cost("convnet", 1, 8, 10)
+    cost = model_cost("convnet", 1, 8, 10)
     size = rres.store_size(cost, n_examples=100, cka_batch_size=32, passes=2, value_bytes=2)
     assert size.gram_bytes == 2 * 4 * 32 * 33 // 2 * cost.probe_layers * 4  # 4 batches, 2 passes
     assert size.feature_bytes == 100 * cost.feature_values * 2
@@ -61,7 +62,7 @@ def test_store_size_is_grams_plus_features():
 
 def test_estimates_grow_with_the_work():
     geo = rres.dataset_geometry("digits", {"image_size": 8})
-    cost = rres.model_cost("convnet", 1, 8, 10)
+    cost = model_cost("convnet", 1, 8, 10)
     short = rres.train_resources(geo, cost, 2, 128, 0, 1, 1.0, 0.15)
     long = rres.train_resources(geo, cost, 200, 128, 7, 1, 1.0, 0.15)
     assert long["runtime"] > short["runtime"] and long["mem_mb"] == short["mem_mb"]

@@ -14,7 +14,7 @@ import torch
 from robrep.learn.adversarial import craft, write_adversarial
 from robrep.learn.attacks import AttackSpec
 from robrep.learn.loading import load_on_subset
-from robrep.runtime import pick_device, software_versions
+from robrep.runtime import gpu_budget_mb, pick_device, software_versions
 
 from _log import redirect_to_log
 
@@ -27,7 +27,12 @@ with redirect_to_log(snakemake):
     )
     key = m.key
     attack = AttackSpec.from_evaluation(p.attack)
-    images = craft(m.model, m.images, m.labels, attack, key.seed, p.batch_size, device)
+    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    microbatch = m.microbatch("attack", p.batch_size, budget)
+    print(f"attack batch {p.batch_size}, {microbatch} rows at a time on {device}")
+    images = craft(
+        m.model, m.images, m.labels, attack, key.seed, p.batch_size, device, True, microbatch
+    )
     write_adversarial(
         snakemake.output[0],
         images,

@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
 from robrep.io.checksums import write_json
+from robrep.learn.cost import check_fits, gpu_memory, model_cost_of
 from robrep.learn.loading import load_on_subset
 from robrep.learn.robustness import evaluate_robustness
-from robrep.runtime import pick_device, software_versions
+from robrep.runtime import gpu_budget_mb, pick_device, software_versions
 
 from _log import redirect_to_log
 
@@ -23,8 +24,19 @@ with redirect_to_log(snakemake):
     m = load_on_subset(
         snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
     )
+    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    memory = gpu_memory(model_cost_of(m.meta), "attack")
+    check_fits(memory, p.batch_size, budget, "evaluation.autoattack.batch_size")
     result = evaluate_robustness(
-        m.model, m.images, m.labels, p.evaluation, p.version, m.key.seed, device, p.batch_size
+        m.model,
+        m.images,
+        m.labels,
+        p.evaluation,
+        p.version,
+        m.key.seed,
+        device,
+        p.batch_size,
+        m.microbatch("attack", p.batch_size, budget),
     )
     result.update(model=m.key.id, sample_ids=m.sample_ids.tolist(), versions=software_versions())
     write_json(result, snakemake.output[0])

@@ -12,9 +12,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from robrep.learn.adversarial import read_adversarial
+from robrep.learn.cost import check_fits, gpu_memory, model_cost_of
 from robrep.learn.data import pass_orders
 from robrep.learn.loading import load_on_subset
-from robrep.runtime import pick_device, software_versions
+from robrep.runtime import gpu_budget_mb, pick_device, software_versions
 from robrep.store.extract import extract_to_store
 from robrep.store.format import StoreLayout
 
@@ -28,6 +29,10 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
         snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
     )
     model, meta, key, idx, labels = m.model, m.meta, m.key, m.sample_ids, m.labels
+    # A batch's Grams need all its rows' features at once: the CKA batch runs whole.
+    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    memory = gpu_memory(model_cost_of(meta), "extract", p.layout["cka_batch_size"])
+    check_fits(memory, p.layout["cka_batch_size"], budget, "activations.cka_batch_size")
     images, adversarial = m.images, {"attack": None}
     if "adversarial" in snakemake.input.keys():  # pgd or transfer inputs: stored examples
         stored = read_adversarial(snakemake.input.adversarial)

@@ -138,6 +138,19 @@ def compute_device(requested: str = "auto") -> str:
     return str(pick_device(requested))
 
 
+def gpu_budget_mb(device: torch.device | str, configured_mb: float | None = None) -> float | None:
+    """The GPU memory (MB) a job's passes may fill on `device`: config `resources.gpu_mem_mb` when
+    set, else what the GPU has free plus what this process already holds; None on the CPU."""
+    if str(device).split(":")[0] != "cuda":
+        return None
+    if configured_mb is not None:
+        return float(configured_mb)
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return (free + torch.cuda.memory_reserved(device)) / 2**20
+
+
 def torch_version() -> str:
     """`torch.__version__` (build tag included, e.g. `2.14.1+cu130`) without importing torch: the
     package's generated `torch/version.py` holds it as its first assignment."""

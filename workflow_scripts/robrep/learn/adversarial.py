@@ -24,7 +24,7 @@ from torch import nn
 from robrep.io.atomic import atomic_output
 from robrep.io.checksums import DamagedArtefactError, rebuild_command
 from robrep.io.zarrio import checked_read, chunk_codecs
-from robrep.learn.attacks import AttackSpec, pgd
+from robrep.learn.attacks import AttackSpec, pgd_in_microbatches
 from robrep.learn.data import to_float
 
 COMPLETE = "robrep_complete"
@@ -44,10 +44,12 @@ def craft(
     batch_size: int,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    microbatch: int | None = None,
 ) -> np.ndarray:
     """PGD versions of `images` (float32, in stored order), attacked `batch_size` at a time; each
     batch's random start is seeded by `seed` and the batch's first row, so the images depend only
-    on the model, the examples, the attack, the seed and the batch size."""
+    on the model, the examples, the attack, the seed and the batch size. On the device a batch
+    runs `microbatch` rows at a time (default: whole), which does not change the images."""
     from tqdm import tqdm
 
     model = model.to(device).eval()
@@ -56,10 +58,10 @@ def craft(
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="attack", file=sys.stderr, disable=not progress):
         stop = min(start + batch_size, n)
-        x = to_float(images[start:stop]).to(device)
-        y = torch.as_tensor(labels[start:stop]).to(device)
+        x, y = to_float(images[start:stop]), torch.as_tensor(labels[start:stop])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        out[start:stop] = pgd(model, x, y, attack, gen).cpu().numpy()
+        rows = microbatch or batch_size
+        out[start:stop] = pgd_in_microbatches(model, x, y, attack, gen, rows, device).numpy()
     return out
 
 

@@ -2,7 +2,9 @@
 
 The attack runs with the model in eval mode, so batch-norm statistics are never updated by
 adversarial forward passes, and restores the mode it found. All randomness comes from the
-`generator` passed in, so an attack is reproducible from a seed.
+`generator` passed in, so an attack is reproducible from a seed. `pgd_in_microbatches` draws a
+batch's random start at once and attacks it a microbatch at a time (what fits a GPU): each
+example's gradient is its own, so the images do not depend on the microbatch.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     return delta * scale
 
 
-def _random_start(x: torch.Tensor, spec: AttackSpec, generator: torch.Generator | None):
+def random_start(
+    x: torch.Tensor, spec: AttackSpec, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A uniform random point of `spec`'s eps-ball per example of `x`, drawn on the CPU from
+    `generator` (the same numbers whatever the device)."""
     if spec.norm == "linf":
         u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
         return (2 * u - 1) * spec.eps
@@ -93,11 +99,13 @@ def pgd(
     spec: AttackSpec,
     generator: torch.Generator | None = None,
     loss: str = "ce",
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial examples in [0,1] within `spec`'s eps-ball around `x`.
 
     `loss="ce"` maximises cross-entropy against `y` (PGD-AT); `loss="kl"` maximises
-    KL(f(x) || f(x')) as in TRADES, ignoring `y`.
+    KL(f(x) || f(x')) as in TRADES, ignoring `y`. `start`: the random start, already drawn
+    (`random_start`); default: drawn here from `generator`.
     """
     if spec.eps == 0 or spec.steps == 0:
         return x.detach().clone()
@@ -108,7 +116,10 @@ def pgd(
         if loss == "kl":
             with torch.no_grad():
                 clean_prob = F.softmax(model(x), dim=1)
-        delta = _random_start(x, spec, generator) if spec.random_start else torch.zeros_like(x)
+        if not spec.random_start:
+            delta = torch.zeros_like(x)
+        else:
+            delta = random_start(x, spec, generator) if start is None else start.to(x.device)
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(spec.steps):
             delta.requires_grad_(True)
@@ -128,3 +139,28 @@ def pgd(
         return (x + delta).detach()
     finally:
         model.train(was_training)
+
+
+def pgd_in_microbatches(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: AttackSpec,
+    generator: torch.Generator | None,
+    microbatch: int,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """`pgd` of a batch `x` (on the host) run `microbatch` rows at a time on `device`; the random
+    start of the whole batch is drawn first, as `pgd` draws it, so the result (on the host) is the
+    same for every microbatch."""
+    if microbatch >= len(x):
+        return pgd(model, x.to(device), y.to(device), spec, generator).cpu()
+    start = None
+    if spec.random_start and spec.eps and spec.steps:
+        start = random_start(x, spec, generator)
+    out = torch.empty_like(x)
+    for s in range(0, len(x), microbatch):
+        rows = slice(s, s + microbatch)
+        part = None if start is None else start[rows]
+        out[rows] = pgd(model, x[rows].to(device), y[rows].to(device), spec, start=part).cpu()
+    return out

@@ -237,11 +237,13 @@ def import_external(
     evaluation: Mapping[str, Any],
     eval_batch_size: int,
     device: str | torch.device = "cpu",
+    eval_microbatch: int | None = None,
 ) -> dict[str, Any]:
     """Import an `external_models` entry (resolved, `pipeline.config.external_models`): load and check
     its checkpoint, test it like a trained model (clean and evaluation-PGD accuracy on the test
-    split), and write `model.safetensors` and `metrics.json` (last) to `out_dir`, as training
-    does. The checkpoint's SHA-256 is recorded with both."""
+    split, `eval_microbatch` rows at a time on the device), and write `model.safetensors` and
+    `metrics.json` (last) to `out_dir`, as training does. The checkpoint's SHA-256 is recorded
+    with both."""
     from robrep.learn.training import epoch_generator, evaluate
 
     out_dir = Path(out_dir)
@@ -257,6 +259,7 @@ def import_external(
         torch.device(device),
         eval_batch_size,
         epoch_generator(seed, 0, 2),
+        eval_microbatch,
     )
     source = {
         "name": entry["name"],

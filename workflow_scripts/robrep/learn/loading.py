@@ -10,6 +10,7 @@ import torch
 
 from robrep.ids import ModelKey
 from robrep.io.weights import read_metadata, verified_state
+from robrep.learn.cost import job_microbatch, model_cost_of
 from robrep.learn.data import evaluation_subset, read_splits
 from robrep.learn.models import ProbedNet, build_model
 
@@ -37,6 +38,11 @@ class ModelOnSubset:
     images: np.ndarray
     labels: np.ndarray
     sample_ids: np.ndarray
+
+    def microbatch(self, stage: str, batch: int, budget_mb: float | None) -> int:
+        """Rows of each pass of a `stage` batch of this model that fit `budget_mb` on the GPU
+        (`learn.cost.job_microbatch`)."""
+        return job_microbatch(model_cost_of(self.meta), stage, batch, budget_mb)
 
 
 def load_on_subset(

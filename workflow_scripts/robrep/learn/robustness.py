@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robrep.learn.attacks import AttackSpec, pgd
+from robrep.learn.attacks import AttackSpec
 from robrep.learn.data import to_float
 
 # AutoAttack's attacks (pyautoattack's names) and versions.
@@ -77,24 +77,21 @@ def evaluate_robustness(
     seed: int,
     device: torch.device,
     batch_size: int = 250,
+    microbatch: int | None = None,
 ) -> dict[str, Any]:
     """Clean, evaluation-PGD and AutoAttack accuracy of `model` on images `x` (in [0, 1]) with
-    labels `y`, and the largest perturbation AutoAttack used (checked against the budget)."""
+    labels `y`, and the largest perturbation AutoAttack used (checked against the budget).
+
+    `batch_size` is AutoAttack's batch and the PGD's attack batch; the PGD and clean passes run
+    `microbatch` rows at a time on the device (no change to the numbers). AutoAttack's batch is
+    not split: pyautoattack seeds its random starts per batch, so its batch defines its result."""
+    from robrep.learn.training import evaluate
+
     model.eval()
     spec = AttackSpec.from_evaluation(evaluation)
     generator = torch.Generator().manual_seed(seed)
     xs, ys = to_float(x), torch.as_tensor(y)
-    clean = robust = 0
-    for start in range(0, len(ys), batch_size):
-        xb, yb = (
-            xs[start : start + batch_size].to(device),
-            ys[start : start + batch_size].to(device),
-        )
-        with torch.no_grad():
-            clean += int((model(xb).argmax(1) == yb).sum())
-        xa = pgd(model, xb, yb, spec, generator)
-        with torch.no_grad():
-            robust += int((model(xa).argmax(1) == yb).sum())
+    clean_acc, pgd_acc = evaluate(model, x, y, spec, device, batch_size, generator, microbatch)
     logging.getLogger("auto-attack").setLevel(logging.DEBUG)
     with torch.no_grad():
         n_classes = int(model(xs[:1].to(device)).shape[1])
@@ -120,8 +117,8 @@ def evaluate_robustness(
     n = len(ys)
     return {
         "n_examples": n,
-        "clean_acc": clean / n,
-        "pgd_acc": robust / n,
+        "clean_acc": clean_acc,
+        "pgd_acc": pgd_acc,
         "autoattack_acc": correct / n,
         "largest_perturbation": largest,
         "pgd_attack": spec.as_dict(),

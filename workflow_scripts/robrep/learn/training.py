@@ -27,7 +27,7 @@ from robrep.ids import saved_epochs
 from robrep.io.atomic import atomic_output
 from robrep.io.checksums import write_json
 from robrep.io.weights import save_weights
-from robrep.learn.attacks import AttackSpec, pgd
+from robrep.learn.attacks import AttackSpec, pgd, pgd_in_microbatches
 from robrep.learn.data import Splits, to_float
 from robrep.learn.models import ProbedNet, build_model
 from robrep.runtime import software_versions
@@ -106,17 +106,23 @@ def evaluate(
     device: torch.device,
     batch_size: int,
     generator: torch.Generator,
+    microbatch: int | None = None,
 ) -> tuple[float, float]:
-    """(clean accuracy, PGD robust accuracy) on arrays `x`, `y`."""
+    """(clean accuracy, PGD robust accuracy) on arrays `x`, `y`, `batch_size` examples per
+    attack batch (its random start drawn at once), run on the device `microbatch` rows at a time
+    (default: whole batches), which does not change the accuracies."""
     model.eval()
-    clean = robust = 0
+    rows = microbatch or batch_size
+    correct = torch.zeros(2, dtype=torch.int64, device=device)  # clean, robust
     for s in batches(len(y), batch_size):
-        xb, yb = to_float(x[s]).to(device), torch.as_tensor(y[s]).to(device)
+        xb, yb = to_float(x[s]), torch.as_tensor(y[s])
+        xa = pgd_in_microbatches(model, xb, yb, spec, generator, rows, device)
         with torch.no_grad():
-            clean += (model(xb).argmax(1) == yb).sum().item()
-        xa = pgd(model, xb, yb, spec, generator)
-        with torch.no_grad():
-            robust += (model(xa).argmax(1) == yb).sum().item()
+            for m in batches(len(yb), rows):
+                target = yb[m].to(device)
+                correct[0] += (model(xb[m].to(device)).argmax(1) == target).sum()
+                correct[1] += (model(xa[m].to(device)).argmax(1) == target).sum()
+    clean, robust = correct.tolist()
     return clean / len(y), robust / len(y)
 
 
@@ -307,11 +313,14 @@ def train(
     device: torch.device,
     threads: int | None = None,
     stop_after_epoch: int | None = None,
+    eval_microbatch: int | None = None,
 ) -> dict[str, Any]:
     """Train one model into `out_dir` (model.safetensors, best.safetensors, checkpoints/, metrics.json).
 
     Resumes from `out_dir/.partial/state.pt` when its settings digest matches. `stop_after_epoch`
     exits after that epoch's state is saved (used by tests to simulate a kill at a known point).
+    `eval_microbatch`: rows of each validation and test pass on the device (default: whole
+    `eval_batch_size` batches); it does not change the accuracies.
     """
     out_dir = Path(out_dir)
     work = out_dir / ".partial"
@@ -331,6 +340,7 @@ def train(
             device,
             settings.eval_batch_size,
             epoch_generator(settings.seed, epoch, 1),
+            eval_microbatch,
         )
         row.update(
             val_clean_acc=val_clean, val_robust_acc=val_robust, lr=run.scheduler.get_last_lr()[0]
@@ -341,17 +351,28 @@ def train(
         _save_epoch(run, settings, splits, work)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < settings.epochs:
             return {"stopped_after_epoch": epoch}
-    return _finish(settings, splits, out_dir, work, run.model, run.history, run.best, device)
+    return _finish(
+        settings, splits, out_dir, work, run.model, run.history, run.best, device, eval_microbatch
+    )
 
 
-def _finish(settings, splits, out_dir, work, model, history, best, device) -> dict[str, Any]:
+def _finish(
+    settings, splits, out_dir, work, model, history, best, device, eval_microbatch
+) -> dict[str, Any]:
     """Test final and best weights, then move every output into place (metrics.json last)."""
     from robrep.learn.loading import load_model
 
     test_spec = AttackSpec.from_evaluation(settings.evaluation, "steps")
     gen = epoch_generator(settings.seed, settings.epochs + 1, 2)
     clean, robust = evaluate(
-        model, splits.x_test, splits.y_test, test_spec, device, settings.eval_batch_size, gen
+        model,
+        splits.x_test,
+        splits.y_test,
+        test_spec,
+        device,
+        settings.eval_batch_size,
+        gen,
+        eval_microbatch,
     )
     best_model, _ = load_model(work / "best.safetensors", device)
     best_clean, best_robust = evaluate(
@@ -362,6 +383,7 @@ def _finish(settings, splits, out_dir, work, model, history, best, device) -> di
         device,
         settings.eval_batch_size,
         epoch_generator(settings.seed, settings.epochs + 1, 2),
+        eval_microbatch,
     )
     save_weights(
         model, out_dir / "model.safetensors", model_metadata(settings, splits, settings.epochs)

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from robrep.ids import ModelKey, StoreKey
+from robrep.learn.cost import ModelCost, model_cost
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, check_request
 from robrep.pipeline.config import examples_used, external_models, feature_layers
@@ -142,9 +143,9 @@ class JobSizer:
 
     # ------------------------------------------------------------------------------------------
 
-    def _cost(self, dataset: str, arch: str) -> tuple[rres.DatasetGeometry, rres.ModelCost]:
+    def _cost(self, dataset: str, arch: str) -> tuple[rres.DatasetGeometry, ModelCost]:
         geo = rres.dataset_geometry(dataset, self.config["dataset_options"].get(dataset, {}))
-        cost = rres.model_cost(
+        cost = model_cost(
             arch,
             geo.channels,
             geo.size,

@@ -9,17 +9,11 @@ attack steps, and a sustained throughput `gflops` that describes the machine (co
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
 
-import torch
-
+from robrep.learn.cost import MB, ModelCost
 from robrep.learn.data import DATASET_INFO, input_geometry
-from robrep.learn.models import LayerHooks, build_model
-
-MB = 2**20
 
 
 @dataclass(frozen=True)
@@ -40,82 +34,6 @@ def dataset_geometry(name: str, options: dict) -> DatasetGeometry:
     info = DATASET_INFO[name]
     channels, size = input_geometry(name, options)
     return DatasetGeometry(info.examples, channels, size, info.pixel_bytes, info.classes)
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    params: int
-    flops_per_image: float  # forward pass
-    activation_values_per_image: int  # every module's output, what backward keeps
-    probe_layers: int  # layers with Gram statistics
-    probe_values: int  # values per example over the probed layers, unpooled (what Grams see)
-    feature_layers: int  # layers that keep raw features
-    widest_feature: int  # largest flattened feature layer as stored (after pooling)
-    feature_values: int  # values stored per example over the feature layers (after pooling)
-
-
-def pooled_size(shape: tuple[int, ...], pool: int | None) -> int:
-    """Values of one example's layer output as stored: feature maps larger than pool x pool are
-    average-pooled to pool x pool (see `store.extract.LayerRecorder`)."""
-    if pool and len(shape) == 3 and max(shape[-2:]) > pool:
-        return shape[0] * pool * pool
-    return math.prod(shape)
-
-
-@functools.cache
-def model_cost(
-    arch: str,
-    channels: int,
-    size: int,
-    classes: int,
-    layers: str | tuple[str, ...] = "blocks",
-    pool: int | None = None,
-    features: str | tuple[str, ...] | None = None,
-) -> ModelCost:
-    """Parameters, forward FLOPs and activation volume of one image (meta tensors: no compute).
-
-    `layers`, `features` (default: `layers`; "none": no layer) and `pool` are the store's (config
-    `activations`): they decide what is stored.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = build_model(arch, channels, classes, [0.5] * channels, [0.5] * channels).eval()
-    outputs: Counter[str] = Counter()  # values each leaf module outputs, every call counted
-    hooks = [
-        m.register_forward_hook(lambda m, a, o, n=name: outputs.update({n: o.numel()}))
-        for name, m in model.named_modules()
-        if name and not list(m.children())
-    ]
-    probes = model.probe_layers(layers if isinstance(layers, str) else list(layers))
-    features = layers if features is None else features
-    kept = (
-        []
-        if features == "none"
-        else model.probe_layers(features if isinstance(features, str) else list(features))
-    )
-    probe_shapes: dict[str, tuple[int, ...]] = {}
-    probed = LayerHooks(
-        model,
-        list(dict.fromkeys([*probes, *kept])),
-        lambda n, o: probe_shapes.__setitem__(n, tuple(o.shape[1:])),
-    )
-    probed.start()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, channels, size, size, device="meta"))
-    probed.remove()
-    for h in hooks:
-        h.remove()
-    return ModelCost(
-        params=sum(p.numel() for p in model.parameters()),
-        flops_per_image=float(counter.get_total_flops()),
-        activation_values_per_image=sum(outputs.values()),
-        probe_layers=len(probes),
-        probe_values=sum(math.prod(probe_shapes[n]) for n in probes),
-        feature_layers=len(kept),
-        widest_feature=max((pooled_size(probe_shapes[n], pool) for n in kept), default=0),
-        feature_values=sum(pooled_size(probe_shapes[n], pool) for n in kept),
-    )
 
 
 @dataclass(frozen=True)
