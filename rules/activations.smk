@@ -12,12 +12,12 @@ rule extract:
         job_benchmark("extract", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}")
     conda:
         CONDA_ENV
-    threads: config["threads"]["extract"]
+    threads: SIZER.threads("extract")
     resources:
         mem_mb=resource("extract", "mem_mb"),
         runtime=resource("extract", "runtime"),
         disk_mb=resource("extract", "disk_mb"),
-        gpu=GPU,
+        gpu=SIZER.gpus("extract"),
     params:
         layers=ACT["layers"],
         features=FEATURES,

@@ -28,8 +28,9 @@ from robrep.learn.data import dataset_options
 from robrep.pipeline import cluster as rcluster
 from robrep.pipeline import config as rcfg
 from robrep.pipeline import job_times
+from robrep.pipeline import plan as rplan
 from robrep.pipeline.jobs import JobSizer
-from robrep.study.analyses import ANALYSES, comparisons, figures
+from robrep.study.analyses import ANALYSES, figures
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
@@ -44,7 +45,7 @@ for line in CONFIG_WARNINGS:
     logger.warning(line)
 EXAMPLES = rcfg.examples_used(config)  # per dataset: n_examples, at most the test split
 
-RESULTS = "results"
+RESULTS = rplan.RESULTS
 # The software every rule runs with under --software-deployment-method conda (the venv otherwise).
 CONDA_ENV = "../envs/robrep.yaml"
 ID = ID_PATTERN
@@ -61,25 +62,16 @@ FEATURES = rcfg.feature_layers(config)
 WILDCARD_MODEL = ModelKey("{dataset}", "{arch}", "{method_id}", "{seed}")
 MODEL_DIR = WILDCARD_MODEL.dir(RESULTS)
 MODEL_ID = WILDCARD_MODEL.id
-COMPARISONS = comparisons(STUDY, config["analyses"])
-PROBED = [StoreKey(m) for m in STUDY.models] if config["probes"]["folds"] else []
+WORK = rplan.planned_work(config, STUDY)  # every job's subject, derived once
+COMPARISONS = WORK.comparisons
+PROBED = WORK.probed
 AUTOATTACK = config["evaluation"]["autoattack"]
-AUTOATTACKED = list(STUDY.models) if AUTOATTACK["n_examples"] else []
+AUTOATTACKED = WORK.autoattacked
 FIGURES = figures({analysis for analysis, _, _ in COMPARISONS}, probes=bool(PROBED))
-STORES = sorted(  # every store a comparison or a probe reads, once
-    {s for pair in COMPARISONS.values() for s in pair} | set(PROBED),
-    key=lambda s: s.path(RESULTS),
-)
+STORES = WORK.stores  # every store a comparison or a probe reads, once
 ATTACKED = (
-    sorted(  # (model, checkpoint) of every adversarial store the stores read, once
-        {
-            (source, s.checkpoint)
-            for s in STORES
-            if (source := adversarial_source(s.inputs, s.model)) is not None
-        },
-        key=lambda mc: adversarial_path(RESULTS, *mc),
-    )
-)
+    WORK.attacked
+)  # (model, checkpoint) of every adversarial store the stores read
 
 
 def splits_path(dataset):
@@ -198,8 +190,9 @@ def job_benchmark(rule_name, name=None):
 # ------------------------------------------------------------------------------------------
 # Resources for schedulers: robrep.pipeline.jobs sizes every job; retries scale the requests.
 
-GPU = 1 if config["device"] == "cuda" else 0
-SIZER = JobSizer(config, STUDY, COMPARISONS)
+SIZER = JobSizer(
+    config, STUDY, COMPARISONS
+)  # a GPU rule's gpu resource: SIZER.gpus(rule)
 ATTACK_BATCH = SIZER.attack_batch
 
 
@@ -227,12 +220,21 @@ def cluster_node():
     return node
 
 
+@functools.cache
+def job_node():
+    """The node every job must fit: the cluster's (`cluster_node`), or on a local run, dry runs
+    included, the configured resources.node (None: no limit)."""
+    return cluster_node() or rcluster.node_capacity(
+        config["resources"].get("node"), ask_slurm=False
+    )
+
+
 def resource(rule_name, key):
     """A rule's `key` request (mem_mb, runtime, disk_mb) for a job, scaled by its attempt."""
 
     def value(wildcards, attempt):
         try:
-            return SIZER.request(rule_name, key, wildcards, attempt, cluster_node())
+            return SIZER.request(rule_name, key, wildcards, attempt, job_node())
         except rcluster.ResourceRequestError as err:
             raise WorkflowError(str(err))
 
@@ -248,17 +250,22 @@ def _end_run(messages):
 
 
 def cluster_start():
-    """Before anything is submitted: refuse a job no node holds; under SLURM, end the run when a
-    submitted job can never start (see robrep.pipeline.cluster.PendingWatch)."""
+    """Before anything is submitted: refuse a job no node holds (`job_node`; a dry run checks
+    each job as its resources are evaluated); under SLURM, end the run when a submitted job can
+    never start (see robrep.pipeline.cluster.PendingWatch)."""
     jobs = SIZER.planned_jobs(ATTACKED, STORES, PROBED, AUTOATTACKED)
     try:
-        SIZER.check_every_job(jobs, cluster_node())
+        SIZER.check_every_job(jobs, job_node())
     except rcluster.ResourceRequestError as err:
         raise WorkflowError(str(err))
     if on_slurm() and not workflow.dryrun:
         interval = config["resources"]["pending_check_seconds"]
         rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()
-    elif GPU and cluster_node() is None and "gpu" not in workflow.global_resources:
+    elif (
+        SIZER.on_gpu
+        and cluster_node() is None
+        and "gpu" not in workflow.global_resources
+    ):
         logger.warning(
             "device: cuda on this machine: each GPU job leases a GPU of its own and waits "
             "while all are leased; pass --resources gpu=N (N: this machine's GPUs) so that "

@@ -12,7 +12,7 @@ rule probe:
         job_benchmark("probe", f"{MODEL_ID}/{{checkpoint}}/{{inputs}}")
     conda:
         CONDA_ENV
-    threads: config["threads"]["similarity"]
+    threads: SIZER.threads("probe")
     resources:
         mem_mb=resource("probe", "mem_mb"),
         runtime=resource("probe", "runtime"),

@@ -13,12 +13,12 @@ rule attack:
         job_benchmark("attack", f"{MODEL_ID}/{{checkpoint}}")
     conda:
         CONDA_ENV
-    threads: config["threads"]["extract"]
+    threads: SIZER.threads("attack")
     resources:
         mem_mb=resource("attack", "mem_mb"),
         runtime=resource("attack", "runtime"),
         disk_mb=resource("attack", "disk_mb"),
-        gpu=GPU,
+        gpu=SIZER.gpus("attack"),
     params:
         attack=EVALUATION_ATTACK,
         n_examples=lambda wc: EXAMPLES[wc.dataset],
@@ -43,11 +43,11 @@ rule autoattack:
         job_benchmark("autoattack", MODEL_ID)
     conda:
         CONDA_ENV
-    threads: config["threads"]["train"]
+    threads: SIZER.threads("autoattack")
     resources:
         mem_mb=resource("autoattack", "mem_mb"),
         runtime=resource("autoattack", "runtime"),
-        gpu=GPU,
+        gpu=SIZER.gpus("autoattack"),
     params:
         evaluation=EVALUATION_ATTACK,
         version=AUTOATTACK["version"],

@@ -12,11 +12,11 @@ rule similarity:
         job_benchmark("similarity", "{analysis}/{dataset}/{pair}")
     conda:
         CONDA_ENV
-    threads: config["threads"]["similarity"]
+    threads: SIZER.threads("similarity")
     resources:
         mem_mb=resource("similarity", "mem_mb"),
         runtime=resource("similarity", "runtime"),
-        gpu=GPU,
+        gpu=SIZER.gpus("similarity"),
     params:
         metrics=SIM["metrics"],
         bootstrap=SIM["bootstrap"],

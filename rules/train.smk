@@ -37,11 +37,11 @@ rule train:
         job_benchmark("train", MODEL_ID)
     conda:
         CONDA_ENV
-    threads: config["threads"]["train"]
+    threads: SIZER.threads("train")
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
-        gpu=GPU,
+        gpu=SIZER.gpus("train"),
     params:
         settings=train_settings,
     script:
@@ -69,11 +69,11 @@ rule import_model:
         external=EXTERNAL_PATTERN,
     conda:
         CONDA_ENV
-    threads: config["threads"]["train"]
+    threads: SIZER.threads("import_model")
     resources:
         mem_mb=resource("import_model", "mem_mb"),
         runtime=resource("import_model", "runtime"),
-        gpu=GPU,
+        gpu=SIZER.gpus("import_model"),
     params:
         entry=lambda wc: EXTERNAL[wc.external],
         evaluation=EVALUATION_ATTACK,

@@ -38,18 +38,59 @@ def test_parse_sinfo_picks_the_largest_node():
 def test_node_capacity_prefers_the_config():
     node = cluster.node_capacity({"cores": 4, "mem_mb": 8000}, ask_slurm=True)
     assert (node.cores, node.mem_mb, node.source) == (4, 8000, "config resources.node")
+    assert (node.gpus, node.gpu_mem_mb) == (0, None)  # a node described without GPUs has none
+    gpu = cluster.node_capacity({"cores": 4, "mem_mb": 8000, "gpus": 2, "gpu_mem_mb": 8}, True)
+    assert (gpu.gpus, gpu.gpu_mem_mb) == (2, 8)
     assert cluster.node_capacity(None, ask_slurm=False) is None
+
+
+def request(mem_mb: int, runtime: int, **gpu: int) -> dict[str, int]:
+    return {"mem_mb": mem_mb, "runtime": runtime, **gpu}
 
 
 def test_check_request_names_rule_request_node_and_setting():
     node = cluster.NodeCapacity(2, 4000, 60, "config resources.node")
-    cluster.check_request("train", 3999, 60, node, "training.batch_size")
-    cluster.check_request("train", 10**9, 10**9, None, "training.batch_size")
+    cluster.check_request("train", request(3999, 60), node, "training.batch_size")
+    cluster.check_request("train", request(10**9, 10**9), None, "training.batch_size")
     with pytest.raises(cluster.ResourceRequestError) as err:
-        cluster.check_request("similarity", 5000, 90, node, "activations.n_examples")
+        cluster.check_request("similarity", request(5000, 90), node, "activations.n_examples")
     text = str(err.value)
     for part in ("rule similarity", "5000 MB", "90 min", "4000 MB", "activations.n_examples"):
         assert part in text, text
+
+
+def test_a_gpu_job_needs_a_node_with_a_gpu_and_room_on_it():
+    gpu_job = request(1000, 10, gpu=1, gpu_mem_mb=30000)
+    unknown = cluster.NodeCapacity(8, 64000, None, "sinfo without gres")  # GPUs not said
+    cluster.check_request("train", gpu_job, unknown, "training.epochs")
+    no_gpu = cluster.NodeCapacity(8, 64000, None, "config resources.node", gpus=0)
+    with pytest.raises(cluster.ResourceRequestError) as err:
+        cluster.check_request("train", gpu_job, no_gpu, "training.epochs")
+    for part in ("rule train computes on a GPU (device: cuda)", "node has none", "0 GPUs"):
+        assert part in str(err.value), err.value
+    cluster.check_request("probe", request(1000, 10), no_gpu, "probes.n_examples")  # a CPU rule
+    small = cluster.NodeCapacity(8, 64000, None, "config resources.node", 1, 24000)
+    with pytest.raises(cluster.ResourceRequestError) as err:
+        cluster.check_request("train", gpu_job, small, "training.epochs", "training.batch_size")
+    text = str(err.value)
+    for part in ("30000 MB of GPU memory", "1 GPUs of 24000 MB", "lower training.batch_size"):
+        assert part in text, text
+    big = cluster.NodeCapacity(8, 64000, None, "config resources.node", 8, 80000)
+    cluster.check_request("train", gpu_job, big, "training.epochs", "training.batch_size")
+
+
+@pytest.mark.parametrize(
+    "gres, gpus",
+    [("gpu:4", 4), ("gpu:a100:2(S:0-1)", 2), ("gpu:a100:2,gpu:v100:1,mps:100", 3), ("(null)", 0)],
+)
+def test_gres_gpus(gres, gpus):
+    assert cluster.gres_gpus(gres) == gpus
+
+
+def test_parse_sinfo_reads_the_gpus_from_gres():
+    node = cluster.parse_sinfo("64|512000|2-00:00:00|(null)\n32|256000|2-00:00:00|gpu:a100:4\n")
+    assert (node.cores, node.mem_mb, node.gpus) == (64, 512000, 4)  # the most GPUs of any node
+    assert cluster.parse_sinfo("4|8000|1:00:00\n").gpus is None  # no gres column: not said
 
 
 SQUEUE = "\n".join(

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from robrep.learn.cost import model_cost, pooled_size
+from robrep.learn.cost import GPU_RESERVED_MB, model_cost, pooled_size
 from robrep.learn.models import build_model
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, ResourceRequestError
 from robrep.pipeline.config import load_config
-from robrep.pipeline.jobs import SIZE_SETTINGS, JobSizer
+from robrep.pipeline.jobs import GPU_RULES, GPU_SETTINGS, SIZE_SETTINGS, JobSizer
 from robrep.study.analyses import comparisons
 
 from helpers.workflow import TINY
@@ -121,3 +121,45 @@ def test_probe_and_autoattack_examples_are_clamped():
     s = sizer(probes={"n_examples": 10, "folds": 2})
     assert s.probe_examples("digits") == 10
     assert s.autoattack_examples("digits") == min(s.examples["digits"], 32)
+
+
+def test_device_cuda_asks_each_gpu_rule_for_a_gpu_and_sizes_its_gpu_memory():
+    cpu, gpu = sizer(), sizer(device="cuda")
+    assert {rule: cpu.gpus(rule) for rule in SIZE_SETTINGS} == dict.fromkeys(SIZE_SETTINGS, 0)
+    assert {r for r in SIZE_SETTINGS if gpu.gpus(r)} == GPU_RULES == set(GPU_SETTINGS)
+    assert gpu.gpus("probe") == 0  # numpy on the CPU
+    assert sizer(device="auto").gpus("train") == 0  # auto asks for none
+    wildcards = SimpleNamespace(**vars(MODEL), checkpoint="final", inputs="pgd")
+    for rule, wc in (("train", MODEL), ("attack", wildcards), ("extract", wildcards)):
+        on_cpu, on_gpu = cpu.estimate(rule, wc), gpu.estimate(rule, wc)
+        assert "gpu_mem_mb" not in on_cpu and on_gpu["gpu"] == 1, rule
+        # The activations of a pass live on the GPU, not on the host.
+        assert on_gpu["mem_mb"] < on_cpu["mem_mb"] and on_gpu["runtime"] == on_cpu["runtime"]
+        assert on_gpu["gpu_mem_mb"] > GPU_RESERVED_MB
+    train = gpu.estimate("train", MODEL)["gpu_mem_mb"]
+    bigger = sizer(device="cuda", training={**TINY["training"], "batch_size": 1024})
+    assert bigger.estimate("train", MODEL)["gpu_mem_mb"] > train  # a training step is not split
+
+
+def test_numpy_work_runs_at_the_cpu_rate_and_networks_at_the_device_rate():
+    slow_cpu = {"gflops": 20, "cpu_gflops": 0.001}
+    s, base = sizer(resources=slow_cpu), sizer()
+    analysis, dataset, pair = next(iter(s.comparisons))
+    sim = SimpleNamespace(analysis=analysis, dataset=dataset, pair=pair)
+    assert s.estimate("train", MODEL)["runtime"] == base.estimate("train", MODEL)["runtime"]
+    assert s.estimate("similarity", sim)["runtime"] > base.estimate("similarity", sim)["runtime"]
+    fast_gpu = sizer(device="cuda", resources={"gflops": 1e-3, "cpu_gflops": 20})
+    assert fast_gpu.estimate("train", MODEL)["runtime"] > base.estimate("train", MODEL)["runtime"]
+
+
+def test_a_gpu_job_on_a_node_without_gpus_is_refused_before_anything_runs():
+    s = sizer(device="cuda")
+    cpu_node = NodeCapacity(64, 10**6, None, "config resources.node", gpus=0)
+    with pytest.raises(ResourceRequestError, match="rule train computes on a GPU"):
+        s.check_every_job(s.planned_jobs([], [], [], []), cpu_node)
+    gpu_node = NodeCapacity(64, 10**6, None, "config resources.node", gpus=1, gpu_mem_mb=2000)
+    s.check_every_job(s.planned_jobs([], [], [], []), gpu_node)
+    small = NodeCapacity(64, 10**6, None, "config resources.node", gpus=1, gpu_mem_mb=1000)
+    with pytest.raises(ResourceRequestError, match="GPU memory.*lower training.batch_size"):
+        s.check_every_job(s.planned_jobs([], [], [], []), small)
+    sizer().check_every_job(sizer().planned_jobs([], [], [], []), cpu_node)  # cpu: no GPU asked

@@ -1,4 +1,5 @@
-"""The `robrep` command: `robrep verify [RESULTS]` checks a results tree (see `robrep.pipeline.verify`)."""
+"""The `robrep` command: `robrep verify [RESULTS]` checks a results tree (`robrep.pipeline.verify`);
+`robrep plan [--configfile F ...]` prints what a config's run costs (`robrep.pipeline.plan`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import sys
 from pathlib import Path
 
 from robrep.pipeline.verify import leftovers, verify_results
+
+# The workflow's embedded default config, which every --configfile updates (as Snakemake does).
+WORKFLOW_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG = WORKFLOW_ROOT / "config" / "config.yaml"
+SCHEMA = WORKFLOW_ROOT / "config" / "schema.yaml"
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -24,6 +30,46 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if findings else 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from robrep.pipeline import plan as rplan
+    from robrep.pipeline.cluster import ResourceRequestError, node_capacity
+    from robrep.pipeline.config import ConfigError, load_config
+    from robrep.pipeline.jobs import JobSizer
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for path in args.configfile:
+        if not Path(path).is_file():
+            print(f"robrep plan: config file {path} does not exist", file=sys.stderr)
+            return 2
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    try:
+        study, warnings = load_config(
+            config, yaml.safe_load(SCHEMA.read_text()), lambda c: validate(c, str(SCHEMA))
+        )
+    except ConfigError as err:
+        print(f"robrep plan: invalid config: {err}", file=sys.stderr)
+        return 2
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    work = rplan.planned_work(config, study)
+    sizer = JobSizer(config, study, work.comparisons)
+    jobs = list(sizer.planned_jobs(work.attacked, work.stores, work.probed, work.autoattacked))
+    plans = rplan.plan_by_rule(
+        jobs, sizer.estimate, {r: sizer.threads(r) for r, _ in jobs}, sizer.gpus
+    )
+    node = node_capacity(config["resources"].get("node"), ask_slurm=args.slurm)
+    print(rplan.format_plan(plans, node))
+    try:
+        sizer.check_every_job(jobs, node)
+    except ResourceRequestError as err:
+        print(f"robrep plan: refused at start-up: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robrep", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,8 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify.add_argument("results", nargs="?", default="results", help="default: results")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    plan = commands.add_parser(
+        "plan",
+        help="jobs per rule, CPU- and GPU-hours, the largest memory requests and the storage of "
+        "a config's run, from the resource model that sizes its jobs; exit 1 when a job would "
+        "be refused at start-up",
+    )
+    plan.add_argument(
+        "--configfile",
+        nargs="+",
+        default=[],
+        help="config files over the embedded default, as snakemake --configfile",
+    )
+    plan.add_argument(
+        "--slurm", action="store_true", help="without resources.node: size for sinfo's node"
+    )
     args = parser.parse_args(argv)
-    return {"verify": _verify}[args.command](args)
+    return {"verify": _verify, "plan": _plan}[args.command](args)
 
 
 if __name__ == "__main__":

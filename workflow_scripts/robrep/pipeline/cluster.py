@@ -14,7 +14,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 # squeue reasons of a pending job that no amount of waiting resolves (SLURM's `squeue` man page,
@@ -46,16 +46,22 @@ class ResourceRequestError(ValueError):
 
 @dataclass(frozen=True)
 class NodeCapacity:
-    """What one node gives a job: CPUs, memory (MB) and the longest runtime (minutes, or None)."""
+    """What one node gives a job: CPUs, memory (MB), the longest runtime (minutes), GPUs and the
+    memory of one GPU (MB); None where unknown (no limit, or not said)."""
 
     cores: int
     mem_mb: int
     max_runtime: int | None
     source: str  # where the figures come from, for messages
+    gpus: int | None = None
+    gpu_mem_mb: int | None = None
 
     def __str__(self) -> str:
         limit = "no time limit" if self.max_runtime is None else f"{self.max_runtime} min"
-        return f"{self.cores} CPUs, {self.mem_mb} MB, {limit} ({self.source})"
+        gpus = "" if self.gpus is None else f", {self.gpus} GPUs"
+        if self.gpus and self.gpu_mem_mb is not None:
+            gpus += f" of {self.gpu_mem_mb} MB"
+        return f"{self.cores} CPUs, {self.mem_mb} MB{gpus}, {limit} ({self.source})"
 
 
 def parse_time_limit(text: str) -> int | None:
@@ -77,27 +83,42 @@ def parse_time_limit(text: str) -> int | None:
     return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
+def gres_gpus(text: str) -> int:
+    """GPUs in a SLURM gres string (`gpu:4`, `gpu:a100:2(S:0-1),mps:100`, `(null)`)."""
+    count = 0
+    for item in text.split(","):
+        fields = re.sub(r"\(.*?\)", "", item.strip()).split(":")
+        if fields[0] == "gpu" and len(fields) > 1 and fields[-1].isdigit():
+            count += int(fields[-1])
+    return count
+
+
 def parse_sinfo(text: str) -> NodeCapacity | None:
-    """The largest node of `sinfo -h -N -o "%c|%m|%l"` output (CPUs, then memory, decide)."""
+    """The largest node of `sinfo -h -N -o "%c|%m|%l|%G"` output (CPUs, then memory, decide; the
+    GPUs are the most any node has: a GPU job goes to a GPU node). Without the gres column the
+    GPUs are unknown."""
     nodes = []
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 3:
+        if len(fields) not in (3, 4):
             continue
         cpus, mem = (re.sub(r"\D", "", f) for f in fields[:2])
         if cpus and mem:
-            nodes.append((int(cpus), int(mem), parse_time_limit(fields[2])))
+            gpus = gres_gpus(fields[3]) if len(fields) == 4 else None
+            nodes.append((int(cpus), int(mem), parse_time_limit(fields[2]), gpus))
     if not nodes:
         return None
-    cores, mem_mb, _ = max(nodes, key=lambda n: (n[0], n[1]))
+    cores, mem_mb, _, _ = max(nodes, key=lambda n: (n[0], n[1]))
     limits = [n[2] for n in nodes]
     max_runtime = None if None in limits else max(limits)
-    return NodeCapacity(cores, mem_mb, max_runtime, "the largest node sinfo lists")
+    counts = [n[3] for n in nodes if n[3] is not None]
+    gpus = max(counts) if counts else None
+    return NodeCapacity(cores, mem_mb, max_runtime, "the largest node sinfo lists", gpus)
 
 
 def largest_slurm_node() -> NodeCapacity | None:
     """The largest node SLURM reports; None when sinfo cannot answer."""
-    command = ["sinfo", "-h", "-N", "-o", "%c|%m|%l"]
+    command = ["sinfo", "-h", "-N", "-o", "%c|%m|%l|%G"]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -106,34 +127,52 @@ def largest_slurm_node() -> NodeCapacity | None:
 
 
 def node_capacity(configured: dict | None, ask_slurm: bool) -> NodeCapacity | None:
-    """Config `resources.node` ({cores, mem_mb[, max_runtime]}) if set, else (with `ask_slurm`)
-    the largest node SLURM lists; None when neither says."""
+    """Config `resources.node` ({cores, mem_mb[, max_runtime, gpus, gpu_mem_mb]}) if set, else
+    (with `ask_slurm`) the largest node SLURM lists; None when neither says."""
     if configured:
         return NodeCapacity(
             int(configured["cores"]),
             int(configured["mem_mb"]),
             configured.get("max_runtime"),
             "config resources.node",
+            int(configured.get("gpus", 0)),
+            configured.get("gpu_mem_mb"),
         )
     return largest_slurm_node() if ask_slurm else None
 
 
 def check_request(
-    rule: str, mem_mb: int, runtime: int, node: NodeCapacity | None, setting: str
+    rule: str,
+    request: Mapping[str, int],
+    node: NodeCapacity | None,
+    setting: str,
+    gpu_setting: str = "",
 ) -> None:
-    """Refuse a job that no node can run; `setting` names the config key that sets its size."""
+    """Refuse a job (`request`: its mem_mb, runtime, and on a GPU gpu and gpu_mem_mb) that no node
+    can run; `setting` names the config keys that size it, `gpu_setting` its GPU memory."""
     if node is None:
         return
-    over = []
-    if mem_mb > node.mem_mb:
-        over.append(f"{mem_mb} MB of memory")
-    if node.max_runtime is not None and runtime > node.max_runtime:
-        over.append(f"{runtime} min of runtime")
+    gpus = request.get("gpu", 0)
+    if gpus and node.gpus is not None and node.gpus < gpus:
+        raise ResourceRequestError(
+            f"rule {rule} computes on a GPU (device: cuda) but the node has none ({node}); "
+            "set device: cpu (or auto, which asks for no GPU), submit to a GPU partition "
+            "(slurm_partition), or give the node's GPUs in resources.node.gpus"
+        )
+    over, change = [], [setting]
+    if request["mem_mb"] > node.mem_mb:
+        over.append(f"{request['mem_mb']} MB of memory")
+    if node.max_runtime is not None and request["runtime"] > node.max_runtime:
+        over.append(f"{request['runtime']} min of runtime")
+    gpu_mem = request.get("gpu_mem_mb")
+    if gpu_mem and node.gpu_mem_mb is not None and gpu_mem > node.gpu_mem_mb:
+        over.append(f"{gpu_mem} MB of GPU memory")
+        change = [gpu_setting or setting]
     if over:
         raise ResourceRequestError(
             f"rule {rule} asks for {' and '.join(over)}, more than one node gives ({node}); "
-            f"lower {setting}, or set its mem_mb/runtime under set-resources in the profile, "
-            "or submit to a partition with larger nodes (slurm_partition)"
+            f"lower {' or '.join(change)}, or set its mem_mb/runtime under set-resources in the "
+            "profile, or submit to a partition with larger nodes (slurm_partition)"
         )
 
 

@@ -158,12 +158,23 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"datasets[{i}]: unknown dataset {name!r}{suggest(name, datasets)}; "
                 f"valid: {', '.join(datasets)}"
             )
-    for i, arch in enumerate(config.get("architectures") or []):
-        check_safe_name(arch, f"architectures[{i}]")
-        try:
-            architecture_ok(arch)
-        except ValueError as err:
-            raise ConfigError(f"architectures[{i}]: {err}") from None
+    archs = config.get("architectures") or []
+    if isinstance(archs, Mapping):
+        for name in archs:
+            if name not in (config.get("datasets") or []):
+                raise ConfigError(
+                    f"architectures: {name!r} is not one of the config's datasets; "
+                    f"datasets: {', '.join(config.get('datasets') or [])}"
+                )
+    lists = archs.items() if isinstance(archs, Mapping) else [("", archs)]
+    for dataset, names in lists:
+        for i, arch in enumerate(names or []):
+            where = f"architectures.{dataset}[{i}]" if dataset else f"architectures[{i}]"
+            check_safe_name(arch, where)
+            try:
+                architecture_ok(arch)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from None
     seen: dict[str, int] = {}
     parsed: dict[tuple, int] = {}
     for i, method in enumerate(config.get("methods") or []):
@@ -535,6 +546,13 @@ def activation_checkpoints(config: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def architectures_of(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The architectures trained on `dataset`: config `architectures`, one list for every dataset
+    or a list per dataset (a dataset it does not name trains none)."""
+    archs = config.get("architectures") or []
+    return list(archs.get(dataset, [])) if isinstance(archs, Mapping) else list(archs)
+
+
 def study_from_config(config: Mapping[str, Any]) -> Study:
     """The study of a validated config: every dataset x architecture x method x seed, then the
     imported models, with the resolved methods, the activation checkpoints and each
@@ -547,7 +565,7 @@ def study_from_config(config: Mapping[str, Any]) -> Study:
     trained = tuple(
         ModelKey(d, a, m, s)
         for d in config["datasets"]
-        for a in config.get("architectures", [])
+        for a in architectures_of(config, d)
         for m in methods
         for s in config.get("seeds", [])
     )

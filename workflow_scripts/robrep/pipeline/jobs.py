@@ -1,5 +1,9 @@
-"""Job sizing: each rule's memory, runtime and disk request for one job, from the config and the
-study, fitted to the node every submission must run on.
+"""Job sizing: each rule's memory, runtime, disk and GPU request for one job, from the config and
+the study, fitted to the node every submission must run on.
+
+Devices are resources: under `device: cuda` every rule of `GPU_RULES` asks for one GPU (the
+`gpu` resource, which the SLURM executor turns into a GPU request) and its GPU memory is checked
+against the node's; every other rule, and every rule under `auto` or `cpu`, asks for none.
 
 `JobSizer(config, study, comparisons).request(rule, key, wildcards, attempt, node)` is what a
 rule's `resources:` asks; the estimates themselves are `robrep.pipeline.resources`. A first
@@ -31,6 +35,26 @@ SIZE_SETTINGS = {
     "probe": "probes.n_examples/folds or activations.features",
     "autoattack": "evaluation.autoattack.n_examples/version or resources.gflops",
 }
+# What a rule's GPU memory grows with, named when its largest pass cannot fit the node's GPU.
+GPU_SETTINGS = {
+    "train": "training.batch_size",
+    "import_model": "a GPU with more memory (one example's attack pass does not fit)",
+    "attack": "a GPU with more memory (one example's attack pass does not fit)",
+    "extract": "activations.cka_batch_size",
+    "similarity": "activations.cka_batch_size or activations.layers",
+    "autoattack": "evaluation.autoattack.batch_size",
+}
+GPU_RULES = frozenset(GPU_SETTINGS)  # the rules that compute on a GPU under device: cuda
+# The config `threads` entry each sized rule's jobs run with.
+THREADS = {
+    "train": "train",
+    "import_model": "train",
+    "autoattack": "train",
+    "attack": "extract",
+    "extract": "extract",
+    "similarity": "similarity",
+    "probe": "similarity",
+}
 VALUE_BYTES = {"float32": 4, "float16": 2}  # activations.dtype
 
 
@@ -59,7 +83,9 @@ class JobSizer:
         self.act = config["activations"]
         self.examples = examples_used(config)
         self.external = {m.id: entry for m, entry in external_models(config).items()}
-        self.gflops = config["resources"]["gflops"]
+        self.gflops = config["resources"]["gflops"]  # where the networks run
+        self.cpu_gflops = config["resources"]["cpu_gflops"]  # numpy work on a job's CPU cores
+        self.on_gpu = config["device"] == "cuda"
         self.attack_batch = self.act["batch_size"]  # its own setting: not the CKA partition
         self._estimators = {
             "train": self._train,
@@ -82,11 +108,20 @@ class JobSizer:
         """Examples AutoAttack attacks: its n_examples, at most the test split."""
         return min(self.examples[dataset], self.config["evaluation"]["autoattack"]["n_examples"])
 
+    def threads(self, rule: str) -> int:
+        """The threads (CPUs) one job of `rule` runs with: config `threads`, `THREADS[rule]`."""
+        return int(self.config["threads"][THREADS[rule]])
+
+    def gpus(self, rule: str) -> int:
+        """The GPUs one job of `rule` asks for: 1 for a GPU rule under device: cuda, else 0."""
+        return int(self.on_gpu and rule in GPU_RULES)
+
     # ------------------------------------------------------------------------------------------
     # Estimates (first attempt, no node).
 
     def estimate(self, rule: str, wildcards: Any) -> dict[str, int]:
-        """mem_mb, runtime (minutes) and, for rules that write stores, disk_mb of one job."""
+        """mem_mb, runtime (minutes), for rules that write stores disk_mb, and for a job on a GPU
+        gpu (1) and gpu_mem_mb (its largest pass) of one job."""
         try:
             estimator = self._estimators[rule]
         except KeyError:
@@ -102,7 +137,7 @@ class JobSizer:
         one node (disk is not a node limit); a first attempt no node can run is refused."""
         est = self.estimate(rule, wildcards)
         if attempt == 1:
-            check_request(rule, est["mem_mb"], est["runtime"], node, SIZE_SETTINGS[rule])
+            check_request(rule, est, node, SIZE_SETTINGS[rule], GPU_SETTINGS.get(rule, ""))
         value = est[key] * attempt
         if node is not None and key == "mem_mb":
             value = min(value, node.mem_mb)
@@ -168,6 +203,7 @@ class JobSizer:
             self.config["evaluation"]["val_steps"],
             self.gflops,
             training["val_fraction"],
+            self.on_gpu,
         )
 
     def _import_model(self, wc: Any) -> dict[str, int]:
@@ -175,7 +211,13 @@ class JobSizer:
         geo, cost = self._cost(entry["dataset"], entry["arch"])
         evaluation = self.config["evaluation"]
         return rres.attack_resources(
-            geo, cost, geo.examples, evaluation["batch_size"], evaluation["steps"], self.gflops
+            geo,
+            cost,
+            geo.examples,
+            evaluation["batch_size"],
+            evaluation["steps"],
+            self.gflops,
+            self.on_gpu,
         )
 
     def _attack(self, wc: Any) -> dict[str, int]:
@@ -187,6 +229,7 @@ class JobSizer:
             self.attack_batch,
             self.config["evaluation"]["steps"],
             self.gflops,
+            self.on_gpu,
         )
 
     def _extract(self, wc: Any) -> dict[str, int]:
@@ -200,6 +243,7 @@ class JobSizer:
             VALUE_BYTES[self.act["dtype"]],
             self.act["cka_batch_size"],
             self.act["passes"],
+            self.on_gpu,
         )
 
     def _similarity(self, wc: Any) -> dict[str, int]:
@@ -214,13 +258,15 @@ class JobSizer:
             self.act["cka_batch_size"],
             self.act["passes"],
             full,
-            self.gflops,
+            self.gflops if self.on_gpu else self.cpu_gflops,
+            self.cpu_gflops,
+            self.on_gpu,
         )
 
     def _probe(self, wc: Any) -> dict[str, int]:
         _, cost = self._cost(wc.dataset, wc.arch)
         n = self.probe_examples(wc.dataset)
-        return rres.probe_resources(cost, n, self.config["probes"]["folds"], self.gflops)
+        return rres.probe_resources(cost, n, self.config["probes"]["folds"], self.cpu_gflops)
 
     def _autoattack(self, wc: Any) -> dict[str, int]:
         geo, cost = self._cost(wc.dataset, wc.arch)
@@ -234,4 +280,5 @@ class JobSizer:
             self.config["evaluation"]["steps"],
             autoattack["batch_size"],
             self.gflops,
+            self.on_gpu,
         )

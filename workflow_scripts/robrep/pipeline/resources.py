@@ -3,8 +3,11 @@
 A cluster scheduler needs memory and runtime up front. These estimates come from what a job will
 do: the dataset's size on disk, the model's parameters, FLOPs and activation volume per image
 (counted once per architecture and input shape on meta tensors), the number of epochs and
-attack steps, and a sustained throughput `gflops` that describes the machine (config
-`resources.gflops`). Retries multiply them by the attempt number.
+attack steps, and the sustained rates of where the work runs (config `resources.gflops` for the
+device that runs the networks, `resources.cpu_gflops` for numpy work on a job's CPU cores).
+Host memory (`mem_mb`) holds what a job keeps on the host; with `on_gpu` the activations of its
+passes live on the GPU and are estimated there (`gpu_mem_mb`, `learn.cost.gpu_memory`). Retries
+multiply them by the attempt number.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from robrep.learn.cost import MB, ModelCost
+from robrep.learn.cost import GPU_RESERVED_MB, MB, ModelCost, gpu_memory
 from robrep.learn.data import DATASET_INFO, input_geometry
 
 
@@ -73,19 +76,28 @@ def train_resources(
     eval_steps: int,
     gflops: float,
     val_fraction: float,
+    on_gpu: bool = False,
 ) -> dict[str, int]:
-    """mem_mb and runtime (minutes) of one training job."""
+    """mem_mb and runtime (minutes) of one training job, and with `on_gpu` its gpu_mem_mb (a
+    training step at `batch_size`: it is not split)."""
     mem = (
         1500
         + 2 * geometry.megabytes
         + 16 * cost.params * 4 / MB  # weights, grads, momentum, saved states
-        + 3 * batch_size * cost.activation_values_per_image * 4 / MB
     )
+    if not on_gpu:
+        mem += 3 * batch_size * cost.activation_values_per_image * 4 / MB
     n_train = geometry.examples * (1 - val_fraction)
     train_flops = 3 * cost.flops_per_image * n_train * (1 + attack_steps)  # fwd + bwd per pass
     val_flops = 3 * cost.flops_per_image * geometry.examples * val_fraction * (1 + eval_steps)
     seconds = epochs * (train_flops + val_flops) / (gflops * 1e9)
-    return {"mem_mb": int(math.ceil(mem)), "runtime": int(10 + math.ceil(2 * seconds / 60))}
+    out = {"mem_mb": int(math.ceil(mem)), "runtime": int(10 + math.ceil(2 * seconds / 60))}
+    return out | _on_gpu(on_gpu, gpu_memory(cost, "train").at(batch_size))
+
+
+def _on_gpu(on_gpu: bool, gpu_mem_mb: int) -> dict[str, int]:
+    """The GPU part of a job's request: one GPU and the memory of its largest pass."""
+    return {"gpu": 1, "gpu_mem_mb": gpu_mem_mb} if on_gpu else {}
 
 
 def extract_resources(
@@ -97,23 +109,26 @@ def extract_resources(
     value_bytes: int = 4,
     cka_batch_size: int = 100,
     passes: int = 1,
+    on_gpu: bool = False,
 ) -> dict[str, int]:
     """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
-    (`adversarial`: it reads stored adversarial examples; value_bytes from `activations.dtype`).
+    (`adversarial`: it reads stored adversarial examples; value_bytes from `activations.dtype`),
+    and with `on_gpu` its gpu_mem_mb (a whole CKA batch: its Grams need every row at once).
 
     Work: a forward pass per batch of every pass, and per batch and probed layer a symmetric Gram
-    product (about b² D multiply-adds). Memory: the model, a forward batch, the adversarial
-    examples, and two batches of Grams and features in flight."""
+    product (about b² D multiply-adds). Memory: the model, a forward batch (on the host unless
+    `on_gpu`), the adversarial examples, and two batches of Grams and features in flight."""
     b = cka_batch_size
     images = n_examples * geometry.channels * geometry.size**2 * 4 if adversarial else 0
     mem = (
         1500
         + geometry.megabytes
         + 4 * cost.params * 4 / MB
-        + b * cost.activation_values_per_image * 4 / MB
         + images / MB
         + 2 * (cost.probe_layers * b * (b + 1) / 2 * 4 + b * cost.feature_values * 4) / MB
     )
+    if not on_gpu:
+        mem += b * cost.activation_values_per_image * 4 / MB
     flops = n_examples * cost.flops_per_image * passes
     flops += passes * n_examples * b * cost.probe_values  # b² D per batch and layer
     seconds = flops / (gflops * 1e9)
@@ -122,7 +137,7 @@ def extract_resources(
         "mem_mb": int(math.ceil(mem)),
         "runtime": int(5 + math.ceil(2 * seconds / 60)),
         "disk_mb": int(math.ceil(10 + size.total / MB)),
-    }
+    } | _on_gpu(on_gpu, gpu_memory(cost, "extract", b).at(b))
 
 
 def attack_resources(
@@ -132,24 +147,23 @@ def attack_resources(
     batch_size: int,
     steps: int,
     gflops: float,
+    on_gpu: bool = False,
 ) -> dict[str, int]:
     """mem_mb, runtime (minutes) and disk_mb of crafting one checkpoint's adversarial examples:
     PGD-`steps` (a forward and a backward per step) on `n_examples`, `batch_size` at a time.
-    Memory: the model, a batch's forward and backward, the clean and adversarial images."""
+    Memory: the model, the clean and adversarial images, and a batch's forward and backward: on
+    the host, or with `on_gpu` on the GPU, where a batch runs in microbatches that fit
+    (gpu_mem_mb: one example's pass, the least the job can run with)."""
     images = n_examples * geometry.channels * geometry.size**2 * 4
-    mem = (
-        1500
-        + geometry.megabytes
-        + 4 * cost.params * 4 / MB
-        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
-        + 2 * images / MB
-    )
+    mem = 1500 + geometry.megabytes + 4 * cost.params * 4 / MB + 2 * images / MB
+    if not on_gpu:
+        mem += 2 * batch_size * cost.activation_values_per_image * 4 / MB
     seconds = n_examples * cost.flops_per_image * (3 * steps + 1) / (gflops * 1e9)
     return {
         "mem_mb": int(math.ceil(mem)),
         "runtime": int(5 + math.ceil(2 * seconds / 60)),
         "disk_mb": int(math.ceil(10 + images / MB)),
-    }
+    } | _on_gpu(on_gpu, gpu_memory(cost, "attack").at(1))
 
 
 def similarity_resources(
@@ -160,23 +174,29 @@ def similarity_resources(
     passes: int,
     full_data: bool,
     gflops: float,
+    cpu_gflops: float | None = None,
+    on_gpu: bool = False,
 ) -> dict[str, int]:
     """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the packed
     Grams (per batch: each store's chunk, read into two alternating buffers, and one float64
-    product of the stacked triangles) and, with `full_data`, N x N Grams and eigendecompositions
-    of the feature layers."""
+    product of the stacked triangles; at `gflops`, on the GPU with `on_gpu`, which then holds
+    the float64 chunks: gpu_mem_mb) and, with `full_data`, N x N Grams and eigendecompositions
+    of the feature layers (numpy float64 on the CPU, at `cpu_gflops`, default `gflops`)."""
     b = cka_batch_size
     layers = cost_a.probe_layers + cost_b.probe_layers
     batches = passes * math.ceil(n_examples / b)
-    mem = 1500 + 2 * layers * b * (b + 1) / 2 * 4 / MB  # two chunk buffers per store
+    chunks = 2 * layers * b * (b + 1) / 2  # two chunk buffers per store
+    mem = 1500 + chunks * 4 / MB
     flops = batches * layers**2 * b * b  # (2L)² over b²/2 entries, twice (multiply, add)
+    seconds = flops / (gflops * 1e9)
     if full_data:
         feature_layers = cost_a.feature_layers + cost_b.feature_layers
         widest = max(cost_a.widest_feature, cost_b.widest_feature)
         mem += feature_layers * n_examples**2 * 8 * 3 / MB  # Gram, eigenvectors, a centred copy
-        flops += feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
-    seconds = flops / (gflops * 1e9)
-    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+        cpu_flops = feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
+        seconds += cpu_flops / ((cpu_gflops or gflops) * 1e9)
+    out = {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+    return out | _on_gpu(on_gpu, int(math.ceil(GPU_RESERVED_MB + chunks * 8 / MB)))
 
 
 def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float) -> dict[str, int]:
@@ -210,10 +230,12 @@ def autoattack_resources(
     pgd_steps: int,
     batch_size: int,
     gflops: float,
+    on_gpu: bool = False,
 ) -> dict[str, int]:
     """mem_mb and runtime (minutes) of one model's AutoAttack and PGD evaluation on `n_examples`:
     every attack on every example (an upper bound: AutoAttack only attacks what is still
-    robust)."""
+    robust); with `on_gpu`, gpu_mem_mb of an attack pass at `batch_size` (AutoAttack's batch is
+    not split: it seeds its random starts per batch)."""
     from robrep.learn.robustness import VERSIONS
 
     names = VERSIONS[attacks] if isinstance(attacks, str) else attacks
@@ -222,8 +244,10 @@ def autoattack_resources(
         1500
         + geometry.megabytes
         + 4 * cost.params * 4 / MB
-        + 2 * batch_size * cost.activation_values_per_image * 4 / MB
         + 3 * n_examples * geometry.channels * geometry.size**2 * 4 / MB
     )
+    if not on_gpu:
+        mem += 2 * batch_size * cost.activation_values_per_image * 4 / MB
     seconds = n_examples * cost.flops_per_image * passes / (gflops * 1e9)
-    return {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+    out = {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
+    return out | _on_gpu(on_gpu, gpu_memory(cost, "attack").at(batch_size))

@@ -1,0 +1,120 @@
+"""What a config's run will do and what it costs, before anything runs.
+
+`planned_work` derives the jobs the DAG plans (comparisons, stores, adversarial examples, probes,
+AutoAttack evaluations) once, for the workflow and for `robrep plan`; `plan_by_rule` sums the job
+sizer's requests per rule (`robrep.pipeline.jobs.JobSizer`, the numbers every job is submitted
+with), and `format_plan` prints them beside the node they must fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from robrep.ids import ModelKey, StoreKey, adversarial_path, adversarial_source
+from robrep.pipeline.cluster import NodeCapacity
+from robrep.study.analyses import comparisons
+from robrep.study.study import Pair, Study
+
+RESULTS = "results"  # the results tree, relative to the working directory
+
+
+@dataclass(frozen=True)
+class PlannedWork:
+    """The work of one study: every comparison, every store a comparison or a probe reads (once),
+    every (model, checkpoint) whose adversarial examples a store reads (once), and the stores and
+    models probed and attacked by AutoAttack."""
+
+    comparisons: dict[tuple[str, str, str], Pair]
+    stores: list[StoreKey]
+    attacked: list[tuple[ModelKey, str]]
+    probed: list[StoreKey]
+    autoattacked: list[ModelKey]
+
+
+def planned_work(config: Mapping[str, Any], study: Study) -> PlannedWork:
+    """The `PlannedWork` of a checked config (`pipeline.config.load_config`) and its study."""
+    pairs = comparisons(study, config["analyses"])
+    probed = [StoreKey(m) for m in study.models] if config["probes"]["folds"] else []
+    autoattacked = list(study.models) if config["evaluation"]["autoattack"]["n_examples"] else []
+    stores = sorted(
+        {s for pair in pairs.values() for s in pair} | set(probed), key=lambda s: s.path(RESULTS)
+    )
+    attacked = sorted(
+        {
+            (source, s.checkpoint)
+            for s in stores
+            if (source := adversarial_source(s.inputs, s.model)) is not None
+        },
+        key=lambda mc: adversarial_path(RESULTS, *mc),
+    )
+    return PlannedWork(pairs, stores, attacked, probed, autoattacked)
+
+
+@dataclass
+class RulePlan:
+    """One rule's jobs summed: requested runtime (minutes) times threads and GPUs, the largest
+    memory requests, and the disk its outputs take (where the sizer estimates it)."""
+
+    rule: str
+    threads: int
+    jobs: int = 0
+    minutes: int = 0
+    gpus: int = 0  # per job
+    largest_mem_mb: int = 0
+    largest_gpu_mem_mb: int = 0
+    disk_mb: int = 0
+    largest_runtime: int = 0
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.minutes * self.threads / 60
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.minutes * self.gpus / 60
+
+
+def plan_by_rule(
+    jobs: Iterable[tuple[str, Any]], estimate: Any, threads: Mapping[str, int], gpus: Any
+) -> list[RulePlan]:
+    """Per rule, in order of first appearance: the sums of `estimate(rule, wildcards)` (the job
+    sizer's first-attempt request) over `jobs`; `threads[rule]` and `gpus(rule)` per job."""
+    plans: dict[str, RulePlan] = {}
+    for rule, wildcards in jobs:
+        plan = plans.setdefault(rule, RulePlan(rule, threads[rule], gpus=gpus(rule)))
+        est = estimate(rule, wildcards)
+        plan.jobs += 1
+        plan.minutes += est["runtime"]
+        plan.largest_runtime = max(plan.largest_runtime, est["runtime"])
+        plan.largest_mem_mb = max(plan.largest_mem_mb, est["mem_mb"])
+        plan.largest_gpu_mem_mb = max(plan.largest_gpu_mem_mb, est.get("gpu_mem_mb", 0))
+        plan.disk_mb += est.get("disk_mb", 0)
+    return list(plans.values())
+
+
+def format_plan(plans: list[RulePlan], node: NodeCapacity | None) -> str:
+    """The plan as a table with a total line and the node every job must fit."""
+    head = (
+        f"{'rule':<14}{'jobs':>7}{'threads':>8}{'GPUs':>5}{'CPU-h':>10}{'GPU-h':>9}"
+        f"{'max min':>9}{'max mem MB':>12}{'max GPU MB':>12}{'disk GB':>9}"
+    )
+    lines = [head]
+    for p in plans:
+        lines.append(
+            f"{p.rule:<14}{p.jobs:>7}{p.threads:>8}{p.gpus:>5}{p.cpu_hours:>10.1f}"
+            f"{p.gpu_hours:>9.1f}{p.largest_runtime:>9}{p.largest_mem_mb:>12}"
+            f"{p.largest_gpu_mem_mb or '-':>12}{p.disk_mb / 1024:>9.1f}"
+        )
+    lines.append(
+        f"{'total':<14}{sum(p.jobs for p in plans):>7}{'':>8}{'':>5}"
+        f"{sum(p.cpu_hours for p in plans):>10.1f}{sum(p.gpu_hours for p in plans):>9.1f}"
+        f"{'':>9}{'':>12}{'':>12}{sum(p.disk_mb for p in plans) / 1024:>9.1f}"
+    )
+    lines.append(
+        "hours are the requested runtimes (the resource model's estimate with its 2x margin); "
+        "disk: activation stores and adversarial examples, uncompressed"
+    )
+    lines.append(f"node: {node}" if node else "node: none given (resources.node), not checked")
+    return "\n".join(lines)
