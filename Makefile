@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test test-unit lint report dryrun verify bench-env bench config-reference
+.PHONY: run test test-unit lint report dryrun plan verify bench-env bench config-reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ lint: $(STAMP)
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES)
+
+# What a config's run costs, per rule, from the resource model (PLAN_ARGS="--configfile F ...").
+plan: $(STAMP)
+	$(BIN)/robrep plan $(PLAN_ARGS)
 
 # The competitors of benchmarks/bench_cka.py, kept out of the project's venv.
 BENCH_ENV := benchmarks/.env
