@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the functions that attack: the config reads AttackSpec
+    import torch
+    from torch import nn
 
 DEFAULT_STEPS = 7
 STEP_FACTOR = 2.5  # default step size = 2.5 * eps / steps (Madry et al. 2018)
@@ -82,6 +82,8 @@ def random_start(
 ) -> torch.Tensor:
     """A uniform random point of `spec`'s eps-ball per example of `x`, drawn on the CPU from
     `generator` (the same numbers whatever the device)."""
+    import torch
+
     if spec.norm == "linf":
         u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
         return (2 * u - 1) * spec.eps
@@ -107,6 +109,9 @@ def pgd(
     KL(f(x) || f(x')) as in TRADES, ignoring `y`. `start`: the random start, already drawn
     (`random_start`); default: drawn here from `generator`.
     """
+    import torch
+    import torch.nn.functional as F
+
     if spec.eps == 0 or spec.steps == 0:
         return x.detach().clone()
     was_training = model.training
@@ -153,6 +158,8 @@ def pgd_in_microbatches(
     """`pgd` of a batch `x` (on the host) run `microbatch` rows at a time on `device`; the random
     start of the whole batch is drawn first, as `pgd` draws it, so the result (on the host) is the
     same for every microbatch."""
+    import torch
+
     if microbatch >= len(x):
         return pgd(model, x.to(device), y.to(device), spec, generator).cpu()
     start = None

@@ -7,6 +7,8 @@ allocator slack, weights, for training the gradients and optimizer state) plus b
 (for a pass with a backward, the activations autograd saves and their gradients; for a no-grad
 pass, the few largest layer outputs alive at once). `tests/test_cost.py` checks the per-example
 part against the bytes autograd really saves (`torch.autograd.graph.saved_tensors_hooks`).
+torch is imported by `model_cost` only, so that importing this module (the workflow does, to
+size jobs) costs no torch start-up.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from robrep.learn.models import LayerHooks, build_model
+if TYPE_CHECKING:
+    import torch
 
 MB = 2**20
 GPU_RESERVED_MB = 1024  # CUDA context, cuDNN workspace and allocator slack of one process
@@ -69,7 +71,10 @@ def model_cost(
     `layers`, `features` (default: `layers`; "none": no layer) and `pool` are the store's (config
     `activations`): they decide what is stored.
     """
+    import torch  # here, not at import: the workflow sizes jobs from cached costs without it
     from torch.utils.flop_counter import FlopCounterMode
+
+    from robrep.learn.models import LayerHooks, build_model
 
     with torch.device("meta"):
         model = build_model(arch, channels, classes, [0.5] * channels, [0.5] * channels).eval()

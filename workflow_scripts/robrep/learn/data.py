@@ -10,11 +10,12 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: the workflow reads this module
+    import torch
 
 from robrep.io.atomic import atomic_output
 
@@ -113,6 +114,8 @@ class Splits:
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Pixels as float32 in [0, 1] (uint8 is divided by 255)."""
+    import torch
+
     t = torch.as_tensor(x)
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
@@ -134,6 +137,8 @@ def stratified_split(
 
 def load_digits(image_size: int, channels: int, test_fraction: float, seed: int = 0):
     """scikit-learn's bundled 8x8 digits, scaled to [0,1], resized, optionally tiled to 3 channels."""
+    import torch
+    import torch.nn.functional as F
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
