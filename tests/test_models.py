@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from robrep.learn.models import REGISTRY, build_model, check_architecture
+from robrep.learn.architectures import REGISTRY, check_architecture
+from robrep.learn.models import build_model
 
 ARCHS = ["convnet", "convnet-2", "resnet18", "preact_resnet18", "wrn-10-1", "wrn-16-2", "vgg16_bn"]
 
@@ -56,7 +57,7 @@ def test_unknown_names_list_the_registry():
 
 def test_families_pair_only_one_network_at_several_sizes():
     """width_depth pairs architectures of one family; a foreign network's family is itself."""
-    from robrep.learn.models import arch_family
+    from robrep.learn.architectures import arch_family
 
     assert arch_family("wrn-10-1") == arch_family("wrn-28-4") == "wrn"
     assert arch_family("convnet") == arch_family("convnet-2") == "convnet"

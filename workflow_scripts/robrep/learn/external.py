@@ -21,9 +21,10 @@ import torch
 
 from robrep.io.checksums import write_json
 from robrep.io.weights import save_weights
+from robrep.learn.architectures import arch_kind
 from robrep.learn.attacks import AttackSpec
 from robrep.learn.data import Splits
-from robrep.learn.models import ProbedNet, arch_kind, build_model
+from robrep.learn.models import ProbedNet, build_model
 from robrep.runtime import software_versions
 
 FORMATS = ("torch", "safetensors")

@@ -8,13 +8,13 @@ foreign network's reused module is probed per call (`LayerHooks`).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from robrep.learn.architectures import architecture_entry
 
 # `{module}@{k}`: the k-th call, in one forward pass, of a module that runs several times.
 CALL = "@"
@@ -472,124 +472,6 @@ class VGG16BN(ProbedNet):
         return self.head(self.features(self.normalize(x)))
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """One registry entry: the name pattern, how to describe it, its kind, its builder, and
-    whether its architectures are one network at several widths/depths (`scaled`: the kind is
-    then their family, which the width_depth analysis compares; otherwise each architecture is a
-    family of its own)."""
-
-    pattern: re.Pattern[str]
-    description: str
-    kind: str
-    build: Callable[..., ProbedNet]
-    scaled: bool = True
-
-
-ARCHITECTURES = [
-    Architecture(
-        re.compile(r"^convnet(?:-(\d+))?$"),
-        "convnet or convnet-{width}",
-        "convnet",
-        lambda m, **kw: ConvNet(width=int(m.group(1) or 1), **kw),
-    ),
-    Architecture(re.compile(r"^resnet18$"), "resnet18", "resnet18", lambda m, **kw: ResNet(**kw)),
-    Architecture(
-        re.compile(r"^preact_resnet18$"),
-        "preact_resnet18",
-        "preact_resnet18",
-        lambda m, **kw: ResNet(preact=True, **kw),
-    ),
-    Architecture(
-        re.compile(r"^wrn-(\d+)-(\d+)$"),
-        "wrn-{depth}-{width} (depth = 6n + 4, e.g. wrn-28-10)",
-        "wrn",
-        lambda m, **kw: WideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
-    ),
-    Architecture(re.compile(r"^vgg16_bn$"), "vgg16_bn", "vgg16_bn", lambda m, **kw: VGG16BN(**kw)),
-    Architecture(
-        re.compile(r"^release-wrn-(\d+)-(\d+)$"),
-        "release-wrn-{depth}-{width} (the paper's released WRN, its checkpoints' keys)",
-        "release-wrn",
-        lambda m, **kw: ReleaseWideResNet(depth=int(m.group(1)), width=int(m.group(2)), **kw),
-    ),
-    Architecture(
-        re.compile(r"^torchvision-([a-z0-9_]+)$"),
-        "torchvision-{name} (a torchvision classifier, e.g. torchvision-resnet18)",
-        "torchvision",
-        lambda m, **kw: TorchvisionNet(name=m.group(1), **kw),
-        scaled=False,  # resnet18 and vgg16 are not one network at two sizes
-    ),
-    Architecture(
-        re.compile(r"^robustbench-(linf|l2|corruptions)-([A-Za-z0-9_-]+)$"),
-        "robustbench-{linf|l2|corruptions}-{zoo name} (RobustBench's model zoo, e.g. "
-        "robustbench-linf-Ding2020MMA; the robustbench extra)",
-        "robustbench",
-        lambda m, **kw: RobustBenchNet(threat=m.group(1), name=m.group(2), **kw),
-        scaled=False,
-    ),
-]
-REGISTRY = [a.description for a in ARCHITECTURES]
-
-
-def _entry(name: str) -> tuple[Architecture, re.Match[str]]:
-    """The registry entry of `name` and its match; ValueError naming the registry otherwise."""
-    for arch in ARCHITECTURES:
-        match = arch.pattern.match(name)
-        if match:
-            if arch.kind == "torchvision":
-                from torchvision import models as tv
-
-                names = tv.list_models(module=tv)
-                if match.group(1) not in names:
-                    raise ValueError(
-                        f"{name!r}: torchvision has no classifier {match.group(1)!r}; e.g. "
-                        f"{', '.join(n for n in names if n.startswith(('resnet', 'vgg')))}"
-                    )
-            if arch.kind == "robustbench":
-                from robrep.learn.robustbench_zoo import import_robustbench
-
-                try:
-                    import_robustbench()
-                except ImportError as err:
-                    raise ValueError(f"{name!r}: {err}") from None
-            if arch.kind in ("wrn", "release-wrn"):
-                depth, width = int(match.group(1)), int(match.group(2))
-                if depth < 10 or (depth - 4) % 6 or width < 1:
-                    raise ValueError(
-                        f"{name!r}: WRN depth must be 6n + 4 >= 10 and width >= 1 "
-                        f"(e.g. wrn-10-1, wrn-16-4, wrn-28-10)"
-                    )
-            if arch.kind == "convnet" and match.group(1) and int(match.group(1)) < 1:
-                raise ValueError(f"{name!r}: convnet width must be >= 1")
-            return arch, match
-    raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
-
-
-def check_architecture(name: str) -> None:
-    """Raise ValueError naming the registry when `name` is not a buildable architecture."""
-    _entry(name)
-
-
-def arch_kind(name: str) -> str:
-    """The registry entry architecture `name` belongs to (``torchvision-resnet18`` ->
-    ``torchvision``)."""
-    return _entry(name)[0].kind
-
-
-def arch_family(name: str) -> str:
-    """The family of architecture `name` (``wrn-28-4`` -> ``wrn``; a foreign network, whose
-    widths and depths robrep does not know, is its own: ``torchvision-resnet18``)."""
-    arch = _entry(name)[0]
-    return arch.kind if arch.scaled else name
-
-
-def arch_parts(name: str) -> tuple[str, ...]:
-    """The fields architecture `name` is made of (``robustbench-linf-Ding2020MMA`` ->
-    ``("linf", "Ding2020MMA")``; ``wrn-28-4`` -> ``("28", "4")``)."""
-    return _entry(name)[1].groups()
-
-
 def build_model(
     name: str,
     in_channels: int,
@@ -597,6 +479,10 @@ def build_model(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> ProbedNet:
-    """Build architecture `name` (see REGISTRY) for the given input channels and classes."""
-    arch, match = _entry(name)
-    return arch.build(match, in_channels=in_channels, num_classes=num_classes, mean=mean, std=std)
+    """Build architecture `name` (see `learn.architectures.REGISTRY`) for the given input
+    channels and classes."""
+    arch, match = architecture_entry(name)
+    network = globals()[arch.network]
+    return network(
+        in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, **arch.options(match)
+    )

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # imported where a function needs it: the config reads the attack names
+    import torch
+    from torch import nn
 
 from robrep.learn.attacks import AttackSpec
 from robrep.learn.data import to_float
@@ -85,6 +87,8 @@ def evaluate_robustness(
     `batch_size` is AutoAttack's batch and the PGD's attack batch; the PGD and clean passes run
     `microbatch` rows at a time on the device (no change to the numbers). AutoAttack's batch is
     not split: pyautoattack seeds its random starts per batch, so its batch defines its result."""
+    import torch
+
     from robrep.learn.training import evaluate
 
     model.eval()

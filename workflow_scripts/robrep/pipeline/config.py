@@ -140,8 +140,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     Runs before the schema validation, so it tolerates missing keys (the schema reports those).
     Datasets, architectures and analyses are checked against their registries.
     """
+    from robrep.learn.architectures import check_architecture as architecture_ok
     from robrep.learn.data import DATASETS as datasets
-    from robrep.learn.models import check_architecture as architecture_ok
     from robrep.study.analyses import ANALYSES
 
     for i, name in enumerate(config.get("analyses") or []):
@@ -262,7 +262,7 @@ def check_external_models(config: Mapping[str, Any]) -> None:
     architecture, a method as for training (its eps parsed, no training-only keys), the
     dataset's image size when it gives `input_size`, an existing checkpoint, and a model id no
     trained model or other entry has; and some model at all."""
-    from robrep.learn.models import arch_kind, arch_parts, check_architecture
+    from robrep.learn.architectures import arch_kind, arch_parts, check_architecture
 
     entries = config.get("external_models") or []
     trained = [config.get(k) or [] for k in ("architectures", "methods", "seeds")]
@@ -557,7 +557,7 @@ def study_from_config(config: Mapping[str, Any]) -> Study:
     """The study of a validated config: every dataset x architecture x method x seed, then the
     imported models, with the resolved methods, the activation checkpoints and each
     architecture's family."""
-    from robrep.learn.models import arch_family
+    from robrep.learn.architectures import arch_family
     from robrep.study.study import TRANSFER_DIRECTIONS, Study
 
     methods = {m["id"]: m for m in map(resolve_method, config.get("methods", []))}
@@ -605,15 +605,15 @@ def evaluation_attack(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_layer_selections(config: Mapping[str, Any], study: Study) -> None:
     """Listed `activations.layers` / `features` name layers of every architecture of the study
-    (checked on each architecture built with its default shapes)."""
-    from robrep.learn.models import build_model
-
+    (checked on each architecture built with its default shapes; torch is loaded only then)."""
     for key, selection in (
         ("layers", config["activations"]["layers"]),
         ("features", feature_layers(config)),
     ):
         if not isinstance(selection, list):
             continue
+        from robrep.learn.models import build_model
+
         for arch in study.architectures:
             try:
                 build_model(arch, 3, 10, [0.5] * 3, [0.5] * 3).probe_layers(selection)

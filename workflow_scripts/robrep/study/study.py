@@ -30,7 +30,7 @@ class Study:
     architectures: tuple[str, ...]
     transfer: tuple[str, ...] = TRANSFER_DIRECTIONS  # directions of the transfer comparisons
     external: frozenset[ModelKey] = frozenset()  # imported models: final weights only
-    # Architecture family of each architecture (`learn.models.arch_family`): which widths and
+    # Architecture family of each architecture (`learn.architectures.arch_family`): which widths and
     # depths width_depth sets side by side, decided where the config is read.
     families: Mapping[str, str] = field(default_factory=dict)
 
