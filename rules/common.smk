@@ -233,7 +233,9 @@ def resource(rule_name, key):
     """A rule's `key` request (mem_mb, runtime, disk_mb) for a job, scaled by its attempt."""
 
     def value(wildcards, attempt):
-        if workflow.remote_exec:  # a submitted job: the run sized it, and passed it as --resources
+        if (
+            workflow.remote_exec
+        ):  # a submitted job: the run sized it, and passed it as --resources
             given = workflow.global_resources.get(key).value
             if isinstance(given, int):
                 return given

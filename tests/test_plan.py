@@ -136,3 +136,26 @@ def test_a_dry_run_stops_on_a_gpu_job_the_node_cannot_run(tmp_path):
     assert refused.returncode != 0
     text = refused.stdout + refused.stderr
     assert "computes on a GPU (device: cuda) but the node has none" in text, text[-3000:]
+
+
+def checked(config: dict):
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return load_config(config, schema, lambda c: validate(c, str(SCHEMA)))
+
+
+def test_a_metric_fixed_by_construction_is_refused():
+    config = copy.deepcopy(TINY)
+    config["similarity"] = {"metrics": ["minibatch_cka", "pwcca"]}
+    with pytest.raises(ConfigError) as err:
+        checked(copy.deepcopy(config))
+    text = str(err.value)
+    for part in ("'pwcca' is 1 by construction for convnet on digits", "N - 1 = 63", "drop pwcca"):
+        assert part in text, text
+    # Pooled to 1 x 1 the block features are their channels (D <= 64), below N - 1 = 127: the
+    # metric means something.
+    config["activations"] = {**config["activations"], "pool": 1, "n_examples": 128}
+    checked(copy.deepcopy(config))
+    # Metrics not built on canonical correlations are never refused for D >= N.
+    config = copy.deepcopy(TINY)
+    config["similarity"] = {"metrics": ["minibatch_cka", "svcca", "linear_cka_debiased"]}
+    checked(config)

@@ -443,6 +443,45 @@ def check_metrics(config: Mapping[str, Any]) -> None:
         )
 
 
+def check_fixed_metrics(config: Mapping[str, Any], study: Study) -> None:
+    """Refuse a full-data metric that is fixed by construction for the study's N and D: where a
+    model's widest feature layer keeps D >= N - 1 values per example, its centred features span
+    the whole centred space, so every canonical correlation is 1 and mean CCA, mean rho² and
+    PWCCA are 1 whatever the networks (`similarity.full.SPAN_FIXED`). Loads torch (the model
+    costs) only when such a metric is asked for."""
+    from robrep.similarity.full import SPAN_FIXED
+
+    fixed = [m for m in config["similarity"]["metrics"] if m in SPAN_FIXED]
+    if not fixed:
+        return
+    from robrep.learn.cost import model_cost
+    from robrep.learn.data import DATASET_INFO, input_geometry
+
+    examples = examples_used(config)
+    layers, features = config["activations"]["layers"], feature_layers(config)
+    for dataset, arch in dict.fromkeys((m.dataset, m.arch) for m in study.models):
+        channels, size = input_geometry(dataset, config["dataset_options"].get(dataset))
+        cost = model_cost(
+            arch,
+            channels,
+            size,
+            DATASET_INFO[dataset].classes,
+            layers if isinstance(layers, str) else tuple(layers),
+            config["activations"].get("pool"),
+            features if isinstance(features, str) else tuple(features),
+        )
+        n = examples[dataset]
+        if cost.widest_feature >= n - 1:
+            raise ConfigError(
+                f"similarity.metrics: {fixed[0]!r} is 1 by construction for {arch} on {dataset}: "
+                f"its widest feature layer keeps D = {cost.widest_feature} values per example, "
+                f"at least N - 1 = {n - 1} (activations.n_examples {n}), so its centred features "
+                f"span every direction and every canonical correlation is 1; drop "
+                f"{', '.join(fixed)}, or make D < N - 1 (a smaller activations.pool, narrower "
+                f"activations.features, or more activations.n_examples)"
+            )
+
+
 def examples_used(config: Mapping[str, Any]) -> dict[str, int]:
     """Examples each dataset's stores hold: `activations.n_examples`, at most its test split (the
     one clamp, also behind the job resource estimates). Runs on the validated config."""
@@ -643,4 +682,5 @@ def load_config(
         check_analyses(config)
     study = study_from_config(config)
     check_layer_selections(config, study)
+    check_fixed_metrics(config, study)
     return study, clamp_warnings(config)

@@ -231,6 +231,10 @@ FULL_METRICS: dict[str, Metric] = {
     "procrustes": pairwise(procrustes),
 }
 
+# Metrics built on canonical correlations, which are all 1 when either side's centred features span
+# the whole (N - 1)-dimensional centred space (D >= N - 1): then they are 1 whatever the networks.
+SPAN_FIXED = frozenset({"cca", "cca_squared", "pwcca"})
+
 
 def full_data_similarity(
     a: Sequence[Any],
