@@ -30,19 +30,22 @@ rule figures:
     input:
         summary=f"{RESULTS}/summary/similarity.nc",
     output:
-        **{
-            name: report(
-                f"{RESULTS}/figures/{name}.png",
+        [
+            report(
+                figure_path(dataset, name),
                 caption=f"../report/{name}.rst",
                 category="Figures",
+                subcategory=dataset,
             )
-            for name in FIGURES
-        },
+            for dataset, name in DRAWN
+        ],
     log:
         job_log("figures"),
     benchmark:
         job_benchmark("figures")
     conda:
         CONDA_ENV
+    params:
+        drawn=DRAWN,
     script:
         "../workflow_scripts/figures.py"

@@ -67,7 +67,14 @@ COMPARISONS = WORK.comparisons
 PROBED = WORK.probed
 AUTOATTACK = config["evaluation"]["autoattack"]
 AUTOATTACKED = WORK.autoattacked
-FIGURES = figures({analysis for analysis, _, _ in COMPARISONS}, probes=bool(PROBED))
+# (dataset, figure) of every figure drawn: each dataset's own, from its comparisons and probes.
+DRAWN = [
+    (dataset, name)
+    for dataset in dict.fromkeys(m.dataset for m in STUDY.models)
+    for name in figures(
+        {a for a, d, _ in COMPARISONS if d == dataset}, probes=bool(PROBED)
+    )
+]
 STORES = WORK.stores  # every store a comparison or a probe reads, once
 ATTACKED = (
     WORK.attacked
@@ -166,9 +173,14 @@ def all_targets():
             f"{RESULTS}/summary/{name}"
             for name in ("similarity.zarr", "accuracy.csv", "findings.csv")
         ]
-        + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
+        + [figure_path(dataset, name) for dataset, name in DRAWN]
         + stores
     )
+
+
+def figure_path(dataset, name):
+    """A figure of one dataset: results/figures/<dataset>/<figure>.png."""
+    return f"{RESULTS}/figures/{dataset}/{name}.png"
 
 
 def job_log(rule_name, name=None):

@@ -96,7 +96,7 @@ def test_external_models_only_run_end_to_end(external_run):
     ).all()
     csv = (results / "summary/accuracy.csv").read_text().splitlines()
     assert len(csv) == 3
-    assert len(list((results / "figures").glob("*.png"))) >= 8
+    assert len(list((results / "figures").glob("*/*.png"))) >= 8
     assert "Nothing to be done" in (o := snakemake(workdir, "-n")).stdout + o.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import xarray as xr
 
 from robrep.io.checksums import read_json
+from robrep.io.xrio import read_netcdf
 from robrep.store.read import ActivationStore
 
 from helpers.workflow import TINY, dry_run_with, job_counts, make_workdir, planned_jobs, snakemake
@@ -108,10 +110,10 @@ def test_full_run_outputs(completed_run):
             assert attrs["long_name"] and attrs["description"], name
             assert attrs["computed_by"].startswith("robrep."), name
     assert nc.block_score.attrs["analysis"] == "cross_layer"
-    figures = sorted(p.name for p in (wd / "results/figures").glob("*.png"))
+    figures = sorted(p.name for p in (wd / "results/figures/digits").glob("*.png"))
     assert "transfer_diagonal.png" in figures and "robust_vs_standard_matrix.png" in figures
-    assert len(figures) == 10
-    for fig in (wd / "results/figures").glob("*.png"):
+    assert len(figures) == 10 and len(list((wd / "results/figures").rglob("*.png"))) == 10
+    for fig in (wd / "results/figures/digits").glob("*.png"):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
     assert csv[0].startswith("id,dataset,arch") and len(csv) == 3
@@ -382,3 +384,56 @@ def test_dag_pairs_for_threat_models_seeds_and_width_depth(tmp_path):
     assert jobs["width_depth"] == {
         (f"wrn-10-1/{m}/seed{s}", f"wrn-10-2/{m}/seed{s}") for m in (linf, l2) for s in (0, 1)
     }
+
+
+def two_dataset_summary(ds: xr.Dataset) -> xr.Dataset:
+    """The tiny run's summary beside a copy relabelled as a second dataset (cifar10) whose CKA
+    is halved: a two-dataset study's summary."""
+    other = ds.copy(deep=True)
+    other["dataset"] = ("comparison", np.full(ds.sizes["comparison"], "cifar10"))
+    other["model_dataset"] = ("model", np.full(ds.sizes["model"], "cifar10"))
+    other["similarity"] = other["similarity"] * 0.5
+    by_comparison = [n for n in ds.variables if "comparison" in ds[n].dims]
+    by_model = [n for n in ds.variables if "model" in ds[n].dims and n not in by_comparison]
+    parts = [
+        xr.concat([ds[by_comparison], other[by_comparison]], "comparison"),
+        xr.concat([ds[by_model], other[by_model]], "model"),
+    ]
+    return xr.merge(parts, compat="override").assign_coords(
+        comparison=np.arange(2 * ds.sizes["comparison"]), model=np.arange(2 * ds.sizes["model"])
+    )
+
+
+def test_figures_are_drawn_per_dataset_never_averaged(completed_run, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from robrep.study import figures
+
+    summary = read_netcdf(completed_run / "results/summary/similarity.nc")
+    ds = two_dataset_summary(summary)
+    titles = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, *a, **k: (titles.append(fig.get_suptitle()), savefig(fig, *a, **k)),
+    )
+    for dataset, scale in (("digits", 1.0), ("cifar10", 0.5)):
+        part = figures.for_dataset(ds, dataset)
+        assert set(part.dataset.values) == {dataset} == set(part.model_dataset.values)
+        np.testing.assert_allclose(part.similarity.values, summary.similarity.values * scale)
+        titles.clear()
+        figures.draw("cross_layer_heatmaps", ds, dataset, tmp_path / f"{dataset}.png")
+        figures.draw("accuracy_vs_eps", ds, dataset, tmp_path / f"{dataset}-acc.png")
+        assert len(titles) == 2 and all(t.startswith(f"{dataset}") for t in titles), titles
+    digits, cifar = ((tmp_path / f"{d}.png").read_bytes() for d in ("digits", "cifar10"))
+    assert digits != cifar  # the halved CKA shows: each figure draws its own dataset
+
+
+def test_a_two_dataset_study_plans_figures_per_dataset(tmp_path):
+    config = {**copy.deepcopy(TINY), "datasets": ["digits", "cifar10"]}
+    config["architectures"] = {"digits": ["convnet"], "cifar10": ["convnet"]}
+    jobs = planned_jobs(dry_run_with(make_workdir(tmp_path, TINY), config))
+    (figure_job,) = [j for j in jobs if j["rule"] == "figures"]
+    for dataset in ("digits", "cifar10"):
+        assert f"results/figures/{dataset}/cross_layer_heatmaps.png" in figure_job["output"]

@@ -1,4 +1,4 @@
-"""Rule figures: draw every summary figure from the aggregated Dataset."""
+"""Rule figures: draw every summary figure of every dataset from the aggregated Dataset."""
 
 import sys
 from pathlib import Path
@@ -6,12 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from robrep.io.xrio import read_netcdf
-from robrep.study.figures import FIGURES
+from robrep.study.figures import draw
 
 from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     ds = read_netcdf(snakemake.input.summary)
-    for name, path in snakemake.output.items():
-        FIGURES[name](ds, path)
+    for (dataset, name), path in zip(snakemake.params.drawn, snakemake.output, strict=True):
+        draw(name, ds, dataset, path)
         print(f"wrote {path}")

@@ -1,7 +1,9 @@
 """Figures of the summary Dataset (see `summary.aggregate`), one function per figure, PNG out.
 
 `FIGURES` maps each figure name an analysis declares (`analyses.ANALYSES[...].figures`) to the
-function that draws it; `report/<name>.rst` is its caption.
+function that draws it; `report/<name>.rst` is its caption. Every figure is drawn once per
+dataset (`draw`, on the summary's part of that dataset, `for_dataset`), its title naming the
+dataset: nothing averages across datasets.
 
 Seeds are averaged where a figure shows one curve or matrix per model configuration; a figure
 that shows spread draws the seed range as a band.
@@ -25,8 +27,30 @@ from robrep.study.analyses import ANALYSES  # noqa: E402
 from robrep.study.scores import depth_matched_diagonal  # noqa: E402
 from robrep.study.study import FROM_STANDARD  # noqa: E402
 
+DATASET_ATTR = "figure_dataset"  # the dataset a summary part holds (`for_dataset`)
 
-def _save(fig, path: str | Path) -> None:
+
+def for_dataset(ds: xr.Dataset, dataset: str) -> xr.Dataset:
+    """The comparisons and models of one dataset of the summary, labelled with it."""
+    part = ds.isel(
+        comparison=np.flatnonzero(ds.dataset.values == dataset),
+        model=np.flatnonzero(ds.model_dataset.values == dataset),
+    )
+    part.attrs[DATASET_ATTR] = dataset
+    return part
+
+
+def draw(name: str, ds: xr.Dataset, dataset: str, path: str | Path) -> None:
+    """Figure `name` of `dataset`'s part of the summary `ds`, to `path`."""
+    FIGURES[name](for_dataset(ds, dataset), path)
+
+
+def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
+    """Write `fig`, its title led by the dataset its data come from."""
+    dataset = ds.attrs.get(DATASET_ATTR)
+    if dataset:
+        title = fig.get_suptitle()
+        fig.suptitle(f"{dataset}: {title}" if title else dataset)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -109,7 +133,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         " (grey: not above the permutation null's upper percentile)" if null is not None else ""
     )
     fig.suptitle(f"Cross-layer similarity, benign inputs{masked}")
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def _eps_lines(
@@ -173,7 +197,7 @@ def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
         "Block structure vs training eps\n(band: seed range; bars: bootstrap 95% interval)",
         fontsize=9,
     )
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
@@ -187,7 +211,7 @@ def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
     axes[1].set_ylabel("mean over classes and layer pairs")
     axes[1].set_title("class-conditional cross-layer CKA", fontsize=9)
     fig.suptitle("Cross-layer similarity within each class (band: seed range)")
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def _diagonal_panels(
@@ -236,7 +260,7 @@ def _diagonal_panels(
             if ax.lines:
                 ax.legend(fontsize=7)
     fig.suptitle(title)
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def _seed_band(ds: xr.Dataset, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -363,7 +387,7 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
         "Standard, robust and robust x standard layer similarity "
         "(pgd: each model on its own adversarial examples)"
     )
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
@@ -448,7 +472,7 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         ax.legend(fontsize=6)
     if image is not None:
         fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{METRIC}(epoch, final), same layer")
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
@@ -476,7 +500,7 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
     fig.suptitle("Linear probes: class read out from each layer (band: seed range)")
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
@@ -502,7 +526,7 @@ def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
         ax.set_title(
             f"AutoAttack (solid) vs PGD (dashed), same examples\nflagged: {flagged}", fontsize=9
         )
-    _save(fig, path)
+    _save(fig, path, ds)
 
 
 FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
