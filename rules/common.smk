@@ -75,10 +75,10 @@ DRAWN = [
         {a for a, d, _ in COMPARISONS if d == dataset}, probes=bool(PROBED)
     )
 ]
-STORES = WORK.stores  # every store a comparison or a probe reads, once
-ATTACKED = (
-    WORK.attacked
-)  # (model, checkpoint) of every adversarial store the stores read
+# Every store a comparison or a probe reads, and the (model, checkpoint) of every adversarial
+# store those read, once each.
+STORES = WORK.stores
+ATTACKED = WORK.attacked
 
 
 def splits_path(dataset):
@@ -202,9 +202,8 @@ def job_benchmark(rule_name, name=None):
 # ------------------------------------------------------------------------------------------
 # Resources for schedulers: robrep.pipeline.jobs sizes every job; retries scale the requests.
 
-SIZER = JobSizer(
-    config, STUDY, COMPARISONS
-)  # a GPU rule's gpu resource: SIZER.gpus(rule)
+# Every rule's threads, gpu, mem_mb, runtime and disk_mb: SIZER.threads/gpus(rule), resource().
+SIZER = JobSizer(config, STUDY, COMPARISONS)
 ATTACK_BATCH = SIZER.attack_batch
 
 
@@ -245,9 +244,8 @@ def resource(rule_name, key):
     """A rule's `key` request (mem_mb, runtime, disk_mb) for a job, scaled by its attempt."""
 
     def value(wildcards, attempt):
-        if (
-            workflow.remote_exec
-        ):  # a submitted job: the run sized it, and passed it as --resources
+        # A submitted job: the run sized it and passed the request as --resources.
+        if workflow.remote_exec:
             given = workflow.global_resources.get(key).value
             if isinstance(given, int):
                 return given
