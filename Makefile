@@ -68,4 +68,5 @@ bench: bench-env
 	$(BIN)/python benchmarks/bench_cka.py --quick
 	$(BIN)/python benchmarks/bench_extract.py --quick
 	$(BIN)/python benchmarks/bench_jobs.py --quick
+	$(BIN)/python benchmarks/bench_gpu.py --quick
 	$(BIN)/python benchmarks/report.py
