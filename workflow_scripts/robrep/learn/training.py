@@ -247,6 +247,18 @@ class _Run:
         (work / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
+CHECK_EVERY = 50  # batches between reading the non-finite flag and the running sums back
+
+
+def _stop_if_diverged(first_bad: int, epoch: int, run: _Run, settings: TrainSettings) -> None:
+    """Raise `TrainingDiverged` naming the first batch whose loss was NaN or infinite."""
+    if first_bad >= 0:
+        raise TrainingDiverged(
+            f"loss is nan or inf at epoch {epoch}, batch {first_bad} (lr "
+            f"{run.scheduler.get_last_lr()[0]:.4g}); lower training.lr or check the data"
+        )
+
+
 def _train_epoch(
     run: _Run,
     settings: TrainSettings,
@@ -259,7 +271,6 @@ def _train_epoch(
     gen = epoch_generator(settings.seed, epoch)
     order = torch.randperm(len(y_train), generator=gen)
     run.model.train()
-    total_loss = correct = seen = 0.0
     bar = tqdm(
         list(batches(len(order), settings.batch_size)),
         desc=f"epoch {epoch}/{settings.epochs}",
@@ -267,26 +278,32 @@ def _train_epoch(
         mininterval=5,
         leave=True,
     )
-    for s in bar:
+    # The loss and accuracy sums stay on the device (float64: the same sums as Python floats),
+    # and the non-finite check is read back every CHECK_EVERY batches: no host sync per step.
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x examples, correct
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite batch
+    seen = 0
+    for b, s in enumerate(bar):
         idx = order[s]
         xb = to_float(x_train[idx])
         if settings.augment:
             xb = augment_batch(xb, gen)
         xb, yb = xb.to(device), y_train[idx].to(device)
         loss, logits = batch_loss(run.model, xb, yb, settings.method, gen)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {epoch}, batch {s.start // settings.batch_size}"
-                f" (lr {run.scheduler.get_last_lr()[0]:.4g}); lower training.lr or check the data"
-            )
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), b, first_bad)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
         run.scheduler.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == yb).sum().item()
+        sums[0] += loss.detach().double() * len(idx)
+        sums[1] += (logits.argmax(1) == yb).sum()
         seen += len(idx)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        if (b + 1) % CHECK_EVERY == 0 or b + 1 == len(bar):
+            _stop_if_diverged(int(first_bad), epoch, run, settings)
+            total_loss, correct = sums.tolist()
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
+            )
     bar.close()
     return {"train_loss": total_loss / seen, "train_acc": correct / seen}
 
