@@ -25,8 +25,9 @@ with redirect_to_log(snakemake):
         snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
     )
     budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
-    memory = gpu_memory(model_cost_of(m.meta), "attack")
-    check_fits(memory, p.batch_size, budget, "evaluation.autoattack.batch_size")
+    if budget is not None:
+        memory = gpu_memory(model_cost_of(m.meta), "attack")
+        check_fits(memory, p.batch_size, budget, "evaluation.autoattack.batch_size")
     result = evaluate_robustness(
         m.model,
         m.images,

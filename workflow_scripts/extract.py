@@ -31,8 +31,9 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
     model, meta, key, idx, labels = m.model, m.meta, m.key, m.sample_ids, m.labels
     # A batch's Grams need all its rows' features at once: the CKA batch runs whole.
     budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
-    memory = gpu_memory(model_cost_of(meta), "extract", p.layout["cka_batch_size"])
-    check_fits(memory, p.layout["cka_batch_size"], budget, "activations.cka_batch_size")
+    if budget is not None:
+        memory = gpu_memory(model_cost_of(meta), "extract", p.layout["cka_batch_size"])
+        check_fits(memory, p.layout["cka_batch_size"], budget, "activations.cka_batch_size")
     images, adversarial = m.images, {"attack": None}
     if "adversarial" in snakemake.input.keys():  # pgd or transfer inputs: stored examples
         stored = read_adversarial(snakemake.input.adversarial)

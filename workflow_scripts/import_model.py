@@ -20,7 +20,10 @@ with redirect_to_log(snakemake):
     splits = read_splits(snakemake.input.splits)
     device = pick_device(snakemake.config["device"])
     budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
-    cost = model_cost(p.entry["arch"], splits.shape[0], splits.shape[-1], len(splits.classes))
+    microbatch = None  # on the CPU: whole batches
+    if budget is not None:
+        cost = model_cost(p.entry["arch"], splits.shape[0], splits.shape[-1], len(splits.classes))
+        microbatch = job_microbatch(cost, "attack", p.eval_batch_size, budget)
     metrics = import_external(
         p.entry,
         splits,
@@ -28,6 +31,6 @@ with redirect_to_log(snakemake):
         p.evaluation,
         p.eval_batch_size,
         device,
-        job_microbatch(cost, "attack", p.eval_batch_size, budget),
+        microbatch,
     )
     print(f"{p.entry['name']}: test {metrics['test']}")

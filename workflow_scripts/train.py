@@ -16,14 +16,17 @@ with redirect_to_log(snakemake):
     splits = read_splits(snakemake.input.splits)
     device = pick_device(snakemake.config["device"])
     budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
-    cost = model_cost(settings.arch, splits.shape[0], splits.shape[-1], len(splits.classes))
-    check_fits(gpu_memory(cost, "train"), settings.batch_size, budget, "training.batch_size")
+    eval_microbatch = None  # on the CPU: whole batches
+    if budget is not None:
+        cost = model_cost(settings.arch, splits.shape[0], splits.shape[-1], len(splits.classes))
+        check_fits(gpu_memory(cost, "train"), settings.batch_size, budget, "training.batch_size")
+        eval_microbatch = job_microbatch(cost, "attack", settings.eval_batch_size, budget)
     metrics = train(
         settings,
         splits,
         Path(snakemake.output.model).parent,
         device,
         threads=snakemake.threads,
-        eval_microbatch=job_microbatch(cost, "attack", settings.eval_batch_size, budget),
+        eval_microbatch=eval_microbatch,
     )
     print(f"test: {metrics['test']}")

@@ -42,6 +42,8 @@ class ModelOnSubset:
     def microbatch(self, stage: str, batch: int, budget_mb: float | None) -> int:
         """Rows of each pass of a `stage` batch of this model that fit `budget_mb` on the GPU
         (`learn.cost.job_microbatch`)."""
+        if budget_mb is None:  # on the CPU: the whole batch, no model cost to count
+            return batch
         return job_microbatch(model_cost_of(self.meta), stage, batch, budget_mb)
 
 
