@@ -103,6 +103,9 @@ def train_settings(wildcards):
         schedule=TRAINING["schedule"],
         checkpoint_every=TRAINING["checkpoint_every"],
         augment=TRAINING["augment"],
+        precision=TRAINING["precision"],
+        channels_last=TRAINING["channels_last"],
+        deterministic=TRAINING["deterministic"],
         evaluation=EVALUATION_ATTACK,
         eval_batch_size=config["evaluation"]["batch_size"],
     )

@@ -93,6 +93,24 @@ def test_plan_names_a_missing_file_and_a_bad_config(tmp_path, capsys):
     assert "unknown architecture 'resnet50'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("seeds: [0,\n", "is not valid YAML"),
+        ("- 0\n- 1\n", "holds a list, not a mapping of settings"),
+        ("training: {epochs: -5}\n", "training.epochs: -5 is less than the minimum of 1"),
+    ],
+)
+def test_plan_refuses_damaged_config_in_one_line(tmp_path, capsys, text, message):
+    """Malformed YAML, a file that is not a mapping and a schema violation exit 2 with one
+    message naming the file, not a traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert cli.main(["plan", "--configfile", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and "Traceback" not in err
+
+
 def test_architectures_per_dataset():
     config = copy.deepcopy(TINY)
     config["datasets"] = ["digits", "cifar10"]

@@ -13,7 +13,7 @@ from robrep.learn.data import DATASETS
 from robrep.learn.external import FORMATS
 from robrep.learn.robustness import ATTACKS, VERSIONS
 from robrep.learn.robustness import NORMS as AUTOATTACK_NORMS
-from robrep.learn.training import SCHEDULES
+from robrep.learn.training import PRECISIONS, SCHEDULES
 from robrep.pipeline.config import METHODS, NORMS
 from robrep.pipeline.jobs import VALUE_BYTES
 from robrep.runtime import DEVICES
@@ -46,6 +46,7 @@ REGISTRIES = {
     "external_models.method.method": (("external_models", "items", "method", "method"), METHODS),
     "external_models.method.norm": (("external_models", "items", "method", "norm"), NORMS),
     "training.schedule": (("training", "schedule"), SCHEDULES),
+    "training.precision": (("training", "precision"), PRECISIONS),
     "evaluation.norm": (("evaluation", "norm"), NORMS),
     "evaluation.autoattack.version": (("evaluation", "autoattack", "version", 0), tuple(VERSIONS)),
     "evaluation.autoattack.version[]": (

@@ -157,3 +157,56 @@ def test_trades_and_step_schedule_run(splits, tmp_path):
     )
     metrics = train(cfg, s, tmp_path / "t", pick_device("cpu"), threads=1)
     assert np.isfinite(metrics["history"][0]["train_loss"])
+
+
+def test_batched_augmentation_is_the_per_image_crop_and_flip():
+    """One gather on the device gives the images cropping and flipping one by one gave."""
+    import torch
+    import torch.nn.functional as F
+
+    from robrep.learn.training import augment_batch
+
+    x = torch.rand(33, 3, 10, 7)
+    generator = torch.Generator().manual_seed(5)
+    dy = torch.randint(0, 9, (33,), generator=generator)
+    dx = torch.randint(0, 9, (33,), generator=generator)
+    flip = torch.rand(33, generator=generator) < 0.5
+    padded = F.pad(x, (4, 4, 4, 4))
+    expected = torch.stack(
+        [
+            padded[i, :, dy[i] : dy[i] + 10, dx[i] : dx[i] + 7].flip(-1)
+            if flip[i]
+            else padded[i, :, dy[i] : dy[i] + 10, dx[i] : dx[i] + 7]
+            for i in range(33)
+        ]
+    )
+    assert torch.equal(augment_batch(x, torch.Generator().manual_seed(5)), expected)
+
+
+BF16_TOLERANCE = 0.05  # test clean accuracy, absolute: bf16 + channels_last vs fp32 on digits
+
+
+@pytest.mark.slow
+def test_bf16_channels_last_reaches_fp32_accuracy(splits, tmp_path):
+    """`training.precision: bf16` with `channels_last` trains on the CPU to within
+    BF16_TOLERANCE of fp32's test accuracy, and its weights load as a plain fp32 model."""
+    s, _ = splits
+    standard = resolve_method({"method": "standard"})
+    base = dict(method=standard, epochs=4, checkpoint_every=4, augment=False)
+    fp32 = train(settings(**base), s, tmp_path / "fp32", pick_device("cpu"), threads=1)
+    fast = settings(**base, precision="bf16", channels_last=True, deterministic=False)
+    bf16 = train(fast, s, tmp_path / "bf16", pick_device("cpu"), threads=1)
+    clean32, clean16 = fp32["test"]["clean_acc"], bf16["test"]["clean_acc"]
+    print(f"digits test clean accuracy: fp32 {clean32:.4f}, bf16 + channels_last {clean16:.4f}")
+    assert clean32 > 0.8, clean32
+    assert abs(clean16 - clean32) <= BF16_TOLERANCE, (clean16, clean32)
+    model, _ = load_model(tmp_path / "bf16" / "model.safetensors")
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in model.parameters())
+
+
+def test_unknown_precision_is_refused(splits, tmp_path):
+    s, _ = splits
+    with pytest.raises(ValueError, match="training.precision: 'fp16' is not one of fp32, bf16"):
+        train(
+            settings(precision="fp16", epochs=1), s, tmp_path / "x", pick_device("cpu"), threads=1
+        )

@@ -196,3 +196,16 @@ def job_microbatch(cost: ModelCost, stage: str, batch: int, budget_mb: float | N
     if budget_mb is None:
         return batch
     return microbatch_rows(gpu_memory(cost, stage), batch, budget_mb, "resources.gpu_mem_mb")
+
+
+RESIDENT_SHARE = 0.25  # the most of a GPU budget a training split may take on the device
+
+
+def resident_data_mb(data_bytes: int, budget_mb: float | None) -> float:
+    """The GPU memory a training split of `data_bytes` takes when it lives on the device (it
+    does when a GPU budget exists and it needs at most RESIDENT_SHARE of it: CIFAR-10's 150 MB
+    of uint8 pixels on any GPU), else 0 (batches are copied from host memory)."""
+    data_mb = data_bytes / MB
+    if budget_mb is None or data_mb > RESIDENT_SHARE * budget_mb:
+        return 0.0
+    return data_mb

@@ -55,6 +55,9 @@ class TrainSettings:
     augment: bool
     evaluation: dict[str, Any]
     eval_batch_size: int = 256
+    precision: str = "fp32"
+    channels_last: bool = False
+    deterministic: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def digest(self) -> str:
@@ -71,26 +74,45 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def set_determinism(seed: int, threads: int | None) -> None:
-    """Seed torch and make CPU kernels deterministic; `threads` sets torch's thread count."""
+PRECISIONS = ("fp32", "bf16")  # training.precision
+
+
+def set_determinism(seed: int, threads: int | None, deterministic: bool = True) -> None:
+    """Seed torch; `deterministic` asks for deterministic kernels (bitwise on the CPU, where
+    nothing else is used) and no cuDNN autotuning, otherwise cuDNN picks the fastest kernels
+    (`training.deterministic`). `threads` sets torch's thread count."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
-    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def autocast(settings: TrainSettings, device: torch.device):
+    """The training step's autocast: bf16 under `training.precision: bf16` (no loss scaling:
+    bf16 has float32's exponent range), otherwise a no-op."""
+    if settings.precision not in PRECISIONS:
+        raise ValueError(
+            f"training.precision: {settings.precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    return torch.autocast(device.type, torch.bfloat16, enabled=settings.precision == "bf16")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, drawn from `generator`."""
+    """Random crop with zero padding and horizontal flip, drawn from the CPU `generator` and
+    applied as one gather on `x`'s device (the same images as cropping one by one)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    out[flip] = out[flip].flip(-1)
-    return out
+    ys = (dy[:, None] + torch.arange(h)).to(x.device)  # (n, h) source rows
+    cols = torch.arange(w)
+    xs = (dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)).to(x.device)  # (n, w)
+    rows = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[rows, channels, ys[:, None, :, None], xs[:, None, None, :]]
 
 
 def batches(n: int, size: int):
@@ -210,6 +232,8 @@ class _Run:
             weight_decay=settings.weight_decay,
             nesterov=settings.momentum > 0,
         )
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         steps_per_epoch = math.ceil(len(splits.y_train) / settings.batch_size)
         sched = make_scheduler(opt, settings.schedule, settings.epochs * steps_per_epoch)
         return cls(model, opt, sched)
@@ -284,12 +308,15 @@ def _train_epoch(
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite batch
     seen = 0
     for b, s in enumerate(bar):
-        idx = order[s]
+        idx = order[s].to(x_train.device)
         xb = to_float(x_train[idx])
         if settings.augment:
             xb = augment_batch(xb, gen)
         xb, yb = xb.to(device), y_train[idx].to(device)
-        loss, logits = batch_loss(run.model, xb, yb, settings.method, gen)
+        if settings.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(settings, device):
+            loss, logits = batch_loss(run.model, xb, yb, settings.method, gen)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), b, first_bad)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -331,22 +358,25 @@ def train(
     threads: int | None = None,
     stop_after_epoch: int | None = None,
     eval_microbatch: int | None = None,
+    resident_data: bool = False,
 ) -> dict[str, Any]:
     """Train one model into `out_dir` (model.safetensors, best.safetensors, checkpoints/, metrics.json).
 
     Resumes from `out_dir/.partial/state.pt` when its settings digest matches. `stop_after_epoch`
     exits after that epoch's state is saved (used by tests to simulate a kill at a known point).
     `eval_microbatch`: rows of each validation and test pass on the device (default: whole
-    `eval_batch_size` batches); it does not change the accuracies.
+    `eval_batch_size` batches); it does not change the accuracies. `resident_data`: the training
+    split lives on `device` (copied once, batches gathered there), not in host memory.
     """
     out_dir = Path(out_dir)
     work = out_dir / ".partial"
-    set_determinism(settings.seed, threads)
+    set_determinism(settings.seed, threads, settings.deterministic)
     run = _Run.start(settings, splits, device)
     run.resume(work, settings.digest())
     val_spec = AttackSpec.from_evaluation(settings.evaluation, "val_steps")
-    x_train = torch.as_tensor(splits.x_train)
-    y_train = torch.as_tensor(splits.y_train)
+    data_device = device if resident_data else torch.device("cpu")
+    x_train = torch.as_tensor(splits.x_train).to(data_device)
+    y_train = torch.as_tensor(splits.y_train).to(data_device)
     for epoch in range(run.epoch + 1, settings.epochs + 1):
         row = {"epoch": epoch, **_train_epoch(run, settings, x_train, y_train, epoch, device)}
         val_clean, val_robust = evaluate(

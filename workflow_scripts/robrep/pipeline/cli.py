@@ -30,8 +30,23 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if findings else 0
 
 
+def _config_error(err: Exception) -> str:
+    """One line for a config error: a schema violation (Snakemake's `validate` wraps the
+    jsonschema report in a WorkflowError) as `setting: message`, anything else as it reads."""
+    import re
+
+    text = str(err)
+    found = re.search(r"ValidationError: (.*)", text)
+    if not found:
+        return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    where = re.search(r"On instance((?:\[[^\]]+\])*)", text)
+    steps = re.findall(r"\['?([^'\]]+)'?\]", where.group(1)) if where else []
+    return f"{'.'.join(steps) or 'config'}: {found.group(1)}"
+
+
 def _plan(args: argparse.Namespace) -> int:
     import yaml
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import update_config, validate
 
     from robrep.pipeline import plan as rplan
@@ -44,13 +59,26 @@ def _plan(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             print(f"robrep plan: config file {path} does not exist", file=sys.stderr)
             return 2
-        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            given = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            print(f"robrep plan: config file {path} is not valid YAML: {err}", file=sys.stderr)
+            return 2
+        if not isinstance(given, dict):
+            print(
+                f"robrep plan: config file {path} holds a {type(given).__name__}, not a mapping "
+                "of settings",
+                file=sys.stderr,
+            )
+            return 2
+        update_config(config, given)
     try:
         study, warnings = load_config(
             config, yaml.safe_load(SCHEMA.read_text()), lambda c: validate(c, str(SCHEMA))
         )
-    except ConfigError as err:
-        print(f"robrep plan: invalid config: {err}", file=sys.stderr)
+    except (ConfigError, WorkflowError) as err:
+        given = ", ".join(args.configfile) or "the default config"
+        print(f"robrep plan: invalid config ({given}): {_config_error(err)}", file=sys.stderr)
         return 2
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
