@@ -23,6 +23,7 @@ rule extract:
         features=FEATURES,
         n_examples=lambda wc: EXAMPLES[wc.dataset],
         passes=ACT["passes"],
+        compat=ACT["compat"],
         subset_seed=config["split_seed"],
         layout=STORE_LAYOUT,
     script:

@@ -213,3 +213,46 @@ def test_memory_flat_as_n_grows(tmp_path):
         growth[n] = int(out.stdout.strip().splitlines()[-1])
     stored = 2048 * 4 * (32 * 16 * 16 * 2 + 64 * 8 * 8 * 2 + 128 * 4 * 4 * 2 + 128 + 10)
     assert growth[2048] - growth[512] < 0.1 * stored, json.dumps(growth)
+
+
+def test_release_compat_reads_batchnorm_after_its_inplace_relu(tmp_path):
+    """`compat: release` gives a BatchNorm followed by its ReLU the ReLU's output (what the
+    released code's hooks read); every other layer, and every layer under robrep's default,
+    holds the module's own output."""
+    from robrep.learn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("release-wrn-10-1", 1, 10, [0.5], [0.5]).eval()
+    for m in model.modules():  # non-trivial BN statistics, so BN outputs have negative values
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    layers = model.probe_layers("all")
+    release = ActivationStore(
+        extract(model, tmp_path / "release.zarr", layers=layers, compat="release")
+    )
+    own = ActivationStore(extract(model, tmp_path / "robrep.zarr", layers=layers))
+    assert release.attrs["compat"] == "release" and own.attrs["compat"] == "robrep"
+    modules = dict(model.named_modules())
+    followed = {
+        bn: relu
+        for bn, relu in zip(layers, layers[1:])
+        if isinstance(modules[bn], torch.nn.BatchNorm2d)
+        and isinstance(modules[relu], torch.nn.ReLU)
+    }
+    assert len(followed) == 7  # bn1 and bn2 of each of the 3 blocks, and the final bn1
+    for name in layers:
+        got, plain = release.layer(name)[:], own.layer(name)[:]
+        if name in followed:
+            assert plain.min() < 0  # the BN's own output
+            np.testing.assert_array_equal(got, own.layer(followed[name])[:])
+        else:
+            np.testing.assert_array_equal(got, plain)
+    # The packed Grams are made from the same values as the features.
+    gram_release = zarr.open_group(str(release.path), mode="r")["gram"][:]
+    gram_own = zarr.open_group(str(own.path), mode="r")["gram"][:]
+    for bn, relu in followed.items():
+        np.testing.assert_array_equal(
+            gram_release[..., layers.index(bn)], gram_own[..., layers.index(relu)]
+        )
+    assert all(not m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))

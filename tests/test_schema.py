@@ -19,6 +19,7 @@ from robrep.pipeline.jobs import VALUE_BYTES
 from robrep.runtime import DEVICES
 from robrep.similarity.full import FULL_METRICS
 from robrep.similarity.result import MINIBATCH_CKA
+from robrep.store.format import LAYER_VALUES
 from robrep.study.study import TRANSFER_DIRECTIONS
 
 SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
@@ -56,6 +57,7 @@ REGISTRIES = {
     "activations.inputs": (("activations", "inputs", "items"), (BENIGN, OWN_ADVERSARIAL)),
     "activations.dtype": (("activations", "dtype"), tuple(VALUE_BYTES)),
     "activations.compressor": (("activations", "compressor"), COMPRESSORS),
+    "activations.compat": (("activations", "compat"), LAYER_VALUES),
     "similarity.metrics": (("similarity", "metrics", "items"), (MINIBATCH_CKA, *FULL_METRICS)),
     "transfer.directions": (("transfer", "directions", "items"), TRANSFER_DIRECTIONS),
 }

@@ -17,7 +17,7 @@ from robrep.learn.data import pass_orders
 from robrep.learn.loading import load_on_subset
 from robrep.runtime import gpu_budget_mb, pick_device, software_versions
 from robrep.store.extract import extract_to_store
-from robrep.store.format import StoreLayout
+from robrep.store.format import RELEASE_VALUES, StoreLayout
 
 from _log import redirect_to_log
 
@@ -32,7 +32,9 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
     # A batch's Grams need all its rows' features at once: the CKA batch runs whole.
     budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
     if budget is not None:
-        memory = gpu_memory(model_cost_of(meta), "extract", p.layout["cka_batch_size"])
+        memory = gpu_memory(
+            model_cost_of(meta), "extract", p.layout["cka_batch_size"], p.compat == RELEASE_VALUES
+        )
         check_fits(memory, p.layout["cka_batch_size"], budget, "activations.cka_batch_size")
     images, adversarial = m.images, {"attack": None}
     if "adversarial" in snakemake.input.keys():  # pgd or transfer inputs: stored examples
@@ -64,5 +66,6 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
         features=[] if p.features == "none" else model.probe_layers(p.features),
         pass_order=pass_orders(len(idx), p.passes, p.subset_seed),
         device=device,
+        compat=p.compat,
     )
     print(f"wrote {snakemake.output[0]}")

@@ -135,9 +135,13 @@ class GpuMemory:
         return int(math.ceil(self.fixed + rows * self.per_example))
 
 
-def gpu_memory(cost: ModelCost, stage: str, gram_rows: int = 0) -> GpuMemory:
+def gpu_memory(
+    cost: ModelCost, stage: str, gram_rows: int = 0, keeps_outputs: bool = False
+) -> GpuMemory:
     """The GPU memory model of `stage` (one of GPU_STAGES) on a model of `cost`; `gram_rows` is
-    the extraction batch (its b x b Grams, made per layer on the device, two alive at once).
+    the extraction batch (its b x b Grams, made per layer on the device, two alive at once);
+    `keeps_outputs`: the extraction pass holds every probed output until it ends
+    (`activations.compat: release`).
 
     float32 throughout. A backward keeps about every module's output (the activation volume)
     and, at its peak, as much again in gradients and recomputed buffers: 2x the volume per
@@ -155,7 +159,8 @@ def gpu_memory(cost: ModelCost, stage: str, gram_rows: int = 0) -> GpuMemory:
     if stage == "forward":
         return GpuMemory(stage, GPU_RESERVED_MB + weights, forward)
     grams = 2 * gram_rows * gram_rows * 4 / MB
-    return GpuMemory(stage, GPU_RESERVED_MB + weights + grams, forward)
+    kept = cost.probe_values * 4 / MB if keeps_outputs else 0.0
+    return GpuMemory(stage, GPU_RESERVED_MB + weights + grams, forward + kept)
 
 
 def microbatch_rows(memory: GpuMemory, batch: int, budget_mb: float | None, setting: str) -> int:

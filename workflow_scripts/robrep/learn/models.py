@@ -9,7 +9,8 @@ foreign network's reused module is probed per call (`LayerHooks`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -92,6 +93,21 @@ class LayerHooks:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+@contextmanager
+def inplace_relus(model: nn.Module) -> Iterator[None]:
+    """Every `nn.ReLU` of `model` in place while the block runs (as the released code's networks
+    are), then as before."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    was = [m.inplace for m in relus]
+    for m in relus:
+        m.inplace = True
+    try:
+        yield
+    finally:
+        for m, inplace in zip(relus, was):
+            m.inplace = inplace
 
 
 class Normalize(nn.Module):

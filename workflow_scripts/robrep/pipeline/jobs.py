@@ -23,6 +23,7 @@ from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, check_request
 from robrep.pipeline.config import examples_used, external_models, feature_layers
 from robrep.similarity.result import MINIBATCH_CKA
+from robrep.store.format import RELEASE_VALUES
 from robrep.study.study import Pair, Study
 
 # What sizes each rule's jobs, named when a job cannot fit a node.
@@ -244,6 +245,7 @@ class JobSizer:
             self.act["cka_batch_size"],
             self.act["passes"],
             self.on_gpu,
+            self.act["compat"] == RELEASE_VALUES,
         )
 
     def _similarity(self, wc: Any) -> dict[str, int]:

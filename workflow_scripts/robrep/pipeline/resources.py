@@ -110,6 +110,7 @@ def extract_resources(
     cka_batch_size: int = 100,
     passes: int = 1,
     on_gpu: bool = False,
+    keeps_outputs: bool = False,
 ) -> dict[str, int]:
     """mem_mb, runtime (minutes) and disk_mb (the store, uncompressed) of one extraction job
     (`adversarial`: it reads stored adversarial examples; value_bytes from `activations.dtype`),
@@ -137,7 +138,7 @@ def extract_resources(
         "mem_mb": int(math.ceil(mem)),
         "runtime": int(5 + math.ceil(2 * seconds / 60)),
         "disk_mb": int(math.ceil(10 + size.total / MB)),
-    } | _on_gpu(on_gpu, gpu_memory(cost, "extract", b).at(b))
+    } | _on_gpu(on_gpu, gpu_memory(cost, "extract", b, keeps_outputs).at(b))
 
 
 def attack_resources(

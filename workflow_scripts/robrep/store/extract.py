@@ -19,10 +19,17 @@ from torch import nn
 from robrep.io.atomic import atomic_output
 from robrep.io.zarrio import chunk_codecs
 from robrep.learn.data import to_float
-from robrep.learn.models import LayerHooks
+from robrep.learn.models import LayerHooks, inplace_relus
 from robrep.similarity.batches import Batch, pass_batches
 from robrep.similarity.gram import GramMaker, triangle_size
-from robrep.store.format import COMPLETE, FORMAT, NonFiniteActivationsError, StoreLayout
+from robrep.store.format import (
+    COMPLETE,
+    FORMAT,
+    LAYER_VALUES,
+    RELEASE_VALUES,
+    NonFiniteActivationsError,
+    StoreLayout,
+)
 
 
 def pooled_copy(out: torch.Tensor, pool: int | None) -> torch.Tensor:
@@ -37,8 +44,12 @@ def pooled_copy(out: torch.Tensor, pool: int | None) -> torch.Tensor:
 
 class LayerRecorder:
     """Forward hooks that keep what `transform(name, output)` makes of each probed layer's output,
-    once per recorded forward pass (default: a pooled float32 CPU copy). The transform runs as
-    the layer fires, so a forward pass never holds more than one layer's raw output at once."""
+    once per recorded forward pass (default: a pooled float32 CPU copy).
+
+    `compat` (`format.LAYER_VALUES`): under "robrep" the transform runs as the layer fires, so a
+    forward pass never holds more than one layer's raw output at once. Under "release" the pass
+    runs with in-place ReLUs and every output is kept until it ends, then transformed: the values
+    the released code's hooks read."""
 
     def __init__(
         self,
@@ -46,14 +57,22 @@ class LayerRecorder:
         layers: Sequence[str],
         pool: int | None = None,
         transform: Callable[[str, torch.Tensor], Any] | None = None,
+        compat: str = LAYER_VALUES[0],
     ):
+        if compat not in LAYER_VALUES:
+            raise ValueError(
+                f"activations.compat: {compat!r} is not one of {', '.join(LAYER_VALUES)}"
+            )
         self.layers = list(layers)
         self.transform = transform or (lambda name, out: pooled_copy(out, pool))
+        self.deferred = compat == RELEASE_VALUES
         self.outputs: dict[str, Any] = {}
         self.hooks = LayerHooks(model, self.layers, self._keep)
 
     def _keep(self, name: str, output: torch.Tensor) -> None:
-        self.outputs[name] = self.transform(name, output.detach())
+        # Deferred: a view of the output, which a later in-place op may still change.
+        out = output.detach()
+        self.outputs[name] = out if self.deferred else self.transform(name, out)
 
     @torch.no_grad()
     def record(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
@@ -61,7 +80,14 @@ class LayerRecorder:
         self.outputs = {}
         self.hooks.start()
         try:
-            model(x)
+            if self.deferred:
+                with inplace_relus(model):
+                    model(x)
+                self.outputs = {
+                    name: self.transform(name, out) for name, out in self.outputs.items()
+                }
+            else:
+                model(x)
         finally:
             self.hooks.stop()
         missing = [name for name in self.layers if name not in self.outputs]
@@ -146,11 +172,13 @@ def extract_to_store(
     pass_order: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    compat: str = LAYER_VALUES[0],
 ) -> Path:
     """Stream the Gram statistics of `layers` (every batch of every pass of `pass_order`; default
     one pass in stored order) and the raw features of `features` (any probe layers, default: the
     same as `layers`) on `images` (benign test images or stored adversarial examples,
-    `adversarial.read_adversarial`) into a Zarr store.
+    `adversarial.read_adversarial`) into a Zarr store. `compat`: the layers' values
+    (`format.LAYER_VALUES`, `LayerRecorder`).
 
     Memory holds one forward batch's Grams and features (two while the previous batch is
     written). The store appears at `path` only when complete.
@@ -183,7 +211,18 @@ def extract_to_store(
             f"{k} {attrs[k]}" for k in ("model_id", "checkpoint", "inputs") if k in attrs
         )
         _stream_batches(
-            model, images, batches, arrays, grams, layers, layout, device, progress, sample_ids, who
+            model,
+            images,
+            batches,
+            arrays,
+            grams,
+            layers,
+            layout,
+            device,
+            progress,
+            sample_ids,
+            who,
+            compat,
         )
         group.attrs.update(
             {
@@ -197,6 +236,7 @@ def extract_to_store(
                 "pool": layout.pool,
                 "cka_batch_size": layout.cka_batch_size,
                 "passes": len(order),
+                "compat": compat,
                 COMPLETE: True,
             }
         )
@@ -215,6 +255,7 @@ def _stream_batches(
     progress: bool,
     sample_ids: np.ndarray,
     who: str = "",
+    compat: str = LAYER_VALUES[0],
 ) -> None:
     """Forward every batch of every pass; each Gram layer's packed Gram is made on the device as
     the layer fires, into the batch's column of one of two alternating batch buffers, and in
@@ -267,7 +308,7 @@ def _stream_batches(
                 arrays[name].oindex[rows] = values
 
     recorder = LayerRecorder(
-        model, list(dict.fromkeys([*gram_layers, *arrays])), transform=transform
+        model, list(dict.fromkeys([*gram_layers, *arrays])), transform=transform, compat=compat
     )
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:

@@ -21,6 +21,14 @@ COMPLETE = "robrep_complete"
 FORMAT = "robrep.activations/3"  # 2: Gram statistics, passes, feature layers; 3: one Gram chunk per batch
 
 
+# `activations.compat`: what a probed layer's value is. robrep: the module's output as the module
+# returns it. release: what that tensor holds once the forward pass has ended, every ReLU in place,
+# as the hooks of the released code of Cianfarani et al. (2022) see it (their `utils/features.py`
+# keeps a view of each output): a BatchNorm followed by its ReLU reads the ReLU's output.
+LAYER_VALUES = ("robrep", "release")
+RELEASE_VALUES = "release"
+
+
 class IncompleteStoreError(RuntimeError):
     """The store was not finished (killed extraction) and must be rebuilt."""
 
