@@ -85,7 +85,8 @@ def splits_path(dataset):
     return f"{RESULTS}/data/{dataset}/splits.npz"
 
 
-EVALUATION_ATTACK = rcfg.evaluation_attack(config)
+# The evaluation attack of each dataset: config evaluation with its evaluation.datasets changes.
+EVALUATION_ATTACK = {d: rcfg.evaluation_attack(config, d) for d in config["datasets"]}
 
 
 def train_settings(wildcards):
@@ -106,7 +107,7 @@ def train_settings(wildcards):
         precision=TRAINING["precision"],
         channels_last=TRAINING["channels_last"],
         deterministic=TRAINING["deterministic"],
-        evaluation=EVALUATION_ATTACK,
+        evaluation=EVALUATION_ATTACK[wildcards.dataset],
         eval_batch_size=config["evaluation"]["batch_size"],
     )
 

@@ -20,7 +20,7 @@ rule attack:
         disk_mb=resource("attack", "disk_mb"),
         gpu=SIZER.gpus("attack"),
     params:
-        attack=EVALUATION_ATTACK,
+        attack=lambda wc: EVALUATION_ATTACK[wc.dataset],
         n_examples=lambda wc: EXAMPLES[wc.dataset],
         subset_seed=config["split_seed"],
         batch_size=ATTACK_BATCH,
@@ -49,7 +49,7 @@ rule autoattack:
         runtime=resource("autoattack", "runtime"),
         gpu=SIZER.gpus("autoattack"),
     params:
-        evaluation=EVALUATION_ATTACK,
+        evaluation=lambda wc: EVALUATION_ATTACK[wc.dataset],
         version=AUTOATTACK["version"],
         batch_size=AUTOATTACK["batch_size"],
         n_examples=lambda wc: SIZER.autoattack_examples(wc.dataset),

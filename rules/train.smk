@@ -76,7 +76,7 @@ rule import_model:
         gpu=SIZER.gpus("import_model"),
     params:
         entry=lambda wc: EXTERNAL[wc.external],
-        evaluation=EVALUATION_ATTACK,
+        evaluation=lambda wc: EVALUATION_ATTACK[EXTERNAL[wc.external]["dataset"]],
         eval_batch_size=config["evaluation"]["batch_size"],
     script:
         "../workflow_scripts/import_model.py"

@@ -236,7 +236,7 @@ def test_release_compat_reads_batchnorm_after_its_inplace_relu(tmp_path):
     modules = dict(model.named_modules())
     followed = {
         bn: relu
-        for bn, relu in zip(layers, layers[1:])
+        for bn, relu in zip(layers[:-1], layers[1:], strict=True)
         if isinstance(modules[bn], torch.nn.BatchNorm2d)
         and isinstance(modules[relu], torch.nn.ReLU)
     }

@@ -306,3 +306,39 @@ def test_no_models_and_half_given_grids_are_refused(tmp_path):
     twice = {"datasets": ["digits"], "external_models": [external(tmp_path)] * 2}
     with pytest.raises(rcfg.ConfigError, match=r"name: 'theirs' repeats external_models\[0\]"):
         check(twice)
+
+
+def test_evaluation_per_dataset():
+    """`evaluation.datasets.<d>` changes the attack of that dataset only; a dataset not in the
+    run, or an L∞ budget of 1 or more there, is refused naming the key."""
+    config = {
+        "datasets": ["digits", "cifar10"],
+        "evaluation": {
+            "norm": "linf",
+            "eps": "8/255",
+            "steps": 20,
+            "val_steps": 5,
+            "step_size": 2 / 255,
+            "batch_size": 256,
+            "autoattack": {},
+            "datasets": {"digits": {"eps": 0.1, "steps": 10}},
+        },
+    }
+    digits = rcfg.evaluation_attack(config, "digits")
+    cifar = rcfg.evaluation_attack(config, "cifar10")
+    assert digits == {"norm": "linf", "eps": 0.1, "steps": 10, "val_steps": 5, "step_size": 2 / 255}
+    assert cifar == {
+        "norm": "linf",
+        "eps": 8 / 255,
+        "steps": 20,
+        "val_steps": 5,
+        "step_size": 2 / 255,
+    }
+    config["evaluation"]["datasets"] = {"mnist": {"eps": 0.3}}
+    with pytest.raises(
+        rcfg.ConfigError, match="evaluation.datasets: mnist not in datasets; valid: digits, cifar10"
+    ):
+        rcfg.check_evaluation_datasets(config)
+    config["evaluation"]["datasets"] = {"digits": {"eps": 1.5}}
+    with pytest.raises(rcfg.ConfigError, match=r"evaluation\.datasets\.digits\.eps: 1.5 is >= 1"):
+        rcfg.check_evaluation_datasets(config)

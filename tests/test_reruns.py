@@ -187,6 +187,20 @@ def test_autoattack_setting_reruns_only_autoattack(completed_run, change):
     assert counts == {"autoattack": 2, "aggregate": 1, "figures": 1, "all": 1}
 
 
+def test_a_dataset_s_evaluation_attack_reruns_that_dataset(completed_run):
+    """`evaluation.datasets.digits` restating the shared attack changes no model, example or
+    store (only the summary, which records the config as given); a different step count there
+    retrains digits' models and recrafts their examples."""
+    same = copy.deepcopy(TINY)
+    same["evaluation"]["datasets"] = {"digits": {"eps": 0.1, "steps": 3}}
+    counts = job_counts(dry_run_with(completed_run, same))
+    assert counts == {"aggregate": 1, "figures": 1, "all": 1}
+    changed = copy.deepcopy(TINY)
+    changed["evaluation"]["datasets"] = {"digits": {"steps": 4}}
+    counts = job_counts(dry_run_with(completed_run, changed))
+    assert counts["train"] == 2 and counts["attack"] >= 2 and counts["autoattack"] == 2
+
+
 @pytest.mark.parametrize("key, value", [("folds", 3), ("seed", 1), ("n_examples", 40)])
 def test_probe_setting_reruns_only_the_probes(completed_run, key, value):
     """A probe setting reruns the probes (one per model) and the summary, nothing upstream."""

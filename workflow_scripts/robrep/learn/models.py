@@ -106,7 +106,7 @@ def inplace_relus(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, inplace in zip(relus, was):
+        for m, inplace in zip(relus, was, strict=True):
             m.inplace = inplace
 
 

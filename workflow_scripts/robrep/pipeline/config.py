@@ -632,14 +632,32 @@ def feature_layers(config: Mapping[str, Any]) -> str | list[str]:
     return act.get("features", act["layers"])
 
 
-def evaluation_attack(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluation attack's settings: config `evaluation` less its batch size and AutoAttack
-    (which has its own rule: a change to it never retrains a model), eps parsed."""
+def evaluation_attack(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The evaluation attack's settings on `dataset`: config `evaluation` with its
+    `evaluation.datasets.<dataset>` changes, less the batch size and AutoAttack (which has its
+    own rule: a change to it never retrains a model), eps parsed. A change for one dataset reruns
+    that dataset's models only."""
     attack = dict(config["evaluation"])
-    attack["eps"] = parse_eps(attack["eps"], "evaluation.eps")
+    changes = (attack.pop("datasets", None) or {}).get(dataset) or {}
+    attack.update(changes)
+    key = f"evaluation.datasets.{dataset}" if changes else "evaluation"
+    attack["eps"] = parse_eps(attack["eps"], f"{key}.eps")
     attack.pop("batch_size", None)
     attack.pop("autoattack", None)
     return attack
+
+
+def check_evaluation_datasets(config: Mapping[str, Any]) -> None:
+    """`evaluation.datasets` names datasets of the run, and each one's attack is a valid one."""
+    changes = config["evaluation"].get("datasets") or {}
+    unknown = sorted(set(changes) - set(config["datasets"]))
+    if unknown:
+        raise ConfigError(
+            f"evaluation.datasets: {', '.join(unknown)} not in datasets; valid: "
+            f"{', '.join(config['datasets'])}"
+        )
+    for dataset in changes:
+        check_linf_budget(evaluation_attack(config, dataset), f"evaluation.datasets.{dataset}")
 
 
 def check_layer_selections(config: Mapping[str, Any], study: Study) -> None:
@@ -675,6 +693,7 @@ def load_config(
         from robrep.study.analyses import ANALYSES
 
         config["analyses"] = list(ANALYSES)
+    check_evaluation_datasets(config)
     check_metrics(config)
     check_minibatches(config)
     check_probes(config)

@@ -21,7 +21,12 @@ from robrep.ids import ModelKey, StoreKey
 from robrep.learn.cost import ModelCost, model_cost
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, check_request
-from robrep.pipeline.config import examples_used, external_models, feature_layers
+from robrep.pipeline.config import (
+    evaluation_attack,
+    examples_used,
+    external_models,
+    feature_layers,
+)
 from robrep.similarity.result import MINIBATCH_CKA
 from robrep.store.format import RELEASE_VALUES
 from robrep.study.study import Pair, Study
@@ -192,6 +197,10 @@ class JobSizer:
         )
         return geo, cost
 
+    def _evaluation(self, dataset: str) -> dict[str, Any]:
+        """The evaluation attack on `dataset` (`config.evaluation_attack`)."""
+        return evaluation_attack(self.config, dataset)
+
     def _train(self, wc: Any) -> dict[str, int]:
         training = self.config["training"]
         geo, cost = self._cost(wc.dataset, wc.arch)
@@ -201,7 +210,7 @@ class JobSizer:
             training["epochs"],
             training["batch_size"],
             self.study.methods[wc.method_id]["steps"],
-            self.config["evaluation"]["val_steps"],
+            self._evaluation(wc.dataset)["val_steps"],
             self.gflops,
             training["val_fraction"],
             self.on_gpu,
@@ -210,13 +219,12 @@ class JobSizer:
     def _import_model(self, wc: Any) -> dict[str, int]:
         entry = self.external[wc.external]
         geo, cost = self._cost(entry["dataset"], entry["arch"])
-        evaluation = self.config["evaluation"]
         return rres.attack_resources(
             geo,
             cost,
             geo.examples,
-            evaluation["batch_size"],
-            evaluation["steps"],
+            self.config["evaluation"]["batch_size"],
+            self._evaluation(entry["dataset"])["steps"],
             self.gflops,
             self.on_gpu,
         )
@@ -228,7 +236,7 @@ class JobSizer:
             cost,
             self.examples[wc.dataset],
             self.attack_batch,
-            self.config["evaluation"]["steps"],
+            self._evaluation(wc.dataset)["steps"],
             self.gflops,
             self.on_gpu,
         )
@@ -279,7 +287,7 @@ class JobSizer:
             cost,
             self.autoattack_examples(wc.dataset),
             version if isinstance(version, str) else tuple(version),
-            self.config["evaluation"]["steps"],
+            self._evaluation(wc.dataset)["steps"],
             autoattack["batch_size"],
             self.gflops,
             self.on_gpu,
