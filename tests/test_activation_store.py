@@ -256,3 +256,33 @@ def test_release_compat_reads_batchnorm_after_its_inplace_relu(tmp_path):
             gram_release[..., layers.index(bn)], gram_own[..., layers.index(relu)]
         )
     assert all(not m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))
+
+
+def test_grams_made_on_the_device_match_the_host_path(tiny_model, tmp_path, monkeypatch):
+    """The GPU path (`DeviceGrams`: every layer's packed Gram made with torch into one buffer,
+    one host copy per batch, non-finite flags read once per batch), run here with torch on the
+    CPU, stores the host path's Grams to float32 rounding and the same features; NaN
+    activations still stop it naming the layer and the example."""
+    import copy
+
+    from robrep.store import extract as extraction
+    from robrep.store.format import NonFiniteActivationsError
+
+    # Two passes of batches of 20, 20, 10: both host buffers and a short last batch.
+    order = np.stack([np.arange(50), np.random.default_rng(1).permutation(50)])
+    kw = {"pass_order": order, "cka_batch_size": 20}
+    host = zarr.open_group(str(extract(tiny_model, tmp_path / "host.zarr", **kw)), mode="r")
+    monkeypatch.setattr(extraction, "_grams_on_device", lambda device: True)
+    made = zarr.open_group(str(extract(tiny_model, tmp_path / "device.zarr", **kw)), mode="r")
+    assert made["gram"].shape[0] == 6
+    np.testing.assert_allclose(made["gram"][:], host["gram"][:], rtol=2e-5, atol=1e-4)
+    for name in host.attrs["feature_layers"]:
+        np.testing.assert_array_equal(made[name][:], host[name][:])
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(broken.get_submodule("stage2.0").parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(
+        NonFiniteActivationsError,
+        match=r"layer 'stage2.0' has non-finite activations, first at example 100 \(row 0",
+    ):
+        extract(broken, tmp_path / "broken.zarr")

@@ -42,7 +42,8 @@ def packed_grams(rng, b: int, layers: int) -> np.ndarray:
 def test_batch_hsic_is_the_textbook_hsic(rng, name, b, rows):
     kernels = KERNELS[name]
     packed = packed_grams(rng, b, 4)
-    hsic = _batch_hsic([packed[:, :3], packed[:, 3:]], b, staging(kernels, rows, 4), kernels)
+    stats = [kernels.upload(packed[:, :3]), kernels.upload(packed[:, 3:])]
+    hsic = _batch_hsic(stats, b, staging(kernels, rows, 4), kernels)
     grams = [unpack_gram(packed[:, i], b).astype(np.float64) for i in range(4)]
     want = np.array([[hsic1_textbook(k, l_) for l_ in grams] for k in grams])
     np.testing.assert_allclose(hsic, want, rtol=1e-9, atol=1e-9)
@@ -54,8 +55,10 @@ def test_side_terms_and_cross_products_agree_across_backends(rng, b, rows):
     got = {}
     for name, kernels in KERNELS.items():
         buffer = staging(kernels, rows, 5)
-        side_a, side_b = _side_terms(a, b, buffer, kernels), _side_terms(other, b, buffer, kernels)
-        inner = _cross_products(a, other, b, buffer, kernels)
+        on_a, on_other = kernels.upload(a), kernels.upload(other)
+        side_a = _side_terms(on_a, b, buffer, kernels)
+        side_b = _side_terms(on_other, b, buffer, kernels)
+        inner = _cross_products(on_a, on_other, b, buffer, kernels)
         order = np.random.default_rng(1).permutation(b)
         got[name] = (
             side_a.cross_hsic(side_b, inner, b),

@@ -39,8 +39,9 @@ class Kernels(Protocol):
     device: Any
 
     def zeros(self, *shape: int) -> Any: ...
+    def host_buffer(self, size: int) -> np.ndarray: ...
     def staging(self, columns: int) -> Any: ...
-    def upload(self, block: Any) -> Any: ...
+    def upload(self, packed: np.ndarray) -> Any: ...
     def add_products(self, out: Any, a: Any, b: Any) -> None: ...
     def add_row_sums(self, row_sums: Any, block: Any, entries: slice, b: int) -> None: ...
     def outer(self, a: Any, b: Any) -> Any: ...
@@ -57,11 +58,17 @@ class NumpyKernels:
     def zeros(self, *shape: int) -> np.ndarray:
         return np.zeros(shape)
 
+    def host_buffer(self, size: int) -> np.ndarray:
+        """A float32 buffer a store's Grams are read into."""
+        return np.empty(size, np.float32)
+
     def staging(self, columns: int) -> np.ndarray:
+        """Float64 row blocks of stacked triangles."""
         return np.empty((staging_rows(columns), columns))
 
-    def upload(self, block: np.ndarray) -> np.ndarray:
-        return block
+    def upload(self, packed: np.ndarray) -> np.ndarray:
+        """A batch's packed float32 Grams where the kernels compute: here, as they are."""
+        return packed
 
     def add_products(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         """out += aᵀ b (BLAS's syrk when b is a)."""
@@ -93,8 +100,9 @@ class NumpyKernels:
 
 
 class TorchKernels:
-    """torch on `device` (a GPU in the pipeline; the CPU in tests). Blocks are staged in host
-    memory and copied up once; row sums are two `index_add_` scatters."""
+    """torch on `device` (a GPU in the pipeline; the CPU in tests). A batch's packed float32
+    Grams are copied up once (from pinned host buffers on CUDA, asynchronously), then converted
+    to float64, gathered and multiplied on the device; row sums are two `index_add_` scatters."""
 
     def __init__(self, device: str | torch.device) -> None:
         import torch
@@ -105,11 +113,20 @@ class TorchKernels:
     def zeros(self, *shape: int) -> torch.Tensor:
         return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
 
-    def staging(self, columns: int) -> torch.Tensor:
-        return self.torch.empty(staging_rows(columns), columns, dtype=self.torch.float64)
+    def host_buffer(self, size: int) -> np.ndarray:
+        """A float32 buffer in pinned host memory on CUDA (so uploads from it are asynchronous).
+        A caller reuses it only after the kernels' results of its batch were read back
+        (`to_numpy` waits for the device), when its upload has finished."""
+        pin = self.device.type == "cuda"
+        return self.torch.empty(size, dtype=self.torch.float32, pin_memory=pin).numpy()
 
-    def upload(self, block: torch.Tensor) -> torch.Tensor:
-        return block.to(self.device)
+    def staging(self, columns: int) -> torch.Tensor:
+        return self.torch.empty(
+            staging_rows(columns), columns, dtype=self.torch.float64, device=self.device
+        )
+
+    def upload(self, packed: np.ndarray) -> torch.Tensor:
+        return self.torch.from_numpy(packed).to(self.device, non_blocking=True)
 
     def add_products(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out.addmm_(a.T, b)

@@ -64,13 +64,22 @@ def row_block_gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
 def pack_gram(upper: torch.Tensor | np.ndarray) -> np.ndarray:
     """The packed float32 Gram statistic of a b x b matrix whose upper triangle holds K: the strict
     upper triangle row by row, then the diagonal (one gather)."""
-    b = upper.shape[0]
     if not isinstance(upper, np.ndarray):  # a torch tensor
-        import torch
+        return pack_gram_on_device(upper).cpu().numpy()
+    return np.take(upper.reshape(-1), _pack_positions(upper.shape[0]))
 
-        positions = torch.from_numpy(_pack_positions(b)).to(upper.device)
-        return upper.reshape(-1)[positions].cpu().numpy()
-    return np.take(upper.reshape(-1), _pack_positions(b))
+
+def pack_gram_on_device(upper: torch.Tensor) -> torch.Tensor:
+    """`pack_gram` of a torch matrix, left on its device (no host copy)."""
+    return upper.reshape(-1)[_device_positions(upper.shape[0], upper.device)]
+
+
+@functools.lru_cache(maxsize=16)
+def _device_positions(b: int, device: torch.device) -> torch.Tensor:
+    """`_pack_positions(b)` on `device`, copied there once."""
+    import torch
+
+    return torch.from_numpy(_pack_positions(b)).to(device)
 
 
 def unpack_gram(packed: np.ndarray, b: int) -> np.ndarray:
@@ -145,23 +154,25 @@ class GramMaker:
         else:
             flat = output.detach().reshape(len(output), -1)
             if flat.device.type != "cpu":
-                return self._on_device(key, flat.float())
+                return self.packed_on_device(key, flat).cpu().numpy()
             x = flat.float().numpy()
         if key not in self.offsets:
             self.offsets[key] = x.mean(0)  # float32: an offset need not be exact
         return pack_gram(offset_upper_gram(x, self.offsets[key], self.scratch, self.helpers))
 
-    def _on_device(self, key: Any, x: torch.Tensor) -> np.ndarray:
-        """X − offset into one growing buffer (a fresh multi-MB array per layer costs about as much
-        as the product), row-block product, packing on the device."""
+    def packed_on_device(self, key: Any, output: torch.Tensor) -> torch.Tensor:
+        """The packed Gram of one batch of layer `key` as float32 on the output's device (any torch
+        device): X − offset into one growing buffer (a fresh multi-MB array per layer costs about
+        as much as the product), row-block product, packing, all on the device."""
         import torch
 
+        x = output.detach().reshape(len(output), -1).float()
         if key not in self.offsets:
             self.offsets[key] = x.mean(0, keepdim=True)
         if self.buffer is None or self.buffer.numel() < x.numel():
             self.buffer = torch.empty(x.numel(), device=x.device)
         centred = torch.sub(x, self.offsets[key], out=self.buffer[: x.numel()].view(x.shape))
-        return pack_gram(row_block_gram(centred))
+        return pack_gram_on_device(row_block_gram(centred))
 
 
 def _compute_threads() -> int:

@@ -24,29 +24,26 @@ def _hsic1(inner: Any, sums_product: Any, row_sums_product: Any, b: int) -> Any:
     )
 
 
-def _row_blocks(
-    stats: Sequence[np.ndarray], b: int, staging: Any, kernels: Kernels
-) -> Iterator[tuple[slice, Any]]:
-    """The strict triangles of `stats` (each (triangle_size(b), layers) packed Grams), side by
-    side in float64 row blocks of `staging` (host memory), on the kernels' device: (entries,
-    block) per block."""
+def _row_blocks(stats: Sequence[Any], b: int, staging: Any) -> Iterator[tuple[slice, Any]]:
+    """The strict triangles of `stats` (each (triangle_size(b), layers) packed Grams where the
+    kernels compute, `Kernels.upload`), side by side in float64 row blocks of `staging` (on the
+    same device): (entries, block) per block."""
     strict = b * (b - 1) // 2
     step = staging.shape[0]
-    host = staging if isinstance(staging, np.ndarray) else staging.numpy()  # torch: CPU tensor
     for lo in range(0, strict, step):
         hi = min(lo + step, strict)
         start = 0
         for s in stats:
-            host[: hi - lo, start : start + s.shape[1]] = s[lo:hi]
+            staging[: hi - lo, start : start + s.shape[1]] = s[lo:hi]
             start += s.shape[1]
-        yield slice(lo, hi), kernels.upload(staging[: hi - lo, :start])
+        yield slice(lo, hi), staging[: hi - lo, :start]
 
 
 def _side_terms(packed: np.ndarray, b: int, staging: Any, kernels: Kernels) -> _SideTerms:
     """`_SideTerms` of one side's packed Grams on a batch of b rows: row sums and a square."""
     row_sums = kernels.zeros(b, packed.shape[1])
     squares = kernels.zeros(packed.shape[1])
-    for entries, block in _row_blocks([packed], b, staging, kernels):
+    for entries, block in _row_blocks([packed], b, staging):
         squares += (block * block).sum(0)
         kernels.add_row_sums(row_sums, block, entries, b)
     return _SideTerms(row_sums, squares, kernels)
@@ -59,7 +56,7 @@ def _cross_products(
     b, (a's layers, b's) in float64: a quarter of the stacked product for sides of one width."""
     width = packed_a.shape[1]
     products = kernels.zeros(width, packed_b.shape[1])
-    for _, block in _row_blocks([packed_a, packed_b], b, staging, kernels):
+    for _, block in _row_blocks([packed_a, packed_b], b, staging):
         kernels.add_products(products, block[:, :width], block[:, width:])
     return products
 
@@ -105,7 +102,7 @@ def _batch_hsic(stats: Sequence[np.ndarray], b: int, staging: Any, kernels: Kern
     total = sum(s.shape[1] for s in stats)
     products = kernels.zeros(total, total)
     row_sums = kernels.zeros(b, total)
-    for entries, block in _row_blocks(stats, b, staging, kernels):
+    for entries, block in _row_blocks(stats, b, staging):
         kernels.add_products(products, block, block)
         kernels.add_row_sums(row_sums, block, entries, b)
     sums = row_sums.sum(0)

@@ -93,9 +93,9 @@ def minibatch_cka_grams(
     keep = _usable([(p, slice(0, b)) for p, b in zip(passes, sizes, strict=True)], sizes)
     widths = {k: len(models[k].names) for k in used}
     largest = triangle_size(max(sizes))
-    buffers = {k: [np.empty(largest * widths[k], np.float32) for _ in range(2)] for k in used}
     total = sum(widths.values())
     kernels = kernels_for(device)
+    buffers = {k: [kernels.host_buffer(largest * widths[k]) for _ in range(2)] for k in used}
     staging = kernels.staging(total)
     spent = {"read": 0.0, "hsic": 0.0}
 
@@ -111,7 +111,7 @@ def minibatch_cka_grams(
     cross: dict[tuple[int, int], list[np.ndarray]] = {p: [] for p in pairs}
     selfs: dict[int, list[np.ndarray]] = {k: [] for k in used}
     for count, t in enumerate(keep):
-        stats = [next(items) for _ in used]
+        stats = [kernels.upload(next(items)) for _ in used]
         start = time.perf_counter()
         hsic = _batch_hsic(stats, sizes[t], staging, kernels)
         for k in used:

@@ -111,8 +111,8 @@ def _view_cka(
     keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
     width_a, width_b = len(a.names), len(models[-1].names)
     largest = triangle_size(max(sizes))
-    buffers = [np.empty(largest * len(m.names), np.float32) for m in models]
     kernels = kernels_for(device)
+    buffers = [kernels.host_buffer(largest * len(m.names)) for m in models]
     staging = kernels.staging(width_a + width_b)
     cross = self_a = self_b = None
     for t in keep:
@@ -145,7 +145,8 @@ class _BatchSide:
     squares do not change), and from the gathered triangle for a subset."""
 
     def __init__(self, packed: np.ndarray, n: int, staging: Any, kernels: Kernels):
-        self.packed, self.n, self.staging, self.kernels = packed, n, staging, kernels
+        self.packed = kernels.upload(packed)  # once per batch; every view gathers from it there
+        self.n, self.staging, self.kernels = n, staging, kernels
 
     @functools.cached_property
     def terms(self) -> _SideTerms:
@@ -155,7 +156,7 @@ class _BatchSide:
         """The packed Grams of `rows` of the batch (None: all, in stored order) and their terms."""
         if rows is None:
             return self.packed, self.terms
-        packed = self.packed[packed_permutation(self.n, rows)]
+        packed = self.kernels.take_rows(self.packed, packed_permutation(self.n, rows))
         if len(rows) == self.n:
             return packed, self.terms.of_rows(rows)
         return packed, _side_terms(packed, len(rows), self.staging, self.kernels)

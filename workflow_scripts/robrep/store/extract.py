@@ -243,6 +243,39 @@ def extract_to_store(
     return path
 
 
+def _grams_on_device(device: str | torch.device) -> bool:
+    """Whether extraction makes the Grams with torch on `device` (any device but the CPU, where
+    numpy/BLAS makes them)."""
+    return torch.device(device).type != "cpu"
+
+
+class DeviceGrams:
+    """One batch's packed Grams of every layer, made on the device into one (entries, layers)
+    buffer with a non-finite flag per layer, then copied to host memory once per batch: into one
+    of two alternating host buffers (pinned on CUDA, so the copy is asynchronous), while the
+    writer thread stores the other."""
+
+    def __init__(self, shape: tuple[int, int], device: str | torch.device):
+        self.device = torch.device(device)
+        pin = self.device.type == "cuda"
+        self.grams = torch.empty(shape, dtype=torch.float32, device=self.device)
+        self.bad = torch.zeros(shape[1], dtype=torch.bool, device=self.device)
+        self.host = [torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+        self.buffers = [h.numpy() for h in self.host]
+
+    def put(self, column: int, packed: torch.Tensor) -> None:
+        self.grams[: len(packed), column] = packed
+        self.bad[column] = ~torch.isfinite(packed).all()
+
+    def finish(self, t: int) -> list[int]:
+        """Copy batch t's Grams into host buffer t % 2 and return the columns that were not
+        finite: one host sync per batch, after which the copy (queued first) is complete."""
+        self.host[t % 2].copy_(self.grams, non_blocking=True)
+        bad = self.bad.cpu().nonzero().flatten().tolist()
+        self.bad.zero_()
+        return bad
+
+
 def _stream_batches(
     model: nn.Module,
     inputs: np.ndarray,
@@ -258,9 +291,11 @@ def _stream_batches(
     compat: str = LAYER_VALUES[0],
 ) -> None:
     """Forward every batch of every pass; each Gram layer's packed Gram is made on the device as
-    the layer fires, into the batch's column of one of two alternating batch buffers, and in
-    pass 0 the feature layers' (pooled) outputs are copied out. Non-finite activations stop it
-    (`NonFiniteActivationsError`, naming `who`, the layer and the first bad example).
+    the layer fires, into the batch's column of one of two alternating batch buffers (on a GPU
+    through `DeviceGrams`: one copy per batch), and in pass 0 the feature layers' (pooled)
+    outputs are copied out. Non-finite activations stop it (`NonFiniteActivationsError`, naming
+    `who`, the layer and the first bad example; on a GPU the batch is rerun with per-layer
+    checks to find them).
 
     Writing batch t overlaps the forward pass of batch t + 1.
     """
@@ -268,8 +303,18 @@ def _stream_batches(
 
     make_gram = GramMaker()  # offsets fixed by the first batch of pass 0 (HSIC_1 ignores them)
     column = {name: i for i, name in enumerate(gram_layers)}
-    buffers = [np.empty(grams.shape[1:], np.float32) for _ in range(2)]
-    now: dict[str, Any] = {"features": False, "grams": buffers[0], "rows": slice(0, 0)}
+    on_device = DeviceGrams(grams.shape[1:], device) if _grams_on_device(device) else None
+    buffers = (
+        on_device.buffers
+        if on_device is not None
+        else [np.empty(grams.shape[1:], np.float32) for _ in range(2)]
+    )
+    now: dict[str, Any] = {
+        "features": False,
+        "grams": buffers[0],
+        "rows": slice(0, 0),
+        "checked": on_device is None,  # per layer, on the host
+    }
 
     def refuse(name: str, out: torch.Tensor) -> NonFiniteActivationsError:
         bad = (~torch.isfinite(out.reshape(len(out), -1))).any(1).nonzero()
@@ -284,7 +329,9 @@ def _stream_batches(
         )
 
     def transform(name: str, out: torch.Tensor) -> torch.Tensor | None:
-        if name in column:
+        if name in column and not now["checked"]:
+            on_device.put(column[name], make_gram.packed_on_device(name, out))
+        elif name in column:
             packed = make_gram(name, out)
             if not np.isfinite(packed).all():
                 raise refuse(name, out)
@@ -319,6 +366,10 @@ def _stream_batches(
                 now.update(features=p == 0, grams=buffers[t % 2], rows=rows)
                 x = to_float(inputs[rows]).to(device)
                 outs = recorder.record(model, x)
+                if on_device is not None and on_device.finish(t):
+                    now["checked"] = True  # rerun the batch checking each layer: raises
+                    recorder.record(model, x)
+                    raise RuntimeError(f"{who}: non-finite Grams that no layer check found")
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(write, t, rows, outs, buffers[t % 2])
