@@ -228,7 +228,9 @@ def cluster_node():
         return None
     node = rcluster.node_capacity(config["resources"].get("node"), ask_slurm=on_slurm())
     if node is not None:
-        for name, limit in (("_cores", node.cores), ("mem_mb", node.mem_mb)):
+        # A group of GPU jobs must fit the node's GPUs too (none asks for one without them).
+        limits = [("_cores", node.cores), ("mem_mb", node.mem_mb)]
+        for name, limit in limits + ([("gpu", node.gpus)] if node.gpus else []):
             given = workflow.global_resources.get(name)
             given = given.value if given is not None else None
             workflow.global_resources[name] = min(given, limit) if given else limit

@@ -48,13 +48,23 @@ def cluster():
     shutil.rmtree(root, ignore_errors=True)
 
 
+FAKE_CUDA = Path(__file__).parent / "helpers" / "fake_cuda"  # its sitecustomize: see there
+FAKE_GPU_ENV = {
+    "ROBREP_FAKE_GPUS": "1",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(FAKE_CUDA), os.environ.get("PYTHONPATH")])),
+}
+
+
 def test_profile_runs_every_job_through_sbatch(cluster, completed_run, tmp_path):
+    """The tiny study under `device: cuda` on a node with (fake) GPUs: every GPU rule's job asks
+    SLURM for a GPU and gets one (a job without one fails: `helpers/fake_cuda`), every CPU
+    rule's job asks for none, and the results equal the local run's."""
     # Exactly the command in the profile's header: no --cores, nothing else.
-    workdir = make_workdir(tmp_path, TINY)
+    workdir = make_workdir(tmp_path, {**TINY, "device": "cuda"})
     header = (workdir / "profiles" / "slurm" / "config.yaml").read_text().splitlines()[1]
     command = header.lstrip("# ").split()
     assert command == ["snakemake", "--workflow-profile", "profiles/slurm"], header
-    out = snakemake(workdir, *command[1:], cores=None, timeout=1200)
+    out = snakemake(workdir, *command[1:], cores=None, timeout=1200, env=FAKE_GPU_ENV)
     text = out.stdout + out.stderr
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", text)
     assert job_ids, text[-3000:]
@@ -80,7 +90,40 @@ def test_profile_runs_every_job_through_sbatch(cluster, completed_run, tmp_path)
     assert groups, states
     for _, cpus, mem, _ in groups:
         assert int(cpus) <= node_cpus and int(mem.rstrip("M")) <= node_mem, (cpus, mem, states)
+    asked = {j: gpu_request(j) for j in job_ids}
+    by_rule: dict[str, set[int]] = {}
+    for j in job_ids:
+        rule = re.match(r"rule_([a-z_]+?)(?:_wildcards|$)", jobs[j][3])
+        assert rule, (j, jobs[j])
+        name = "comparisons" if rule.group(1).startswith("comparisons") else rule.group(1)
+        by_rule.setdefault(name, set()).add(asked[j])
+    gpu_rules = {"train", "attack", "autoattack", "extract", "comparisons"}
+    cpu_rules = {"prepare_data", "probe", "aggregate", "figures"}
+    assert set(by_rule) <= gpu_rules | cpu_rules, by_rule
+    assert gpu_rules - {"comparisons"} <= set(by_rule) and cpu_rules <= set(by_rule), by_rule
+    for rule, gpus in by_rule.items():
+        if rule in cpu_rules:
+            assert gpus == {0}, (rule, gpus)
+        else:  # one GPU each; a group of comparisons at most the node's
+            assert gpus and 0 not in gpus and max(gpus) <= node_gpus(), (rule, gpus)
     summaries_equal(completed_run, workdir)
+
+
+def gpu_request(job_id: str) -> int:
+    """The GPUs a SLURM job asked for, from `scontrol show job` (TresPerJob / TresPerNode)."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"TresPer(?:Job|Node|Task)=\S*gres[:/]gpu[:=](\d+)", shown)
+    return int(found.group(1)) if found else 0
+
+
+def node_gpus() -> int:
+    gres = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%G"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"gpu:(?:\w+:)?(\d+)", gres)
+    return int(found.group(1)) if found else 0
 
 
 def node_size() -> tuple[int, int]:
@@ -126,3 +169,20 @@ def test_a_job_no_node_holds_is_refused_before_submission(cluster, tmp_path):
         -3000:
     ]
     assert "config resources.node" in text
+
+
+def test_a_gpu_job_on_a_node_without_gpus_is_refused_before_submission(cluster, tmp_path):
+    """`device: cuda` where the node has no GPU: nothing is submitted, and the message names the
+    rule and the settings to change."""
+    node = {"cores": 2, "mem_mb": 20000, "gpus": 0}
+    workdir = make_workdir(tmp_path, {**TINY, "device": "cuda", "resources": {"node": node}})
+    out = snakemake(
+        workdir, "--workflow-profile", "profiles/slurm", cores=None, check=False, timeout=600
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "submitted with SLURM jobid" not in text
+    assert re.search(r"rule \w+ computes on a GPU \(device: cuda\) but the node has none", text), (
+        text[-3000:]
+    )
+    assert "resources.node.gpus" in text and "device: cpu" in text

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,10 +60,28 @@ def _memory_mb() -> int:
     raise ClusterError("cannot read MemTotal from /proc/meminfo")
 
 
+FAKE_GPUS = 2  # GPUs the node advertises: gres on character devices, no real GPU behind them
+
+
+def write_fake_gpus(root: Path) -> str:
+    """FAKE_GPUS character devices under ROOT/gpus (copies of /dev/null's) for gres.conf's File=;
+    returns the File= pattern."""
+    gpus = root / "gpus"
+    gpus.mkdir(parents=True, exist_ok=True)
+    null = os.stat("/dev/null").st_rdev
+    for i in range(FAKE_GPUS):
+        path = gpus / f"fake{i}"
+        if not path.exists():
+            os.mknod(path, 0o666 | stat.S_IFCHR, null)
+    return f"{gpus}/fake[0-{FAKE_GPUS - 1}]"
+
+
 def write_config(root: Path) -> Path:
-    """slurm.conf for one node `localhost` with this machine's CPUs and 90% of its memory."""
+    """slurm.conf for one node `localhost` with this machine's CPUs, 90% of its memory and
+    FAKE_GPUS GPUs (gres.conf beside it)."""
     for sub in ("state", "spool", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "gres.conf").write_text(f"Name=gpu File={write_fake_gpus(root)}\n")
     conf = f"""\
 ClusterName=robrep
 SlurmctldHost=localhost
@@ -89,7 +108,8 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=7200
 SchedulerType=sched/backfill
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={int(_memory_mb() * 0.9)} State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={int(_memory_mb() * 0.9)} Gres=gpu:{FAKE_GPUS} State=UNKNOWN
 PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
     path = root / "slurm.conf"

@@ -39,9 +39,11 @@ def snakemake(
     check: bool = True,
     cores: str | None = "2",
     timeout: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run snakemake in `workdir` (with `--cores cores` unless None; `timeout` guards a hang)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    """Run snakemake in `workdir` (with `--cores cores` unless None; `timeout` guards a hang;
+    `env`: more environment variables)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     command = [*SNAKEMAKE, *(["--cores", cores] if cores else []), *args]
     proc = subprocess.run(
         command, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout
