@@ -39,6 +39,23 @@ def method_id(method: Mapping[str, Any]) -> str:
     return f"{method['method']}-{method['norm']}-eps{eps_token(method['eps'])}"
 
 
+METHOD_NAMES = {"pgd": "PGD", "trades": "TRADES"}
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+_METHOD_ID = re.compile(r"^([a-z]+)-([a-z0-9]+)-eps(.+)$")
+
+
+def method_label(method: str) -> str:
+    """The readable name of a method id (`method_id`'s inverse, for figures and tables):
+    ``pgd-linf-eps8_255 -> PGD L∞ ε=8/255``, ``standard -> standard``; an id of another shape
+    is returned as it is."""
+    parsed = _METHOD_ID.match(method)
+    if not parsed:
+        return method
+    kind, norm, eps = parsed.groups()
+    name, norm_name = METHOD_NAMES.get(kind, kind), NORM_NAMES.get(norm, norm)
+    return f"{name} {norm_name} ε={eps.replace('_', '/')}"
+
+
 @dataclass(frozen=True)
 class ModelKey:
     """One trained model: dataset / arch / method id / seed. Fields may be wildcard patterns."""

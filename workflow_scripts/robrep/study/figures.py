@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from robrep.ids import method_label  # noqa: E402
 from robrep.io.atomic import atomic_output  # noqa: E402
 from robrep.similarity.result import MINIBATCH_CKA as METRIC  # noqa: E402
 from robrep.study.analyses import ANALYSES  # noqa: E402
@@ -54,6 +55,23 @@ def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+MAX_LAYER_LABELS = 24  # layer tick labels per heatmap axis; more layers label every k-th one
+LAYER_LABEL_SIZE = 5  # points: the smallest tick label drawn
+
+
+def layer_ticks(ax, axis: str, names: Sequence[str], labelled: bool = True) -> None:
+    """Layer tick labels on `axis` ("x" or "y") of a heatmap over `names`, at LAYER_LABEL_SIZE
+    points: every layer up to MAX_LAYER_LABELS, else every k-th (the first always), so an
+    80-layer matrix stays readable. `labelled` False keeps the ticks without their labels."""
+    step = max(1, -(-len(names) // MAX_LAYER_LABELS))
+    ticks = list(range(0, len(names), step))
+    labels = [names[i] for i in ticks] if labelled else []
+    if axis == "x":
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=LAYER_LABEL_SIZE)
+    else:
+        ax.set_yticks(ticks, labels, fontsize=LAYER_LABEL_SIZE)
 
 
 def _select(ds: xr.Dataset, **coords) -> np.ndarray:
@@ -124,9 +142,9 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             if null is not None:  # indistinguishable from the permutation null: grey
                 mat = np.where(mat > _mean_null(ds, idx), mat, np.nan)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap, origin="lower")
-            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
-            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
-            ax.set_title(f"{arch}\n{method}", fontsize=7)
+            layer_ticks(ax, "x", names)
+            layer_ticks(ax, "y", names, labelled=c == 0)
+            ax.set_title(f"{arch}\n{method_label(method)}", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label=f"{METRIC} (mean over seeds)")
     masked = (
@@ -243,7 +261,8 @@ def _diagonal_panels(
                     sub = idx[ds.arch_b.values[idx] == arch_b]
                     mat, names, _ = _mean_matrix(ds, sub)
                     diag = depth_matched_diagonal(mat)
-                    name = method if arch_b == arch else f"{method} vs {arch_b}"
+                    label = method_label(method)
+                    name = label if arch_b == arch else f"{label} vs {arch_b}"
                     depth = np.linspace(0, 1, len(diag))
                     (line,) = ax.plot(depth, diag, marker=".", label=name)
                     if banded:
@@ -377,9 +396,10 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
                 continue
             mat, names_a, names_b = _mean_matrix(ds, idx)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
-            ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=4)
-            ax.set_yticks(range(len(names_a)), names_a if c == 0 else [], fontsize=4)
-            who = method if panel == "robust" else panel.replace("robust", method)
+            layer_ticks(ax, "x", names_b)
+            layer_ticks(ax, "y", names_a, labelled=c == 0)
+            label = method_label(method)
+            who = label if panel == "robust" else panel.replace("robust", label)
             ax.set_title(f"{arch}, {inputs}\n{who}", fontsize=6)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.5, label=f"{METRIC} (mean over seeds)")
@@ -454,9 +474,9 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                 np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
             )
             ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
-            ax.set_yticks(range(len(names)), names if c == 0 else [], fontsize=5)
+            layer_ticks(ax, "y", names, labelled=c == 0)
             ax.set_xlabel("epoch", fontsize=7)
-            ax.set_title(f"{arch}\n{method}", fontsize=7)
+            ax.set_title(f"{arch}\n{method_label(method)}", fontsize=7)
     for c, method in enumerate(methods):
         ax = axes[-1, c]
         for arch in archs:
@@ -467,7 +487,7 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             drop = np.nanmean(rows, axis=0)
             n = int(np.sum(~np.isnan(drop)))
             ax.plot(np.linspace(0, 1, n), drop[:n], marker=".", label=arch)
-        ax.set_title(f"best vs final drop\n{method}", fontsize=7)
+        ax.set_title(f"best vs final drop\n{method_label(method)}", fontsize=7)
         ax.set_xlabel("relative depth", fontsize=7)
         ax.legend(fontsize=6)
     if image is not None:
@@ -489,7 +509,9 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
                 continue
             n = int(np.max(ds.probe_n_layers.values[sel]))  # the architecture's Gram layers
             depth = layers / max(n - 1, 1)
-            (line,) = ax.plot(depth, np.nanmean(rows[:, layers], 0), marker=".", label=method)
+            (line,) = ax.plot(
+                depth, np.nanmean(rows[:, layers], 0), marker=".", label=method_label(method)
+            )
             lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
             ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         chance = np.nanmean(ds.probe_chance.values[ds.model_arch.values == arch])
