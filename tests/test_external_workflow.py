@@ -96,6 +96,17 @@ def test_external_models_only_run_end_to_end(external_run):
     ).all()
     csv = (results / "summary/accuracy.csv").read_text().splitlines()
     assert len(csv) == 3
+    import csv as csvlib
+
+    rows = {r["method_id"]: r for r in csvlib.DictReader(csv)}
+    for name, method in (("standard", "standard"), ("robust", "pgd-linf-eps0.1")):
+        metrics = read_json(results / f"models/digits/convnet/{method}/seed0/metrics.json")
+        row = rows[method]  # the imported model named: entry, checkpoint file, its SHA-256
+        assert row["external"] == f"their-{name}"
+        assert row["external_checkpoint"] == metrics["external"]["checkpoint"]
+        assert row["external_sha256"] == metrics["external"]["sha256"]
+        assert len(row["external_sha256"]) == 64
+    assert set(ds.model_external.values.tolist()) == {"their-standard", "their-robust"}
     assert len(list((results / "figures").glob("*/*.png"))) >= 8
     assert "Nothing to be done" in (o := snakemake(workdir, "-n")).stdout + o.stderr
 

@@ -364,9 +364,12 @@ def model_summaries(
             "model_method_id": key.method_id,
             **{f"model_{k}": v for k, v in method_coords(metrics["model"]["method"]).items()},
             "model_seed": key.seed,
+            # An imported model's entry name ("" for a model trained here).
+            "model_external": (metrics.get("external") or {}).get("name", ""),
         }
         for k, v in row.items():
             coords.setdefault(k, []).append(v)
+        source = metrics.get("external") or {}
         accuracy.append(
             {
                 **{k.removeprefix("model_"): v for k, v in row.items()},
@@ -375,6 +378,8 @@ def model_summaries(
                 "best_epoch": metrics["best"]["epoch"],
                 "best_val_robust_acc": metrics["best"]["val_robust_acc"],
                 "attack": json.dumps(metrics["test"]["attack"]),
+                "external_checkpoint": source.get("checkpoint", ""),
+                "external_sha256": source.get("sha256", ""),
             }
         )
     data_vars = {
