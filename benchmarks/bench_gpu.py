@@ -6,8 +6,7 @@ Full case: WRN-28-4 on 32 x 32 RGB, every layer (`layers: all`), CKA batch 1024,
 2 passes. `--quick` is a smoke run (WRN-10-1, 16 px, b = 64, N = 256). On CUDA the memory is
 `torch.cuda.max_memory_allocated` of an attack pass (forward + backward to the input); on the
 CPU it is the bytes autograd saves for the backward (`saved_tensors_hooks`), the part the model
-estimates per example. bf16 is measured as a plain autocast training step: robrep's training
-has no precision setting yet, so this says what one would gain, not what robrep does.
+estimates per example. bf16 is the autocast training step of `training.precision: bf16`.
 
     .venv/bin/python benchmarks/bench_gpu.py --device cuda     # on a GPU machine
     .venv/bin/python benchmarks/bench_gpu.py --quick           # CPU smoke run
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robrep.learn.cost import MB, gpu_memory, model_cost
+from robrep.learn.cost import MB, gpu_memory, model_cost, saved_bytes_per_example
 from robrep.learn.models import build_model
 from robrep.runtime import pick_device
 from robrep.store.extract import extract_to_store
@@ -74,16 +73,7 @@ def attack_pass_bytes(model, x, device) -> float:
         base = torch.cuda.memory_allocated(device)
         F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long, device=device)).backward()
         return (torch.cuda.max_memory_allocated(device) - base) / len(x)
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() and t.shape[0] == len(x):
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).backward()
-    return sum(saved.values()) / len(x)
+    return saved_bytes_per_example(model, x)
 
 
 def main() -> None:

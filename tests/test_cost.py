@@ -18,6 +18,7 @@ from robrep.learn.cost import (
     job_microbatch,
     microbatch_rows,
     model_cost,
+    saved_bytes_per_example,
 )
 from robrep.learn.models import build_model
 from robrep.learn.training import epoch_generator, evaluate
@@ -29,27 +30,18 @@ L2_SPEC = AttackSpec("l2", 0.5, 2, 0.3)
 LABELS = np.arange(40) % 10
 
 
-def saved_bytes_per_example(arch: str, channels: int, size: int, rows: int = 4) -> float:
+def autograd_bytes(arch: str, channels: int, size: int, rows: int = 4) -> float:
     """Bytes autograd saves for the backward of one forward pass, per example (the tensors a
     PGD step or a training step keeps on the device)."""
     torch.manual_seed(0)
     model = build_model(arch, channels, 10, [0.5] * channels, [0.5] * channels).eval()
-    saved: dict[int, int] = {}  # storage -> bytes: a tensor saved by two ops counts once
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() and t.shape[0] == rows:  # per-example tensors, not the weights
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     x = torch.rand(rows, channels, size, size, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum().backward()
-    return sum(saved.values()) / rows
+    return saved_bytes_per_example(model, x)
 
 
 @pytest.mark.parametrize("arch, channels, size", [("convnet", 1, 8), ("wrn-10-1", 3, 16)])
 def test_backward_estimate_bounds_what_autograd_saves(arch, channels, size):
-    measured = saved_bytes_per_example(arch, channels, size)
+    measured = autograd_bytes(arch, channels, size)
     estimate = gpu_memory(model_cost(arch, channels, size, 10), "attack").per_example * MB
     # At least what autograd keeps, with room for the gradients in flight; not wildly above.
     assert measured <= estimate <= 4 * measured, (measured, estimate)

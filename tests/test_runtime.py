@@ -38,3 +38,10 @@ def test_cuda_without_a_gpu_names_the_node(monkeypatch):
         pick_device("cuda")
     with pytest.raises(RuntimeError, match="no GPU"):
         compute_device("cuda")
+
+
+def test_gpu_budget_is_the_configured_one_on_a_gpu_and_none_on_the_cpu():
+    from robrep.runtime import gpu_budget_mb
+
+    assert gpu_budget_mb("cpu", {"gpu_mem_mb": 5000}) is None
+    assert gpu_budget_mb("cuda:1", {"gpu_mem_mb": 5000}) == 5000.0  # no GPU asked: configured

@@ -27,7 +27,7 @@ with redirect_to_log(snakemake):
     )
     key = m.key
     attack = AttackSpec.from_evaluation(p.attack)
-    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    budget = gpu_budget_mb(device, snakemake.config["resources"])
     microbatch = m.microbatch("attack", p.batch_size, budget)
     print(f"attack batch {p.batch_size}, {microbatch} rows at a time on {device}")
     images = craft(

@@ -24,7 +24,7 @@ with redirect_to_log(snakemake):
     m = load_on_subset(
         snakemake.input.weights, snakemake.input.splits, p.n_examples, p.subset_seed, device
     )
-    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    budget = gpu_budget_mb(device, snakemake.config["resources"])
     if budget is not None:
         memory = gpu_memory(model_cost_of(m.meta), "attack")
         check_fits(memory, p.batch_size, budget, "evaluation.autoattack.batch_size")

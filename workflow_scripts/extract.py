@@ -30,7 +30,7 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # BLAS: 
     )
     model, meta, key, idx, labels = m.model, m.meta, m.key, m.sample_ids, m.labels
     # A batch's Grams need all its rows' features at once: the CKA batch runs whole.
-    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    budget = gpu_budget_mb(device, snakemake.config["resources"])
     if budget is not None:
         memory = gpu_memory(
             model_cost_of(meta), "extract", p.layout["cka_batch_size"], p.compat == RELEASE_VALUES

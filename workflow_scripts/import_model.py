@@ -19,7 +19,7 @@ with redirect_to_log(snakemake):
     torch.set_num_threads(snakemake.threads)
     splits = read_splits(snakemake.input.splits)
     device = pick_device(snakemake.config["device"])
-    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    budget = gpu_budget_mb(device, snakemake.config["resources"])
     microbatch = None  # on the CPU: whole batches
     if budget is not None:
         cost = model_cost(p.entry["arch"], splits.shape[0], splits.shape[-1], len(splits.classes))

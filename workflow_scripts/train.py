@@ -21,7 +21,7 @@ with redirect_to_log(snakemake):
     settings = TrainSettings(**snakemake.params.settings)
     splits = read_splits(snakemake.input.splits)
     device = pick_device(snakemake.config["device"])
-    budget = gpu_budget_mb(device, snakemake.config["resources"].get("gpu_mem_mb"))
+    budget = gpu_budget_mb(device, snakemake.config["resources"])
     eval_microbatch = None  # on the CPU: whole batches
     resident = resident_data_mb(splits.x_train.nbytes + splits.y_train.nbytes, budget)
     if budget is not None:

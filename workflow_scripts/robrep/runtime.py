@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,11 +138,15 @@ def compute_device(requested: str = "auto") -> str:
     return str(pick_device(requested))
 
 
-def gpu_budget_mb(device: torch.device | str, configured_mb: float | None = None) -> float | None:
-    """The GPU memory (MB) a job's passes may fill on `device`: config `resources.gpu_mem_mb` when
-    set, else what the GPU has free plus what this process already holds; None on the CPU."""
+def gpu_budget_mb(
+    device: torch.device | str, resources: Mapping[str, Any] | None = None
+) -> float | None:
+    """The GPU memory (MB) a job's passes may fill on `device`: `resources.gpu_mem_mb` (config
+    `resources`) when set, else what the GPU has free plus what this process already holds; None
+    on the CPU."""
     if str(device).split(":")[0] != "cuda":
         return None
+    configured_mb = (resources or {}).get("gpu_mem_mb")
     if configured_mb is not None:
         return float(configured_mb)
     import torch

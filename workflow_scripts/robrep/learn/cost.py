@@ -17,7 +17,7 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -214,3 +214,22 @@ def resident_data_mb(data_bytes: int, budget_mb: float | None) -> float:
     if budget_mb is None or data_mb > RESIDENT_SHARE * budget_mb:
         return 0.0
     return data_mb
+
+
+def saved_bytes_per_example(model: Any, x: Any) -> float:
+    """Bytes autograd saves for the backward of one forward pass of `model` on the batch `x`
+    (loss: the sum of its outputs), per example: what `gpu_memory`'s backward term estimates,
+    measured on any device (`saved_tensors_hooks`; per-example tensors only, a storage saved by
+    two ops counted once)."""
+    import torch
+
+    saved: dict[int, int] = {}  # storage -> bytes
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() and t.shape[0] == len(x):  # per-example tensors, not the weights
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(saved.values()) / len(x)

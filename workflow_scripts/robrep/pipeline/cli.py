@@ -85,9 +85,7 @@ def _plan(args: argparse.Namespace) -> int:
     work = rplan.planned_work(config, study)
     sizer = JobSizer(config, study, work.comparisons)
     jobs = list(sizer.planned_jobs(work.attacked, work.stores, work.probed, work.autoattacked))
-    plans = rplan.plan_by_rule(
-        jobs, sizer.estimate, {r: sizer.threads(r) for r, _ in jobs}, sizer.gpus
-    )
+    plans = rplan.plan_by_rule(jobs, sizer)
     node = node_capacity(config["resources"].get("node"), ask_slurm=args.slurm)
     print(rplan.format_plan(plans, node))
     try:

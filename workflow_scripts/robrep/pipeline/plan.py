@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robrep.ids import ModelKey, StoreKey, adversarial_path, adversarial_source
 from robrep.pipeline.cluster import NodeCapacity
 from robrep.study.analyses import comparisons
 from robrep.study.study import Pair, Study
+
+if TYPE_CHECKING:
+    from robrep.pipeline.jobs import JobSizer
 
 RESULTS = "results"  # the results tree, relative to the working directory
 
@@ -76,15 +79,13 @@ class RulePlan:
         return self.minutes * self.gpus / 60
 
 
-def plan_by_rule(
-    jobs: Iterable[tuple[str, Any]], estimate: Any, threads: Mapping[str, int], gpus: Any
-) -> list[RulePlan]:
-    """Per rule, in order of first appearance: the sums of `estimate(rule, wildcards)` (the job
-    sizer's first-attempt request) over `jobs`; `threads[rule]` and `gpus(rule)` per job."""
+def plan_by_rule(jobs: Iterable[tuple[str, Any]], sizer: JobSizer) -> list[RulePlan]:
+    """Per rule, in order of first appearance: the sums over `jobs` of what `sizer` requests
+    for each on its first attempt (`JobSizer.estimate`), and its threads and GPUs per job."""
     plans: dict[str, RulePlan] = {}
     for rule, wildcards in jobs:
-        plan = plans.setdefault(rule, RulePlan(rule, threads[rule], gpus=gpus(rule)))
-        est = estimate(rule, wildcards)
+        plan = plans.setdefault(rule, RulePlan(rule, sizer.threads(rule), gpus=sizer.gpus(rule)))
+        est = sizer.estimate(rule, wildcards)
         plan.jobs += 1
         plan.minutes += est["runtime"]
         plan.largest_runtime = max(plan.largest_runtime, est["runtime"])
