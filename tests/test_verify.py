@@ -82,3 +82,20 @@ def test_verify_names_the_stores_to_rebuild_for_a_comparison_whose_store_is_gone
     assert finding.rebuild == (
         f"snakemake --cores all --forcerun {ds.attrs['store_a']} {ds.attrs['store_b']}"
     )
+
+
+@pytest.mark.parametrize("tree", ["empty", "foreign"])
+def test_verify_over_nothing_is_an_error(tmp_path, capsys, tree):
+    """A fresh clone's empty results/ or a directory that is no results tree: exit 1, saying
+    that nothing was verified, never "all verified"."""
+    from robrep.pipeline import cli
+
+    results = tmp_path / "results"
+    results.mkdir()
+    if tree == "foreign":
+        (results / "notes.txt").write_text("not a robrep artefact\n")
+        (results / "sub").mkdir()
+        (results / "sub" / "data.json").write_text("{}\n")
+    assert cli.main(["verify", str(results), "-q"]) == 1
+    out = capsys.readouterr()
+    assert "no robrep artefacts under" in out.err and "all verified" not in out.out

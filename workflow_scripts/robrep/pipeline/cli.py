@@ -25,6 +25,13 @@ def _verify(args: argparse.Namespace) -> int:
         print(finding)
     for path in leftovers(results):
         print(f"NOTE {path}: partial output of an interrupted job; the rerun removes it")
+    if checked == 0 and not findings:
+        print(
+            f"robrep verify: no robrep artefacts under {results}: nothing was verified (not a "
+            "results tree, or the run has not written anything yet)",
+            file=sys.stderr,
+        )
+        return 1
     verdict = "all verified" if not findings else f"{len(findings)} damaged"
     print(f"robrep verify: {checked} artefacts under {results}: {verdict}")
     return 1 if findings else 0
