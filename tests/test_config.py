@@ -342,3 +342,11 @@ def test_evaluation_per_dataset():
     config["evaluation"]["datasets"] = {"digits": {"eps": 1.5}}
     with pytest.raises(rcfg.ConfigError, match=r"evaluation\.datasets\.digits\.eps: 1.5 is >= 1"):
         rcfg.check_evaluation_datasets(config)
+
+
+@pytest.mark.parametrize("key", ["datasets", "seeds", "architectures", "methods"])
+def test_a_string_where_a_list_belongs_is_refused_naming_the_key(key):
+    """`datasets: digits` is refused as one value, not read letter by letter."""
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    with pytest.raises(rcfg.ConfigError, match=rf"^{key}: 'digits' is one value, not a list"):
+        rcfg.check_unknown_keys({key: "digits"}, schema)

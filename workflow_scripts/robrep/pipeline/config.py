@@ -93,11 +93,15 @@ def suggest(value: str, choices: list[str]) -> str:
 def check_unknown_keys(
     config: Mapping[str, Any], schema: Mapping[str, Any], path: str = ""
 ) -> None:
-    """Raise on keys the schema does not declare, naming the key and the valid ones.
+    """Raise on keys the schema does not declare, naming the key and the valid ones, and on a
+    single string where the schema wants a list (`datasets: digits`, which the checks after
+    this walk would otherwise read letter by letter).
 
     jsonschema's own message for ``additionalProperties`` lists neither the valid keys nor a
     suggestion; this walk gives both before the schema validation runs.
     """
+    if isinstance(config, str) and _wants_list(schema):
+        raise ConfigError(f"{path}: {config!r} is one value, not a list; write [{config}]")
     if not isinstance(config, Mapping) or schema.get("type") != "object":
         if isinstance(config, list) and "items" in schema:
             for i, item in enumerate(config):
@@ -122,6 +126,13 @@ def check_unknown_keys(
                 f"unknown config key {where!r}{suggest(key, valid)}; valid keys"
                 f"{' under ' + repr(path) if path else ''}: {', '.join(valid)}"
             )
+
+
+def _wants_list(schema: Mapping[str, Any]) -> bool:
+    """The schema node takes a list (or a mapping) and never a string."""
+    kinds = [schema.get("type")] + [alt.get("type") for alt in schema.get("oneOf", [])]
+    kinds = [k for k in kinds if k is not None]
+    return "array" in kinds and not {"string", "number", "integer"} & set(kinds)
 
 
 def check_safe_name(value: Any, key: str) -> str:
