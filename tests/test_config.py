@@ -350,3 +350,19 @@ def test_a_string_where_a_list_belongs_is_refused_naming_the_key(key):
     schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
     with pytest.raises(rcfg.ConfigError, match=rf"^{key}: 'digits' is one value, not a list"):
         rcfg.check_unknown_keys({key: "digits"}, schema)
+
+
+def test_whole_number_floats_become_integers():
+    """`passes: 2.0`, `cka_batch_size: 32.0`, `checkpoints: [1.0]` (JSON Schema integers) are
+    ints after loading, so no job meets a float where it slices or counts."""
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    config = {
+        "activations": {"passes": 2.0, "cka_batch_size": 32.0, "checkpoints": [1.0, "final"]},
+        "training": {"epochs": 2.0, "lr": 1.0},
+    }
+    rcfg.whole_numbers_as_int(config, schema)
+    act = config["activations"]
+    assert act["passes"] == 2 and type(act["passes"]) is int
+    assert type(act["cka_batch_size"]) is int and act["checkpoints"] == [1, "final"]
+    assert type(act["checkpoints"][0]) is int and type(config["training"]["epochs"]) is int
+    assert type(config["training"]["lr"]) is float  # a number stays a number

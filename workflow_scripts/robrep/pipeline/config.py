@@ -128,6 +128,27 @@ def check_unknown_keys(
             )
 
 
+def whole_numbers_as_int(value: Any, schema: Mapping[str, Any]) -> Any:
+    """`value` with every whole-number float where the schema wants an integer made an int
+    (`passes: 2.0` is 2): JSON Schema counts 2.0 as an integer, Python's range() and slices do
+    not. Mappings and lists are converted in place and returned."""
+    kinds = {schema.get("type")} | {alt.get("type") for alt in schema.get("oneOf", [])}
+    if isinstance(value, float) and value.is_integer() and "integer" in kinds:
+        if "number" not in kinds:
+            return int(value)
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                value[key] = whole_numbers_as_int(item, sub)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            value[:] = [whole_numbers_as_int(item, items) for item in value]
+    return value
+
+
 def _wants_list(schema: Mapping[str, Any]) -> bool:
     """The schema node takes a list (or a mapping) and never a string."""
     kinds = [schema.get("type")] + [alt.get("type") for alt in schema.get("oneOf", [])]
@@ -699,6 +720,7 @@ def load_config(
     check_unknown_keys(config, schema)
     check_config(config)
     validate(config)
+    whole_numbers_as_int(config, schema)
     asked = "analyses" in config  # listed analyses must have pairs; the default skips those without
     if not asked:
         from robrep.study.analyses import ANALYSES
