@@ -85,10 +85,6 @@ def splits_path(dataset):
     return f"{RESULTS}/data/{dataset}/splits.npz"
 
 
-# The evaluation attack of each dataset: config evaluation with its evaluation.datasets changes.
-EVALUATION_ATTACK = {d: rcfg.evaluation_attack(config, d) for d in config["datasets"]}
-
-
 def train_settings(wildcards):
     """Everything that determines a model; a change reruns that model and what follows."""
     return dict(
@@ -209,6 +205,8 @@ def job_benchmark(rule_name, name=None):
 # Every rule's threads, gpu, mem_mb, runtime and disk_mb: SIZER.threads/gpus(rule), resource().
 SIZER = JobSizer(config, STUDY, COMPARISONS)
 ATTACK_BATCH = SIZER.attack_batch
+# The evaluation attack of each dataset: config evaluation with its evaluation.datasets changes.
+EVALUATION_ATTACK = SIZER.evaluation
 
 
 # On a cluster every submission must fit one node: config resources.node, else the largest node

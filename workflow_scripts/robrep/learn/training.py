@@ -37,6 +37,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; no model is written."""
 
 
+PRECISIONS = ("fp32", "bf16")  # training.precision
+
+
 @dataclass
 class TrainSettings:
     """Everything that determines a trained model (hashed to guard resume state)."""
@@ -60,6 +63,12 @@ class TrainSettings:
     deterministic: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"training.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+
     def digest(self) -> str:
         text = json.dumps(self.__dict__, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -72,9 +81,6 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A CPU generator seeded from (seed, epoch, stream) only."""
     mixed = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-PRECISIONS = ("fp32", "bf16")  # training.precision
 
 
 def set_determinism(seed: int, threads: int | None, deterministic: bool = True) -> None:
@@ -92,10 +98,6 @@ def set_determinism(seed: int, threads: int | None, deterministic: bool = True) 
 def autocast(settings: TrainSettings, device: torch.device):
     """The training step's autocast: bf16 under `training.precision: bf16` (no loss scaling:
     bf16 has float32's exponent range), otherwise a no-op."""
-    if settings.precision not in PRECISIONS:
-        raise ValueError(
-            f"training.precision: {settings.precision!r} is not one of {', '.join(PRECISIONS)}"
-        )
     return torch.autocast(device.type, torch.bfloat16, enabled=settings.precision == "bf16")
 
 

@@ -132,7 +132,7 @@ def whole_numbers_as_int(value: Any, schema: Mapping[str, Any]) -> Any:
     """`value` with every whole-number float where the schema wants an integer made an int
     (`passes: 2.0` is 2): JSON Schema counts 2.0 as an integer, Python's range() and slices do
     not. Mappings and lists are converted in place and returned."""
-    kinds = {schema.get("type")} | {alt.get("type") for alt in schema.get("oneOf", [])}
+    kinds = _schema_types(schema)
     if isinstance(value, float) and value.is_integer() and "integer" in kinds:
         if "number" not in kinds:
             return int(value)
@@ -149,11 +149,16 @@ def whole_numbers_as_int(value: Any, schema: Mapping[str, Any]) -> Any:
     return value
 
 
+def _schema_types(schema: Mapping[str, Any]) -> set[str]:
+    """The JSON types a schema node accepts: its `type` and its `oneOf` alternatives' types."""
+    kinds = {schema.get("type")} | {alt.get("type") for alt in schema.get("oneOf", [])}
+    return kinds - {None}
+
+
 def _wants_list(schema: Mapping[str, Any]) -> bool:
     """The schema node takes a list (or a mapping) and never a string."""
-    kinds = [schema.get("type")] + [alt.get("type") for alt in schema.get("oneOf", [])]
-    kinds = [k for k in kinds if k is not None]
-    return "array" in kinds and not {"string", "number", "integer"} & set(kinds)
+    kinds = _schema_types(schema)
+    return "array" in kinds and not {"string", "number", "integer"} & kinds
 
 
 def check_safe_name(value: Any, key: str) -> str:

@@ -93,6 +93,8 @@ class JobSizer:
         self.cpu_gflops = config["resources"]["cpu_gflops"]  # numpy work on a job's CPU cores
         self.on_gpu = config["device"] == "cuda"
         self.attack_batch = self.act["batch_size"]  # its own setting: not the CKA partition
+        # The evaluation attack of each dataset (`config.evaluation_attack`), derived once.
+        self.evaluation = {d: evaluation_attack(config, d) for d in config["datasets"]}
         self._estimators = {
             "train": self._train,
             "import_model": self._import_model,
@@ -197,10 +199,6 @@ class JobSizer:
         )
         return geo, cost
 
-    def _evaluation(self, dataset: str) -> dict[str, Any]:
-        """The evaluation attack on `dataset` (`config.evaluation_attack`)."""
-        return evaluation_attack(self.config, dataset)
-
     def _train(self, wc: Any) -> dict[str, int]:
         training = self.config["training"]
         geo, cost = self._cost(wc.dataset, wc.arch)
@@ -210,7 +208,7 @@ class JobSizer:
             training["epochs"],
             training["batch_size"],
             self.study.methods[wc.method_id]["steps"],
-            self._evaluation(wc.dataset)["val_steps"],
+            self.evaluation[wc.dataset]["val_steps"],
             self.gflops,
             training["val_fraction"],
             self.on_gpu,
@@ -224,7 +222,7 @@ class JobSizer:
             cost,
             geo.examples,
             self.config["evaluation"]["batch_size"],
-            self._evaluation(entry["dataset"])["steps"],
+            self.evaluation[entry["dataset"]]["steps"],
             self.gflops,
             self.on_gpu,
         )
@@ -236,7 +234,7 @@ class JobSizer:
             cost,
             self.examples[wc.dataset],
             self.attack_batch,
-            self._evaluation(wc.dataset)["steps"],
+            self.evaluation[wc.dataset]["steps"],
             self.gflops,
             self.on_gpu,
         )
@@ -287,7 +285,7 @@ class JobSizer:
             cost,
             self.autoattack_examples(wc.dataset),
             version if isinstance(version, str) else tuple(version),
-            self._evaluation(wc.dataset)["steps"],
+            self.evaluation[wc.dataset]["steps"],
             autoattack["batch_size"],
             self.gflops,
             self.on_gpu,
