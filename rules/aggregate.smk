@@ -32,12 +32,12 @@ rule figures:
     output:
         [
             report(
-                figure_path(dataset, name),
+                figure_path(dataset, name, measure),
                 caption=f"../report/{name}.rst",
                 category="Figures",
-                subcategory=dataset,
+                subcategory=f"{dataset} · {measure}",
             )
-            for dataset, name in DRAWN
+            for dataset, name, measure in DRAWN
         ],
     log:
         job_log("figures"),

@@ -30,7 +30,9 @@ from robrep.pipeline import config as rcfg
 from robrep.pipeline import job_times
 from robrep.pipeline import plan as rplan
 from robrep.pipeline.jobs import JobSizer
-from robrep.study.analyses import ANALYSES, figures
+from robrep.similarity.measures import GRAM_MEASURES
+from robrep.similarity.result import MINIBATCH_CKA
+from robrep.study.analyses import ANALYSES, drawn
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
@@ -67,12 +69,15 @@ COMPARISONS = WORK.comparisons
 PROBED = WORK.probed
 AUTOATTACK = config["evaluation"]["autoattack"]
 AUTOATTACKED = WORK.autoattacked
-# (dataset, figure) of every figure drawn: each dataset's own, from its comparisons and probes.
+# The minibatch measures of the comparisons, each with its summaries, figures and findings rows.
+MEASURES = [m for m in config["similarity"]["metrics"] if m in GRAM_MEASURES]
+# (dataset, figure, measure) of every figure drawn: each dataset's own, from its comparisons and
+# probes, under each minibatch measure.
 DRAWN = [
-    (dataset, name)
+    (dataset, name, measure)
     for dataset in dict.fromkeys(m.dataset for m in STUDY.models)
-    for name in figures(
-        {a for a, d, _ in COMPARISONS if d == dataset}, probes=bool(PROBED)
+    for name, measure in drawn(
+        {a for a, d, _ in COMPARISONS if d == dataset}, bool(PROBED), MEASURES
     )
 ]
 # Every store a comparison or a probe reads, and the (model, checkpoint) of every adversarial
@@ -173,14 +178,17 @@ def all_targets():
             f"{RESULTS}/summary/{name}"
             for name in ("similarity.zarr", "accuracy.csv", "findings.csv")
         ]
-        + [figure_path(dataset, name) for dataset, name in DRAWN]
+        + [figure_path(*figure) for figure in DRAWN]
         + stores
     )
 
 
-def figure_path(dataset, name):
-    """A figure of one dataset: results/figures/<dataset>/<figure>.png."""
-    return f"{RESULTS}/figures/{dataset}/{name}.png"
+def figure_path(dataset, name, measure=MINIBATCH_CKA):
+    """A figure of one dataset: results/figures/<dataset>/<figure>.png under minibatch CKA,
+    results/figures/<dataset>/<measure>/<figure>.png under another minibatch measure."""
+    if measure == MINIBATCH_CKA:
+        return f"{RESULTS}/figures/{dataset}/{name}.png"
+    return f"{RESULTS}/figures/{dataset}/{measure}/{name}.png"
 
 
 def job_log(rule_name, name=None):

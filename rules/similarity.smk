@@ -22,6 +22,7 @@ rule similarity:
         bootstrap=SIM["bootstrap"],
         seed=SIM["seed"],
         rbf_sigma=SIM["rbf_sigma"],
+        knn_k=SIM["knn_k"],
         svcca_variance=SIM["svcca_variance"],
         permutations=SIM["permutations"],
         by_class=lambda wc: ANALYSES[wc.analysis].by_class,

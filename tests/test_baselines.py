@@ -12,7 +12,7 @@ from robrep.learn.data import pass_orders
 from robrep.study.compare import compare_stores
 from robrep.study.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_claims
 from robrep.study.scores import block_score_interval, block_structure_score
-from robrep.study.summary import _stack, seed_baselines
+from robrep.study.summary import _stack, measure_view, seed_baselines
 
 from helpers.stores import extract
 
@@ -54,9 +54,11 @@ def identical_stores(tiny_model, tmp_path_factory):
 
 
 def _compare(stores, analysis, a, b, **kw):
+    """One comparison as minibatch CKA reads it (`measure_view`, what the summaries are built
+    on)."""
     ds = compare_stores(stores[a], stores[b], ["minibatch_cka"], bootstrap=50, **kw)
     ds.attrs["analysis"] = analysis
-    return ds
+    return measure_view(ds, "minibatch_cka")
 
 
 ROBUST = "pgd-linf-eps0.1"
@@ -123,18 +125,23 @@ def _summary(block, spread, methods, seeds, low=None, high=None):
     return xr.Dataset(data, coords=coords)
 
 
+def _one_measure(ds):
+    """A per-measure summary as `aggregate` holds it: along `measure`, here linear CKA alone."""
+    return ds.expand_dims(measure=["minibatch_cka"])
+
+
 def test_claims_held_against_the_seed_range():
     methods = ["standard", "standard", "pgd", "pgd"]
     ds = _summary([0.5, 0.52, 0.2, 0.21], [0.1, 0.1, 0.3, 0.31], methods, [0, 1, 0, 1])
-    got = {row["claim"]: row for row in paper_claims(ds)}
+    got = {row["claim"]: row for row in paper_claims(_one_measure(ds))}
     assert got["block_structure"]["difference"] == pytest.approx(-0.305)
     assert got["block_structure"]["seed_noise"] == pytest.approx(0.02)
     assert got["block_structure"]["verdict"] == EXCEEDS
     assert got["specialisation_class_cka"]["verdict"] == OPPOSITE
     close = _summary([0.5, 0.6, 0.45, 0.5], [0.1] * 4, methods, [0, 1, 0, 1])
-    assert {r["verdict"] for r in paper_claims(close)} == {WITHIN}
+    assert {r["verdict"] for r in paper_claims(_one_measure(close))} == {WITHIN}
     one = _summary([0.5, 0.2], [0.1, 0.2], ["standard", "pgd"], [0, 0])
-    assert {r["verdict"] for r in paper_claims(one)} == {NO_BASELINE}
+    assert {r["verdict"] for r in paper_claims(_one_measure(one))} == {NO_BASELINE}
 
 
 def test_claim_within_bootstrap_is_not_beyond_it():
@@ -143,7 +150,7 @@ def test_claim_within_bootstrap_is_not_beyond_it():
     ds = _summary(
         [0.5, 0.5, 0.4, 0.4], [0.1] * 4, methods, [0, 1, 0, 1], low=[0.3] * 4, high=[0.6] * 4
     )
-    row = next(r for r in paper_claims(ds) if r["claim"] == "block_structure")
+    row = next(r for r in paper_claims(_one_measure(ds)) if r["claim"] == "block_structure")
     assert row["low"] < 0 < row["high"] and row["verdict"] == WITHIN
 
 
@@ -186,7 +193,7 @@ def test_deeper_layers_claim_of_identical_models_is_within_noise(identical_store
         model_method_id=("model", ["standard", "standard", ROBUST, ROBUST]),
         model_seed=("model", [0, 1, 0, 1]),
     )
-    (row,) = [r for r in paper_claims(ds) if r["claim"] == "deeper_layers"]
+    (row,) = [r for r in paper_claims(_one_measure(ds)) if r["claim"] == "deeper_layers"]
     assert row["method_id"] == ROBUST and row["verdict"] == WITHIN
     assert row["difference"] == pytest.approx(0, abs=1e-6)
     assert row["low"] <= 0 <= row["high"] and row["standard"] == pytest.approx(1, abs=1e-6)
@@ -200,7 +207,7 @@ def test_claims_without_their_analysis_are_left_out():
     accuracy = np.array([[0.5, 0.9, 0.95], [0.5, 0.9, 0.97], [0.5, 0.8, 0.8], [0.5, 0.8, 0.82]])
     ds["probe_accuracy"] = (("model", "layer_a"), accuracy)
     ds["probe_n_layers"] = ("model", [3] * 4)
-    (row,) = paper_claims(ds)
+    (row,) = paper_claims(_one_measure(ds))
     assert row["claim"] == "specialisation_probe"
     # deeper layers: relative depth 0.5 and 1 of 3 layers
     assert row["standard"] == pytest.approx(0.93) and row["robust"] == pytest.approx(0.805)
@@ -208,17 +215,17 @@ def test_claims_without_their_analysis_are_left_out():
 
 
 def test_a_comparison_of_the_old_layout_is_refused(identical_stores, tmp_path):
-    """A comparison written before the metric dimension was dropped is refused by name, with the
-    command that recomputes it, not stacked into wrong numbers."""
+    """A comparison written before the measure dimension (similarity(layer_a, layer_b), linear
+    CKA alone) is refused by name, with the command that recomputes it, not stacked into wrong
+    numbers."""
     from robrep.io.xrio import write_netcdf
     from robrep.study.summary import aggregate
 
-    ds = _compare(identical_stores, "seeds", ("standard", 0), ("standard", 1))
-    assert ds.similarity.dims == ("layer_a", "layer_b")
-    old = ds.assign(similarity=ds.similarity.expand_dims(metric=["minibatch_cka"]))
+    old = _compare(identical_stores, "seeds", ("standard", 0), ("standard", 1))
+    assert old.similarity.dims == ("layer_a", "layer_b")
     path = tmp_path / "old.nc"
     write_netcdf(old, path)
     with pytest.raises(
-        ValueError, match=rf"{path} holds similarity\('metric', .*--forcerun similarity"
+        ValueError, match=rf"{path} lacks similarity\('measure', .*--forcerun similarity"
     ):
         aggregate([path], [])

@@ -221,9 +221,11 @@ def test_comparison_records_its_minibatches(tiny_model, tmp_path):
     np.testing.assert_array_equal(ds.pass_order.values, order)
     assert ds.attrs["batch_size"] == 16 and ds.attrs["passes"] == 2
     assert list(ds.batch_size.values) == [16, 16, 8, 16, 16, 8]
-    assert ds.cka_per_pass.shape == (2, 8, 8)
+    assert list(ds.measure.values) == ["minibatch_cka"]
+    assert ds.cka_per_pass.dims == ("measure", "pass", "layer_a", "layer_b")
+    assert ds.cka_per_pass.shape == (1, 2, 8, 8)
     assert list(ds.full_metric.values) == ["svcca"] and ds.full_similarity.shape == (1, 2, 2)
-    np.testing.assert_allclose(np.diagonal(ds.similarity), 1.0)
+    np.testing.assert_allclose(np.diagonal(ds.similarity.sel(measure="minibatch_cka")), 1.0)
 
 
 @pytest.mark.parametrize("b", [4, 7, 16])
@@ -246,15 +248,16 @@ def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tm
         tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0), meta=STORE_META
     )
     ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
+    ds = ds.sel(measure="minibatch_cka")
     cka = ds.similarity.values
     upper = ds.cka_null_upper.values
     np.testing.assert_allclose(np.diagonal(cka), 1.0, atol=1e-6)
     assert np.all(np.diagonal(upper) < 0.5), np.diagonal(upper)
     assert np.all(upper < cka + 1e-9)  # nothing here is below its own null
     again = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
-    np.testing.assert_array_equal(again.cka_null_upper.values, upper)  # reproducible from seed
+    np.testing.assert_array_equal(again.cka_null_upper.values[0], upper)  # reproducible
     other = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=4)
-    assert not np.array_equal(other.cka_null_upper.values, upper)
+    assert not np.array_equal(other.cka_null_upper.values[0], upper)
     assert ds.attrs["null_permutations"] == 20 and ds.attrs["null_level"] == 0.95
 
 

@@ -34,11 +34,17 @@ def test_full_run_outputs(completed_run):
     assert store.is_dir()
     ds = xr.open_zarr(wd / "results/summary/similarity.zarr", consolidated=False)
     assert {"comparison", "layer_a", "layer_b", "model"} <= set(ds.dims) and "metric" not in ds.dims
-    assert ds.similarity.dims == ("comparison", "layer_a", "layer_b")
-    # The permutation null (default 20 draws) sits below the benign cross-layer diagonal (CKA 1).
+    measures = ["minibatch_cka", "minibatch_rbf_cka", "minibatch_mutual_knn"]
+    assert list(ds.measure.values) == measures
+    assert ds.similarity.dims == ("measure", "comparison", "layer_a", "layer_b")
+    assert ds.block_score.dims == ("measure", "model") and ds.clean_acc.dims == ("model",)
+    # The permutation null (default 20 draws) sits below the benign cross-layer diagonal (1),
+    # under every measure.
     cross = (ds.analysis == "cross_layer").values & (ds.inputs == "benign").values
-    null = ds.cka_null_upper.values[cross]
-    assert np.all(np.nan_to_num(np.diagonal(null, axis1=1, axis2=2), nan=0.0) < 0.9)
+    null = ds.cka_null_upper.values[:, cross]
+    assert np.all(np.nan_to_num(np.diagonal(null, axis1=2, axis2=3), nan=0.0) < 0.9)
+    diagonal = np.diagonal(ds.similarity.values[:, cross], axis1=2, axis2=3)
+    np.testing.assert_allclose(diagonal[np.isfinite(diagonal)], 1.0, atol=1e-6)
     for coord in (
         "analysis",
         "dataset",
@@ -71,8 +77,9 @@ def test_full_run_outputs(completed_run):
         "transfer_standard_to_robust_mean_diag",
         "transfer_robust_to_standard_mean_diag",
     ):
-        robust = ds[name].values[robust_model]
+        robust = ds[name].values[:, robust_model]
         assert np.isfinite(robust).all() and np.all((-1 <= robust) & (robust <= 1)), name
+    summary, ds = ds, ds.sel(measure="minibatch_cka")  # the rest as linear CKA reads it
     depth = ds["transfer_depth_below_0.9"].values  # NaN: never below 0.9
     assert np.isnan(depth[~robust_model]).all()
     assert np.all(np.isnan(depth[robust_model]) | ((0 <= depth) & (depth <= 1))[robust_model])
@@ -101,19 +108,29 @@ def test_full_run_outputs(completed_run):
     assert result["largest_perturbation"] <= 0.1 + 1e-6
     assert np.isfinite(ds.autoattack_acc.values).all() and "gradient_masking" in ds
     findings = (wd / "results/summary/findings.csv").read_text().splitlines()
-    assert findings[0].startswith("claim,dataset,arch,method_id,robust,standard,difference")
+    assert findings[0].startswith("claim,measure,dataset,arch,method_id,robust,standard,")
     assert all(line.endswith("no seed baseline") for line in findings[1:]) and len(findings) > 1
+    claims = {tuple(line.split(",")[:2]) for line in findings[1:]}
+    assert {("block_structure", m) for m in measures} <= claims
+    assert ("specialisation_probe", "linear_probe") in claims
     nc = xr.load_dataset(wd / "results/summary/similarity.nc", engine="h5netcdf")
-    assert nc.sizes == ds.sizes
+    assert nc.sizes == summary.sizes
     for name in nc.data_vars:  # every number is traced to what computed it, in both files
-        for attrs in (nc[name].attrs, ds[name].attrs):
+        for attrs in (nc[name].attrs, summary[name].attrs):
             assert attrs["long_name"] and attrs["description"], name
             assert attrs["computed_by"].startswith("robrep."), name
     assert nc.block_score.attrs["analysis"] == "cross_layer"
     figures = sorted(p.name for p in (wd / "results/figures/digits").glob("*.png"))
     assert "transfer_diagonal.png" in figures and "robust_vs_standard_matrix.png" in figures
-    assert len(figures) == 10 and len(list((wd / "results/figures").rglob("*.png"))) == 10
-    for fig in (wd / "results/figures/digits").glob("*.png"):
+    assert len(figures) == 10 and len(list((wd / "results/figures").rglob("*.png"))) == 16
+    for measure in measures[1:]:  # the claims' figures again under each other measure
+        drawn = sorted(p.name for p in (wd / f"results/figures/digits/{measure}").glob("*.png"))
+        assert drawn == [
+            "block_score_vs_eps.png",
+            "cross_layer_heatmaps.png",
+            "robust_vs_standard_diagonal.png",
+        ]
+    for fig in (wd / "results/figures/digits").rglob("*.png"):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
     assert csv[0].startswith("id,dataset,arch") and len(csv) == 3

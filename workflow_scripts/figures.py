@@ -12,6 +12,8 @@ from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     ds = read_netcdf(snakemake.input.summary)
-    for (dataset, name), path in zip(snakemake.params.drawn, snakemake.output, strict=True):
-        draw(name, ds, dataset, path)
+    for (dataset, name, measure), path in zip(
+        snakemake.params.drawn, snakemake.output, strict=True
+    ):
+        draw(name, ds, dataset, path, measure)
         print(f"wrote {path}")

@@ -21,6 +21,7 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # numpy'
         bootstrap=p.bootstrap,
         seed=p.seed,
         rbf_sigma=p.rbf_sigma,
+        knn_k=p.knn_k,
         svcca_variance=p.svcca_variance,
         permutations=p.permutations,
         by_class=p.by_class,

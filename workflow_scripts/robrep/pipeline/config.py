@@ -23,6 +23,8 @@ from robrep.ids import (
     saved_epochs,
 )
 from robrep.learn.attacks import DEFAULT_STEPS, default_step_size
+from robrep.similarity.batches import MIN_BATCH
+from robrep.similarity.measures import GRAM_MEASURES
 from robrep.similarity.result import MINIBATCH_CKA
 
 if TYPE_CHECKING:
@@ -471,7 +473,19 @@ def check_metrics(config: Mapping[str, Any]) -> None:
             f"similarity.metrics: {list(metrics)!r} lacks 'minibatch_cka', on which every summary "
             f"and figure is built; add it"
         )
-    full = [m for m in metrics if m != MINIBATCH_CKA]
+    neighbours = [m for m in metrics if m in GRAM_MEASURES and "knn_k" in GRAM_MEASURES[m].reads]
+    k, act = config["similarity"]["knn_k"], config["activations"]
+    for dataset, used in examples_used(config).items() if neighbours else ():
+        last = used % act["cka_batch_size"]
+        smallest = min(used, act["cka_batch_size"], last if last >= MIN_BATCH else used)
+        if k > smallest - 2:
+            raise ConfigError(
+                f"similarity.knn_k: {k} neighbours ({neighbours[0]}) need minibatches of at "
+                f"least k + 2 examples, and {dataset}'s smallest has {smallest} ({used} examples, "
+                f"activations.cka_batch_size {act['cka_batch_size']}); set knn_k <= "
+                f"{max(smallest - 2, 1)} or raise cka_batch_size"
+            )
+    full = [m for m in metrics if m not in GRAM_MEASURES]
     if full and config["activations"].get("features") == "none":
         raise ConfigError(
             f"similarity.metrics: {full[0]!r} {FEATURE_METRICS_NOTE}, but "

@@ -27,7 +27,7 @@ from robrep.pipeline.config import (
     external_models,
     feature_layers,
 )
-from robrep.similarity.result import MINIBATCH_CKA
+from robrep.similarity.measures import GRAM_MEASURES
 from robrep.store.format import RELEASE_VALUES
 from robrep.study.study import Pair, Study
 
@@ -258,7 +258,8 @@ class JobSizer:
         a, b = self.comparisons[(wc.analysis, wc.dataset, wc.pair)]
         _, cost_a = self._cost(a.model.dataset, a.model.arch)
         _, cost_b = self._cost(b.model.dataset, b.model.arch)
-        full = any(m != MINIBATCH_CKA for m in self.config["similarity"]["metrics"])
+        metrics = self.config["similarity"]["metrics"]
+        full = any(m not in GRAM_MEASURES for m in metrics)
         return rres.similarity_resources(
             cost_a,
             cost_b,
@@ -269,6 +270,8 @@ class JobSizer:
             self.gflops if self.on_gpu else self.cpu_gflops,
             self.cpu_gflops,
             self.on_gpu,
+            [m for m in metrics if m in GRAM_MEASURES],
+            self.config["similarity"]["permutations"],
         )
 
     def _probe(self, wc: Any) -> dict[str, int]:

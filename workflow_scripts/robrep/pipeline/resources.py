@@ -13,10 +13,13 @@ multiply them by the attempt number.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from robrep.learn.cost import GPU_RESERVED_MB, MB, ModelCost, gpu_memory
 from robrep.learn.data import DATASET_INFO, input_geometry
+from robrep.similarity.measures import GRAM_MEASURES
+from robrep.similarity.result import MINIBATCH_CKA
 
 
 @dataclass(frozen=True)
@@ -177,27 +180,50 @@ def similarity_resources(
     gflops: float,
     cpu_gflops: float | None = None,
     on_gpu: bool = False,
+    measures: Sequence[str] = (MINIBATCH_CKA,),
+    permutations: int = 0,
 ) -> dict[str, int]:
-    """mem_mb and runtime (minutes) of one comparison of two stores: minibatch CKA from the packed
-    Grams (per batch: each store's chunk, read into two alternating buffers, and one float64
-    product of the stacked triangles; at `gflops`, on the GPU with `on_gpu`, which then holds
-    the float64 chunks: gpu_mem_mb) and, with `full_data`, N x N Grams and eigendecompositions
-    of the feature layers (numpy float64 on the CPU, at `cpu_gflops`, default `gflops`)."""
+    """mem_mb and runtime (minutes) of one comparison of two stores: every minibatch measure
+    from the packed Grams (per batch: each store's chunk, read into two alternating buffers; the
+    measure's per-layer vectors, made on the host at `cpu_gflops`; one float64 product of the
+    stacked vectors, or a loop over layer pairs for a pairwise measure, at `gflops`, on the GPU
+    with `on_gpu`, which then holds the float64 vectors: gpu_mem_mb), its permutation null
+    (`permutations` draws of the a x b cross terms, and of side b's vectors where a draw cannot
+    gather them) and, with `full_data`, N x N Grams and eigendecompositions of the feature
+    layers (numpy float64 on the CPU, at `cpu_gflops`, default `gflops`)."""
     b = cka_batch_size
+    cpu_gflops = cpu_gflops or gflops
     layers = cost_a.probe_layers + cost_b.probe_layers
+    cross = cost_a.probe_layers * cost_b.probe_layers
     batches = passes * math.ceil(n_examples / b)
     chunks = 2 * layers * b * (b + 1) / 2  # two chunk buffers per store
-    mem = 1500 + chunks * 4 / MB
-    flops = batches * layers**2 * b * b  # (2L)² over b²/2 entries, twice (multiply, add)
-    seconds = flops / (gflops * 1e9)
+    vectors = max(GRAM_MEASURES[m].rows(b) for m in measures) * layers * 8  # float64, a batch
+    mem = 1500 + chunks * 4 / MB + 2 * vectors / MB  # the batch's vectors and the next one's
+    seconds = 0.0
+    for name in measures:
+        measure = GRAM_MEASURES[name]
+        rows = measure.rows(b)
+        # a stacked product: (layers x rows)(rows x layers), multiply and add; pairwise: about
+        # ten elementwise passes over each pair's b x b matrices, memory-bound (counted as 20
+        # flops a value: elementwise work runs ~20x below the product rate)
+        per_pair = 200 * b * b if measure.pairwise else 2 * rows
+        terms = layers**2 / (2 if measure.pairwise else 1) * per_pair
+        made = 0 if measure.vectors is None else 50 * layers * rows  # host: distances, kernels
+        # a null draw: the a x b cross terms of gathered vectors, or side b's vectors remade
+        # (half of `made`) and all terms
+        draws = cross * per_pair if measure.relabels else terms
+        remade = 0 if measure.relabels else permutations * made / 2
+        seconds += batches * (terms + permutations * draws) / (gflops * 1e9)
+        seconds += batches * (made + remade) / (cpu_gflops * 1e9)
     if full_data:
         feature_layers = cost_a.feature_layers + cost_b.feature_layers
         widest = max(cost_a.widest_feature, cost_b.widest_feature)
         mem += feature_layers * n_examples**2 * 8 * 3 / MB  # Gram, eigenvectors, a centred copy
         cpu_flops = feature_layers * (2 * n_examples**2 * widest + 10 * n_examples**3)
-        seconds += cpu_flops / ((cpu_gflops or gflops) * 1e9)
+        seconds += cpu_flops / (cpu_gflops * 1e9)
     out = {"mem_mb": int(math.ceil(mem)), "runtime": int(5 + math.ceil(2 * seconds / 60))}
-    return out | _on_gpu(on_gpu, int(math.ceil(GPU_RESERVED_MB + chunks * 8 / MB)))
+    on_device = max(chunks * 8, 2 * vectors)
+    return out | _on_gpu(on_gpu, int(math.ceil(GPU_RESERVED_MB + on_device / MB)))
 
 
 def probe_resources(cost: ModelCost, n_examples: int, folds: int, gflops: float) -> dict[str, int]:

@@ -24,11 +24,13 @@ def _hsic1(inner: Any, sums_product: Any, row_sums_product: Any, b: int) -> Any:
     )
 
 
-def _row_blocks(stats: Sequence[Any], b: int, staging: Any) -> Iterator[tuple[slice, Any]]:
+def _row_blocks(
+    stats: Sequence[Any], b: int, staging: Any, entries: int | None = None
+) -> Iterator[tuple[slice, Any]]:
     """The strict triangles of `stats` (each (triangle_size(b), layers) packed Grams where the
     kernels compute, `Kernels.upload`), side by side in float64 row blocks of `staging` (on the
-    same device): (entries, block) per block."""
-    strict = b * (b - 1) // 2
+    same device): (entries, block) per block. `entries`: take that many leading rows instead."""
+    strict = b * (b - 1) // 2 if entries is None else entries
     step = staging.shape[0]
     for lo in range(0, strict, step):
         hi = min(lo + step, strict)

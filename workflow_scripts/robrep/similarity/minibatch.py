@@ -23,11 +23,17 @@ from robrep.similarity.backend import Kernels, kernels_for
 from robrep.similarity.batches import Batch, _batch_rows, _check_models, _name, _size, _usable
 from robrep.similarity.gram import GramMaker, GramSource, on_device, triangle_size
 from robrep.similarity.hsic import _batch_hsic
+from robrep.similarity.measures import (
+    MeasureGrams,
+    MeasureSettings,
+    Terms,
+    gram_measure,
+)
 
 if TYPE_CHECKING:
     import torch
 
-from robrep.similarity.result import CKAResult, _warn_degenerate
+from robrep.similarity.result import MINIBATCH_CKA, CKAResult, _warn_degenerate
 
 
 def minibatch_cka(
@@ -83,11 +89,13 @@ def minibatch_cka_grams(
     device: str | torch.device | Kernels = "cpu",
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
+    terms: Terms = _batch_hsic,
 ) -> dict[tuple[int, int], CKAResult]:
     """Minibatch CKA for every requested model pair from Gram statistics: per batch, each model's
     packed Grams of all layers are read once (a background thread reads the next while this one
     works) and the HSIC_1 of every layer pair of every model is one float64 product
-    (`_batch_hsic`). The models must share their minibatches."""
+    (`_batch_hsic`). The models must share their minibatches. `terms` replaces HSIC_1 by another
+    measure's per-batch terms (`minibatch_measure_grams`)."""
     pairs, used = _plan(len(models), pairs)
     sizes, passes = _shared_batches(models, used)
     keep = _usable([(p, slice(0, b)) for p, b in zip(passes, sizes, strict=True)], sizes)
@@ -113,7 +121,7 @@ def minibatch_cka_grams(
     for count, t in enumerate(keep):
         stats = [kernels.upload(next(items)) for _ in used]
         start = time.perf_counter()
-        hsic = _batch_hsic(stats, sizes[t], staging, kernels)
+        hsic = terms(stats, sizes[t], staging, kernels)
         for k in used:
             block = slice(columns[k], columns[k] + widths[k])
             selfs[k].append(np.diagonal(hsic[block, block]).copy())
@@ -141,6 +149,23 @@ def minibatch_cka_grams(
         for key, seconds in spent.items():
             timings[key] = timings.get(key, 0.0) + seconds
     return results
+
+
+def minibatch_measure_grams(
+    models: Sequence[GramSource],
+    measure: str = MINIBATCH_CKA,
+    settings: MeasureSettings | None = None,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    device: str | torch.device | Kernels = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[tuple[int, int], CKAResult]:
+    """The minibatch measure `measure` (`measures.GRAM_MEASURES`) for every requested model pair
+    from Gram statistics: each batch's Grams become the measure's vectors, whose per-batch terms
+    pool as minibatch CKA's HSIC_1 terms do (`CKAResult`)."""
+    entry = gram_measure(measure)
+    settings = settings or MeasureSettings()
+    sources = [MeasureGrams(m, entry, settings) for m in models]
+    return minibatch_cka_grams(sources, pairs, device, progress, terms=entry.terms)
 
 
 def _plan(n_models: int, pairs: Sequence[tuple[int, int]] | None):

@@ -15,6 +15,7 @@ from robrep.similarity.backend import Kernels, kernels_for
 from robrep.similarity.batches import MIN_BATCH, _usable
 from robrep.similarity.gram import GramSource, triangle_size
 from robrep.similarity.hsic import _cross_products, _side_terms, _SideTerms
+from robrep.similarity.measures import MeasureGrams, MeasureSettings, gram_measure
 from robrep.similarity.minibatch import _shared_batches
 
 if TYPE_CHECKING:
@@ -67,6 +68,52 @@ def minibatch_cka_by_class(
             stacklevel=2,
         )
     return cka
+
+
+def minibatch_measure_null(
+    a: GramSource,
+    b: GramSource,
+    measure: str,
+    settings: MeasureSettings | None = None,
+    permutations: int = 20,
+    seed: int = 0,
+    device: str | torch.device | Kernels = "cpu",
+) -> np.ndarray:
+    """`minibatch_cka_null` for any minibatch measure (`measures.GRAM_MEASURES`): the measure of
+    every layer pair with the examples of `b` shuffled within each minibatch, the same
+    permutations as minibatch CKA's null for the same `seed`. A measure whose vectors are packed
+    matrices of the examples (`relabels`) takes the gathers of `minibatch_cka_null`; the others
+    remake side b's vectors from its relabelled Gram for each permutation. Every measure's self
+    terms are invariant to relabelling, so they are the unshuffled ones."""
+    entry = gram_measure(measure)
+    settings = settings or MeasureSettings()
+    sides = [MeasureGrams(s, entry, settings) for s in (a, b)]
+    if entry.relabels:
+        return minibatch_cka_null(*sides, permutations, seed, device)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, NULL_STREAM]))
+    sizes, passes = _shared_batches([a, b], [0, 1])
+    keep = _usable([(p, slice(0, n)) for p, n in zip(passes, sizes, strict=True)], sizes)
+    width_a, width_b = len(a.names), len(b.names)
+    kernels = kernels_for(device)
+    largest = triangle_size(max(sizes))
+    buffers = [kernels.host_buffer(largest * len(s.names)) for s in (a, b)]
+    staging = kernels.staging(width_a + width_b)
+    cross = np.zeros((permutations, width_a, width_b))
+    self_a, self_b = np.zeros(width_a), np.zeros(width_b)
+    for t in keep:
+        n = sizes[t]
+        vectors_a = kernels.upload(sides[0].read(t, buffers[0]))
+        packed_b = np.asarray(b.read(t, buffers[1]))
+        vectors_b = kernels.upload(entry.vectors(packed_b, n, settings))
+        terms = entry.terms([vectors_a, vectors_b], n, staging, kernels)
+        self_a += np.diagonal(terms[:width_a, :width_a])
+        self_b += np.diagonal(terms[width_a:, width_a:])
+        for r in range(permutations):
+            shuffled = packed_b[packed_permutation(n, rng.permutation(n))]
+            vectors_b = kernels.upload(entry.vectors(shuffled, n, settings))
+            cross[r] += entry.terms([vectors_a, vectors_b], n, staging, kernels)[:width_a, width_a:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(self_a[None, :, None] * self_b[None, None, :])
 
 
 @functools.lru_cache(maxsize=16)

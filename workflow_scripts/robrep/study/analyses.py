@@ -24,6 +24,7 @@ from robrep.ids import (
     StoreKey,
     comparison_id,
 )
+from robrep.similarity.result import MINIBATCH_CKA
 from robrep.study.scores import (
     ADV_THRESHOLD,
     block_score_interval,
@@ -353,6 +354,8 @@ ANALYSES: dict[str, Analysis] = {
 }
 STUDY_FIGURES = ("accuracy_vs_eps",)  # drawn from the models' metrics, whatever the analyses
 PROBE_FIGURES = ("linear_probe_accuracy",)  # drawn from the linear probes, when computed
+# Drawn again under every other minibatch measure of similarity.metrics (the claims' figures).
+MEASURE_FIGURES = ("cross_layer_heatmaps", "block_score_vs_eps", "robust_vs_standard_diagonal")
 
 
 def comparisons(study: Study, analyses: Sequence[str]) -> dict[tuple[str, str, str], Pair]:
@@ -379,3 +382,13 @@ def figures(analyses: Iterable[str], probes: bool = False) -> list[str]:
     `probes`), then the study's own."""
     names = [f for name in ANALYSES if name in set(analyses) for f in ANALYSES[name].figures]
     return names + list(PROBE_FIGURES if probes else ()) + list(STUDY_FIGURES)
+
+
+def drawn(analyses: Iterable[str], probes: bool, measures: Sequence[str]) -> list[tuple[str, str]]:
+    """(figure, measure) of every figure drawn: each of `figures` under minibatch linear CKA,
+    and `MEASURE_FIGURES` among them under every other minibatch measure in `measures`."""
+    names = figures(analyses, probes)
+    others = [m for m in measures if m != MINIBATCH_CKA]
+    return [(name, MINIBATCH_CKA) for name in names] + [
+        (name, m) for m in others for name in names if name in MEASURE_FIGURES
+    ]

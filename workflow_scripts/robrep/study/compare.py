@@ -1,11 +1,13 @@
 """One comparison: every layer pair of two activation stores under every configured metric.
 
-Minibatch CKA comes from the stores' Gram statistics (every Gram layer, every batch of every
-pass); the full-data metrics from the raw features of the feature layers. The result is a small
-xarray Dataset: `similarity(layer_a, layer_b)` (minibatch CKA),
-`full_similarity(full_metric, feature_a, feature_b)`, minibatch CKA's per-batch HSIC terms,
-bootstrap interval and per-pass values, the `pass_order` and batch partition it used, and as attributes the coordinates of both stores (dataset, arch, method, norm, eps, seed,
-checkpoint, epoch, inputs), read from the stores' own metadata.
+The minibatch measures (`similarity.measures.GRAM_MEASURES`: linear CKA and the others) come from
+the stores' Gram statistics (every Gram layer, every batch of every pass); the full-data metrics
+from the raw features of the feature layers. The result is a small xarray Dataset: per minibatch
+measure, `similarity(measure, layer_a, layer_b)`, its per-batch terms (`hsic_*`: HSIC_1 for the
+kernel measures, the measure's own terms for the others), bootstrap interval, per-pass values and
+permutation null; `full_similarity(full_metric, feature_a, feature_b)`; the `pass_order` and batch
+partition it used; and as attributes the coordinates of both stores (dataset, arch, method, norm,
+eps, seed, checkpoint, epoch, inputs), read from the stores' own metadata.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import xarray as xr
 from robrep.ids import method_coords
 from robrep.similarity.batches import pass_batches
 from robrep.similarity.full import full_data_similarity
-from robrep.similarity.minibatch import minibatch_cka_grams
-from robrep.similarity.result import MINIBATCH_CKA
-from robrep.similarity.views import minibatch_cka_by_class, minibatch_cka_null
+from robrep.similarity.measures import GRAM_MEASURES, MeasureSettings
+from robrep.similarity.minibatch import minibatch_measure_grams
+from robrep.similarity.views import minibatch_cka_by_class, minibatch_measure_null
 from robrep.store.read import ActivationStore, check_aligned
 
 if TYPE_CHECKING:
@@ -40,68 +42,53 @@ def compare_stores(
     bootstrap: int = 200,
     seed: int = 0,
     rbf_sigma: float = 0.8,
+    knn_k: int = 10,
     svcca_variance: float = 0.99,
     permutations: int = 0,
     by_class: bool = False,
     attrs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> xr.Dataset:
-    """All layer pairs of two stores under every metric, with minibatch-CKA HSIC terms and CIs.
+    """All layer pairs of two stores under every metric, with each minibatch measure's terms
+    and intervals.
 
-    The minibatches are the stores' own (they must agree: `check_aligned`). Minibatch CKA runs on
-    `device` (numpy on the CPU, torch elsewhere); the full-data metrics on the CPU (float64
-    eigensolves). With `permutations`, the
-    95th percentile of minibatch CKA with side b's examples shuffled within each batch
-    (`similarity.views.minibatch_cka_null`, seeded by `seed`) is `cka_null_upper`: values at or below
-    it are indistinguishable from unrelated examples. With `by_class`, `cka_by_class` holds
-    minibatch CKA restricted to each class's examples (`similarity.views.minibatch_cka_by_class`).
+    The minibatches are the stores' own (they must agree: `check_aligned`). The minibatch
+    measures' products run on `device` (numpy on the CPU, torch elsewhere); the full-data metrics
+    on the CPU (float64 eigensolves). With `permutations`, the 95th percentile of each minibatch
+    measure with side b's examples shuffled within each batch (`views.minibatch_measure_null`,
+    seeded by `seed`) is `cka_null_upper`: values at or below it are indistinguishable from
+    unrelated examples. With `by_class`, `cka_by_class` holds minibatch linear CKA restricted to
+    each class's examples (`similarity.views.minibatch_cka_by_class`).
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)
     sb = sa if same else ActivationStore(path_b)
     check_aligned([sa, sb])
-    values: dict[str, np.ndarray] = {}
     data_vars: dict[str, Any] = {
         "pass_order": (("pass", "sample"), sa.pass_order),
         "batch_size": (("stored_batch",), sa.batch_sizes),
         "batch_pass": (("stored_batch",), sa.batch_passes),
     }
-    if MINIBATCH_CKA in metrics:
-        models = [sa.grams()] if same else [sa.grams(), sb.grams()]
-        pair = (0, 0) if same else (0, 1)
-        res = minibatch_cka_grams(models, [pair], device)[pair]
-        values[MINIBATCH_CKA] = res.cka
-        data_vars["hsic_cross"] = (("batch", "layer_a", "layer_b"), res.cross)
-        data_vars["hsic_a"] = (("batch", "layer_a"), res.self_a)
-        data_vars["hsic_b"] = (("batch", "layer_b"), res.self_b)
-        data_vars["cka_per_pass"] = (("pass", "layer_a", "layer_b"), res.per_pass())
-        if permutations:
-            null = minibatch_cka_null(models[0], models[-1], permutations, seed, device)
-            data_vars["cka_null_upper"] = (
-                ("layer_a", "layer_b"),
-                np.percentile(null, NULL_LEVEL * 100, axis=0),
-            )
-        if by_class:
-            labels = sa.labels
-            classes = np.unique(labels)
-            batches = pass_batches(sa.pass_order, sa.cka_batch_size)
-            batch_labels = [labels[rows] for _, rows in batches]
-            other = None if same else models[1]
-            by = minibatch_cka_by_class(models[0], other, batch_labels, classes, device)
-            data_vars["cka_by_class"] = xr.DataArray(
-                by, dims=("class", "layer_a", "layer_b"), coords={"class": classes}
-            )
-        if bootstrap and res.n_batches >= 2:
-            low, high = res.bootstrap(bootstrap, seed)
-            data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
-            data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
-    if MINIBATCH_CKA in values:
-        data_vars["similarity"] = (("layer_a", "layer_b"), values[MINIBATCH_CKA])
-    full = [m for m in metrics if m != MINIBATCH_CKA]
-    coords = {
-        "layer_a": sa.layers,
-        "layer_b": sb.layers,
-    }
+    measures = [m for m in metrics if m in GRAM_MEASURES]
+    settings = MeasureSettings(rbf_sigma=rbf_sigma, knn_k=knn_k)
+    models = [sa.grams()] if same else [sa.grams(), sb.grams()]
+    per_measure = [
+        _measure(models, m, settings, bootstrap, seed, permutations, device) for m in measures
+    ]
+    measured = xr.concat(per_measure, dim="measure", join="exact")
+    data_vars.update({name: measured[name] for name in measured.data_vars})
+    if by_class:
+        labels = sa.labels
+        classes = np.unique(labels)
+        batches = pass_batches(sa.pass_order, sa.cka_batch_size)
+        batch_labels = [labels[rows] for _, rows in batches]
+        other = None if same else models[1]
+        by = minibatch_cka_by_class(models[0], other, batch_labels, classes, device)
+        data_vars["cka_by_class"] = xr.DataArray(
+            by, dims=("class", "layer_a", "layer_b"), coords={"class": classes}
+        )
+    full = [m for m in metrics if m not in GRAM_MEASURES]
+    coords = {"measure": measures, "layer_a": sa.layers, "layer_b": sb.layers}
     if full:
         got = _full_data(sa, sb, same, full, rbf_sigma, svcca_variance)
         data_vars["full_similarity"] = (
@@ -125,12 +112,47 @@ def compare_stores(
         meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
     meta["n_examples"] = len(sa)
     meta["bootstrap"] = bootstrap if "cka_ci_low" in data_vars else 0
+    meta["rbf_sigma"] = rbf_sigma
+    meta["knn_k"] = knn_k
     meta["bootstrap_seed"] = seed
     meta["null_permutations"] = permutations
     meta["null_level"] = NULL_LEVEL
     meta["batch_size"] = sa.cka_batch_size
     meta["passes"] = len(sa.pass_order)
     return xr.Dataset(data_vars, coords=coords, attrs=meta)
+
+
+def _measure(
+    models: Sequence[Any],
+    measure: str,
+    settings: MeasureSettings,
+    bootstrap: int,
+    seed: int,
+    permutations: int,
+    device: str | torch.device,
+) -> xr.Dataset:
+    """One minibatch measure of the stores' Grams (`models`: one store compared with itself, or
+    two): its matrix, per-batch terms, per-pass values, bootstrap interval and permutation null."""
+    pair = (0, len(models) - 1)
+    res = minibatch_measure_grams(models, measure, settings, [pair], device)[pair]
+    data_vars: dict[str, Any] = {
+        "similarity": (("layer_a", "layer_b"), res.cka),
+        "hsic_cross": (("batch", "layer_a", "layer_b"), res.cross),
+        "hsic_a": (("batch", "layer_a"), res.self_a),
+        "hsic_b": (("batch", "layer_b"), res.self_b),
+        "cka_per_pass": (("pass", "layer_a", "layer_b"), res.per_pass()),
+    }
+    if permutations:
+        null = minibatch_measure_null(
+            models[0], models[-1], measure, settings, permutations, seed, device
+        )
+        upper = np.percentile(null, NULL_LEVEL * 100, axis=0)
+        data_vars["cka_null_upper"] = (("layer_a", "layer_b"), upper)
+    if bootstrap and res.n_batches >= 2:
+        low, high = res.bootstrap(bootstrap, seed)
+        data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
+        data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
+    return xr.Dataset(data_vars)
 
 
 def _full_data(

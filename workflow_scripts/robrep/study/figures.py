@@ -29,6 +29,7 @@ from robrep.study.scores import depth_matched_diagonal  # noqa: E402
 from robrep.study.study import FROM_STANDARD  # noqa: E402
 
 DATASET_ATTR = "figure_dataset"  # the dataset a summary part holds (`for_dataset`)
+MEASURE_ATTR = "figure_measure"  # the minibatch measure a summary part is read under (`draw`)
 
 
 def for_dataset(ds: xr.Dataset, dataset: str) -> xr.Dataset:
@@ -41,14 +42,31 @@ def for_dataset(ds: xr.Dataset, dataset: str) -> xr.Dataset:
     return part
 
 
-def draw(name: str, ds: xr.Dataset, dataset: str, path: str | Path) -> None:
-    """Figure `name` of `dataset`'s part of the summary `ds`, to `path`."""
-    FIGURES[name](for_dataset(ds, dataset), path)
+def draw(name: str, ds: xr.Dataset, dataset: str, path: str | Path, measure: str = METRIC) -> None:
+    """Figure `name` of `dataset`'s part of the summary `ds` under the minibatch measure
+    `measure`, to `path`."""
+    if measure not in ds.measure.values:
+        raise ValueError(
+            f"figure {name}: the summary has no measure {measure!r}; it holds "
+            f"{list(ds.measure.values)}"
+        )
+    part = for_dataset(ds.sel(measure=measure), dataset)
+    part.attrs[MEASURE_ATTR] = measure
+    FIGURES[name](part, path)
+
+
+def _metric(ds: xr.Dataset) -> str:
+    """The name of the measure a summary part is read under (axis and colour-bar labels)."""
+    return ds.attrs.get(MEASURE_ATTR, METRIC)
 
 
 def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
     """Write `fig`, its title led by the dataset its data come from."""
     dataset = ds.attrs.get(DATASET_ATTR)
+    measure = ds.attrs.get(MEASURE_ATTR, METRIC)
+    if measure != METRIC:  # figures read under another measure say so in their title
+        title = fig.get_suptitle()
+        fig.suptitle(f"{title} [{measure}]" if title else measure)
     if dataset:
         title = fig.get_suptitle()
         fig.suptitle(f"{dataset}: {title}" if title else dataset)
@@ -146,7 +164,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
             layer_ticks(ax, "y", names, labelled=c == 0)
             ax.set_title(f"{arch}\n{method_label(method)}", fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{METRIC} (mean over seeds)")
+        fig.colorbar(image, ax=axes, shrink=0.6, label=f"{_metric(ds)} (mean over seeds)")
     masked = (
         " (grey: not above the permutation null's upper percentile)" if null is not None else ""
     )
@@ -318,7 +336,7 @@ def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "robust_vs_standard",
         "Robust vs standard model, same layer, benign inputs",
-        f"{METRIC}(robust, standard)",
+        f"{_metric(ds)}(robust, standard)",
         [("", {"inputs": "benign"})],
     )
 
@@ -334,7 +352,7 @@ def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "benign_vs_adversarial",
         "Benign vs adversarial inputs, same layer",
-        f"{METRIC}(benign, adversarial)",
+        f"{_metric(ds)}(benign, adversarial)",
         columns,
     )
 
@@ -356,7 +374,7 @@ def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "transfer",
         "Robust vs standard model on adversarial inputs, same layer",
-        f"{METRIC}(robust, standard)",
+        f"{_metric(ds)}(robust, standard)",
         columns,
     )
 
@@ -402,7 +420,7 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
             who = label if panel == "robust" else panel.replace("robust", label)
             ax.set_title(f"{arch}, {inputs}\n{who}", fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{METRIC} (mean over seeds)")
+        fig.colorbar(image, ax=axes, shrink=0.5, label=f"{_metric(ds)} (mean over seeds)")
     fig.suptitle(
         "Standard, robust and robust x standard layer similarity "
         "(pgd: each model on its own adversarial examples)"
@@ -417,14 +435,14 @@ def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "threat_models",
         "Linf- vs L2-trained model, same layer",
-        f"{METRIC}(Linf, L2)",
+        f"{_metric(ds)}(Linf, L2)",
     )
 
 
 def seeds_diagonal(ds: xr.Dataset, path: str | Path) -> None:
     """Similarity of each layer to the same layer of the same configuration at another seed."""
     _diagonal_panels(
-        ds, path, "seeds", "Same configuration, different seeds", f"{METRIC}(seed i, seed j)"
+        ds, path, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
     )
 
 
@@ -435,7 +453,7 @@ def width_depth_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         path,
         "width_depth",
         "Across widths and depths, layers matched by relative depth",
-        f"{METRIC}(arch, sibling)",
+        f"{_metric(ds)}(arch, sibling)",
     )
 
 
@@ -491,7 +509,9 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         ax.set_xlabel("relative depth", fontsize=7)
         ax.legend(fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=axes[:-1], shrink=0.6, label=f"{METRIC}(epoch, final), same layer")
+        fig.colorbar(
+            image, ax=axes[:-1], shrink=0.6, label=f"{_metric(ds)}(epoch, final), same layer"
+        )
     _save(fig, path, ds)
 
 

@@ -6,7 +6,9 @@ cross-layer similarity, (2) robust and standard networks differ mostly in deeper
 method) against the standard one, `paper_claims` measures each claim's quantity and says whether
 the robust-minus-standard difference goes the claimed way beyond what retraining with another
 seed changes (`exceeds`), the other way beyond it (`opposite`), or not (`within seed noise`). With
-one seed there is no yardstick: `no seed baseline`.
+one seed there is no yardstick: `no seed baseline`. The claims on similarity are read under each
+minibatch measure the comparisons hold (a `measure` column), so whether a claim survives a change
+of measure is one row per claim and measure.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def _deep_probe(ds: xr.Dataset, rows: np.ndarray) -> np.ndarray:
 
 COLUMNS = (
     "claim",
+    "measure",
     "dataset",
     "arch",
     "method_id",
@@ -166,8 +169,9 @@ COLUMNS = (
 CLAIMS = {
     "block_structure": "robust networks lose block structure: block score, robust - standard",
     "deeper_layers": (
-        "robust and standard differ in deeper layers: robust-vs-standard CKA (robust column) "
-        "minus the seed-to-seed CKA of the two configurations (standard column), mean over "
+        "robust and standard differ in deeper layers: robust-vs-standard similarity (robust "
+        "column) minus the seed-to-seed similarity of the two configurations (standard column), "
+        "under the row's measure, mean over "
         "layers at relative depth >= 0.5; low/high: its interval over the bootstrap and the seed "
         "pairs; shallower_difference: the same over the shallower layers"
     ),
@@ -182,29 +186,53 @@ CLAIMS = {
 }
 
 
+PROBE_MEASURE = "linear_probe"  # the measure column of the probe reading (no similarity measure)
+
+
 def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
-    """One row per robust configuration and claim: the measured robust and standard values,
-    their difference, the seed noise it is held against, an interval where one exists, and the
-    verdict (see the module doc). Claims whose quantities the summary lacks are left out."""
+    """One row per robust configuration, claim and measure: the measured robust and standard
+    values, their difference, the seed noise it is held against, an interval where one exists,
+    and the verdict (see the module doc). The similarity claims are read under every minibatch
+    measure of the summary (`measure`), the probe reading once. Claims whose quantities the
+    summary lacks are left out."""
+    rows = []
+    for measure in ds.measure.values:
+        rows += _claims(ds.sel(measure=measure), str(measure), probes=False)
+    return rows + _claims(ds.isel(measure=0), PROBE_MEASURE, probes=True)
+
+
+def _claims(ds: xr.Dataset, measure: str, probes: bool) -> list[dict[str, Any]]:
+    """The rows of one measure's view of the summary: the similarity claims, or (`probes`) the
+    linear-probe reading."""
     rows = []
     for dataset, arch, method, robust, standard in _configs(ds):
         got: dict[str, dict | None] = {}
         models = np.concatenate([robust, standard])
-        if _measured(ds, "block_score", models):
-            bounds = ("block_score_low", "block_score_high") if "block_score_low" in ds else ()
-            got["block_structure"] = _scalar_claim(ds, "block_score", robust, standard, -1, *bounds)
-        if "seed_effect" in ds:
-            got["deeper_layers"] = _layer_claim(ds, dataset, arch, method)
-        if _measured(ds, "probe_accuracy", models):
-            got["specialisation_probe"] = _seed_claim(
-                _deep_probe(ds, robust), _deep_probe(ds, standard), -1
-            )
-        if _measured(ds, "class_cka_spread", models):
-            got["specialisation_class_cka"] = _scalar_claim(
-                ds, "class_cka_spread", robust, standard, -1
-            )
+        if probes:
+            if _measured(ds, "probe_accuracy", models):
+                got["specialisation_probe"] = _seed_claim(
+                    _deep_probe(ds, robust), _deep_probe(ds, standard), -1
+                )
+        else:
+            if _measured(ds, "block_score", models):
+                bounds = ("block_score_low", "block_score_high") if "block_score_low" in ds else ()
+                got["block_structure"] = _scalar_claim(
+                    ds, "block_score", robust, standard, -1, *bounds
+                )
+            if "seed_effect" in ds:
+                got["deeper_layers"] = _layer_claim(ds, dataset, arch, method)
+            if _measured(ds, "class_cka_spread", models):
+                got["specialisation_class_cka"] = _scalar_claim(
+                    ds, "class_cka_spread", robust, standard, -1
+                )
         for claim, row in got.items():
             if row is not None:
-                where = {"claim": claim, "dataset": dataset, "arch": arch, "method_id": method}
+                where = {
+                    "claim": claim,
+                    "measure": measure,
+                    "dataset": dataset,
+                    "arch": arch,
+                    "method_id": method,
+                }
                 rows.append({k: {**where, **row}.get(k, float("nan")) for k in COLUMNS})
     return rows

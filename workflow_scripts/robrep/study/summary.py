@@ -3,7 +3,9 @@
 `aggregate` stacks comparisons along a `comparison` dimension (coordinates of both stores, read
 from each comparison's attributes) and adds, along a `model` dimension, each analysis's summaries
 (`analyses.ANALYSES[...].summarise`) and the accuracies of every model's `metrics.json` (which also
-gives the model's coordinates). Nothing is re-derived from the config or parsed from ids.
+gives the model's coordinates). What the comparisons' similarity decides is built once per
+minibatch measure and held along a `measure` dimension. Nothing is re-derived from the config or
+parsed from ids.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import xarray as xr
 from robrep.ids import ModelKey, method_coords
 from robrep.io.checksums import read_json
 from robrep.io.xrio import read_netcdf
+from robrep.similarity.result import MINIBATCH_CKA
 from robrep.study.analyses import ANALYSES
 from robrep.study.variables import Variable
 
@@ -30,10 +33,11 @@ _CMP = "robrep.study.compare.compare_stores"
 # the study-wide ones (seed baselines, probes, AutoAttack, accuracies).
 STUDY_VARIABLES = {
     "similarity": Variable(
-        "minibatch CKA",
-        "minibatch linear CKA (Nguyen et al. 2021) of every Gram-layer pair of the two stores, "
-        "from the stores' Gram statistics over every batch of every pass",
-        "robrep.similarity.minibatch.minibatch_cka_grams",
+        "minibatch similarity",
+        "each minibatch measure (measure: linear CKA, Nguyen et al. 2021, and the others of "
+        "similarity.measures) of every Gram-layer pair of the two stores, from the stores' Gram "
+        "statistics over every batch of every pass",
+        "robrep.similarity.minibatch.minibatch_measure_grams",
     ),
     "full_similarity": Variable(
         "full-data similarity",
@@ -134,6 +138,9 @@ STUDY_VARIABLES = {
     ),
 }
 PAIR_VARIABLES = ("cka_null_upper", "cka_ci_low", "cka_ci_high")
+MEASURED = ("measure", "layer_a", "layer_b")  # a comparison's similarity: per minibatch measure
+# Summary variables that no minibatch measure changes: held once, not along `measure`.
+MEASURE_FREE = ("full_similarity", "clean_acc", "robust_acc")
 _SIDE_COORDS = (
     "arch",
     "method_id",
@@ -160,8 +167,9 @@ def aggregate(
     model; a model `masking_gap` or more below its PGD accuracy is flagged and warned about);
     also return accuracy rows.
 
-    `metrics_files` are the models' metrics.json, in model order; the per-model summaries are
-    built on minibatch CKA.
+    `metrics_files` are the models' metrics.json, in model order. Every summary built on the
+    comparisons' similarity is built once per minibatch measure (`measure_view`) and held along
+    `measure`.
     """
     parts = [read_netcdf(f) for f in comparison_files]
     if not parts:
@@ -174,17 +182,27 @@ def aggregate(
                 f"comparison {path} lacks the attributes {missing} (written by an older robrep?); "
                 f"recompute it: snakemake --forcerun extract (stores lack them too)"
             )
-        if "similarity" in part and part["similarity"].dims != ("layer_a", "layer_b"):
+        if "similarity" not in part or part["similarity"].dims != MEASURED:
             raise ValueError(
-                f"comparison {path} holds similarity{part['similarity'].dims}, the layout of an "
-                f"older robrep (a metric dimension); recompute it: snakemake --cores all "
+                f"comparison {path} lacks similarity{MEASURED}, the layout of this robrep "
+                f"(written by an older one?); recompute it: snakemake --cores all "
                 f"--forcerun similarity"
             )
-    ds = _stack(parts)
+        if list(part.measure.values) != list(parts[0].measure.values):
+            raise ValueError(
+                f"comparison {path} holds the measures {list(part.measure.values)}, "
+                f"{comparison_files[0]} {list(parts[0].measure.values)}: written under other "
+                f"similarity.metrics; recompute: snakemake --cores all --forcerun similarity"
+            )
     models = [read_json(f) for f in metrics_files]
-    summary, accuracy = model_summaries(ds, models, parts)
-    summary["block_score_seed_range"] = ("model", seed_range(summary, "block_score"))
-    ds = xr.merge([ds, summary, seed_baselines(ds)])
+    per_measure = []
+    for measure in parts[0].measure.values:
+        views = [measure_view(part, str(measure)) for part in parts]
+        stacked = _stack(views)
+        summary, accuracy = model_summaries(stacked, models, views)
+        summary["block_score_seed_range"] = ("model", seed_range(summary, "block_score"))
+        per_measure.append(xr.merge([stacked, summary, seed_baselines(stacked)]))
+    ds = _along_measures(per_measure, list(parts[0].measure.values))
     if probe_files:
         ds = xr.merge([ds, probe_summary(ds, [read_netcdf(f) for f in probe_files])])
     if autoattack_files:
@@ -194,6 +212,31 @@ def aggregate(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (attrs or {}).items()}
     )
     return describe(ds), accuracy
+
+
+def measure_view(part: xr.Dataset, measure: str) -> xr.Dataset:
+    """One comparison as one minibatch measure reads it: its variables along `measure` taken at
+    `measure` (so every summary and figure is built alike for each measure); class-conditional
+    CKA, which only linear CKA has, kept for linear CKA alone."""
+    view = part.sel(measure=measure, drop=True)
+    if measure != MINIBATCH_CKA and "cka_by_class" in view:
+        view = view.drop_vars(["cka_by_class", "class"])
+    return view
+
+
+def _along_measures(per_measure: Sequence[xr.Dataset], measures: Sequence[str]) -> xr.Dataset:
+    """The per-measure summaries stacked along `measure`; what no measure changes (the
+    full-data metrics, accuracies, class-conditional CKA) once, from linear CKA's."""
+    first = per_measure[0]
+    free = [v for v in first.data_vars if v in MEASURE_FREE or "class" in first[v].dims]
+    stacked = xr.concat(
+        [part.drop_vars(free, errors="ignore") for part in per_measure],
+        dim="measure",
+        coords="minimal",
+        compat="override",
+        join="exact",
+    )
+    return xr.merge([stacked.assign_coords(measure=list(measures)), first[free]])
 
 
 def describe(ds: xr.Dataset) -> xr.Dataset:
