@@ -88,6 +88,7 @@ def test_external_models_only_run_end_to_end(external_run):
         direct = (logits.argmax(1).numpy() == splits.y_test).mean()
         assert metrics["test"]["clean_acc"] == pytest.approx(direct)
     ds = xr.load_dataset(results / "summary/similarity.nc", engine="h5netcdf")
+    ds = ds.sel(measure="minibatch_cka")
     analyses = set(ds.analysis.values.tolist())
     assert {"cross_layer", "robust_vs_standard", "transfer", "benign_vs_adversarial"} <= analyses
     assert "epochs" not in analyses  # imported models have their final weights only
@@ -210,6 +211,7 @@ def test_torchvision_models_probe_every_call_of_reused_modules(tmp_path):
         torch.save(resnet18(num_classes=10).state_dict(), workdir / entry["checkpoint"])
     snakemake(workdir, "results/summary/similarity.nc")
     ds = xr.load_dataset(workdir / "results/summary/similarity.nc", engine="h5netcdf")
+    ds = ds.sel(measure="minibatch_cka")
     pairs = np.flatnonzero(ds.analysis.values == "robust_vs_standard")
     assert len(pairs) == 2  # on benign and on adversarial inputs
     for c in pairs:
@@ -266,5 +268,6 @@ def test_robustbench_model_runs_end_to_end(tmp_path):
     assert metrics["test"]["clean_acc"] == pytest.approx(direct)
     assert metrics["external"]["name"] == "ding-mma"
     ds = xr.load_dataset(results / "summary/similarity.nc", engine="h5netcdf")
+    ds = ds.sel(measure="minibatch_cka")
     assert ds.sizes["layer_a"] == 7  # the zoo WRN's blocks: conv1, block1-3, bn1, relu, fc
     assert np.isfinite(ds.similarity.values).all()

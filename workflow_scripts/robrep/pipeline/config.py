@@ -23,7 +23,6 @@ from robrep.ids import (
     saved_epochs,
 )
 from robrep.learn.attacks import DEFAULT_STEPS, default_step_size
-from robrep.similarity.batches import MIN_BATCH
 from robrep.similarity.measures import GRAM_MEASURES
 from robrep.similarity.result import MINIBATCH_CKA
 
@@ -476,12 +475,11 @@ def check_metrics(config: Mapping[str, Any]) -> None:
     neighbours = [m for m in metrics if m in GRAM_MEASURES and "knn_k" in GRAM_MEASURES[m].reads]
     k, act = config["similarity"]["knn_k"], config["activations"]
     for dataset, used in examples_used(config).items() if neighbours else ():
-        last = used % act["cka_batch_size"]
-        smallest = min(used, act["cka_batch_size"], last if last >= MIN_BATCH else used)
+        smallest = min(used, act["cka_batch_size"])  # a shorter last batch is left out
         if k > smallest - 2:
             raise ConfigError(
                 f"similarity.knn_k: {k} neighbours ({neighbours[0]}) need minibatches of at "
-                f"least k + 2 examples, and {dataset}'s smallest has {smallest} ({used} examples, "
+                f"least k + 2 examples, and {dataset}'s have {smallest} ({used} examples, "
                 f"activations.cka_batch_size {act['cka_batch_size']}); set knn_k <= "
                 f"{max(smallest - 2, 1)} or raise cka_batch_size"
             )

@@ -17,6 +17,7 @@ one `GramMeasure` in `GRAM_MEASURES` (docs/extending.md).
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,11 +143,6 @@ def _square(strict: np.ndarray, b: int, diagonal: float) -> np.ndarray:
 
 def _neighbours(d2: np.ndarray, b: int, k: int) -> np.ndarray:
     """(b, b) 0/1 matrix of each example's k nearest other examples of one layer."""
-    if not 0 < k < b - 1:
-        raise ValueError(
-            f"similarity.knn_k = {k} needs minibatches of more than k + 1 examples; this batch "
-            f"has {b} (choose knn_k in 1..{b - 2} or raise activations.cka_batch_size)"
-        )
     square = _square(d2, b, np.inf)
     nearest = np.argpartition(square, k - 1, axis=1)[:, :k]
     mask = np.zeros((b, b))
@@ -154,10 +150,27 @@ def _neighbours(d2: np.ndarray, b: int, k: int) -> np.ndarray:
     return mask
 
 
+def _too_small(b: int, k: int, layers: int, rows: int) -> np.ndarray | None:
+    """Zero vectors (no terms: the batch adds nothing to the pooled sums) for a batch of fewer
+    than k + 2 examples, with a warning; None for a batch that has k neighbours to rank."""
+    if k + 2 <= b:
+        return None
+    warnings.warn(
+        f"similarity.knn_k = {k}: a minibatch of {b} examples has too few to rank k neighbours; "
+        f"the neighbour measures leave it out (choose knn_k <= {max(b - 2, 1)} or raise "
+        f"activations.cka_batch_size)",
+        stacklevel=3,
+    )
+    return np.zeros((rows, layers))
+
+
 def knn_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.ndarray:
     """Each layer's b x b k-nearest-neighbour indicator (Euclidean, self excluded), flattened: the
     inner product of two is Σᵢ |N(i) ∩ N'(i)|, the self term b k, so the pooled measure is the
     mean fraction of shared neighbours, mutual k-NN alignment (Huh et al. 2024)."""
+    empty = _too_small(b, settings.knn_k, packed.shape[1], b * b)
+    if empty is not None:
+        return empty
     d2 = squared_distances(packed, b)
     return np.stack(
         [_neighbours(d2[:, i], b, settings.knn_k).ravel() for i in range(d2.shape[1])], 1
@@ -167,6 +180,9 @@ def knn_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.nda
 def cknna_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.ndarray:
     """Per layer, its k-NN indicator and its batch-centred Gram HKH (offset-free), flattened one
     after the other ((2 b², layers)): what `cknna_terms` masks."""
+    empty = _too_small(b, settings.knn_k, packed.shape[1], 2 * b * b)
+    if empty is not None:
+        return empty
     d2 = squared_distances(packed, b)
     strict = b * (b - 1) // 2
     out = np.empty((2 * b * b, d2.shape[1]))
