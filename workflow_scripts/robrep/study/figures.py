@@ -64,12 +64,14 @@ def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
     """Write `fig`, its title led by the dataset its data come from."""
     dataset = ds.attrs.get(DATASET_ATTR)
     measure = ds.attrs.get(MEASURE_ATTR, METRIC)
+    # A figure with only an axes title gets its suptitle above it, not over it.
+    above = {} if fig.get_suptitle() else {"y": 1.04}
     if measure != METRIC:  # figures read under another measure say so in their title
         title = fig.get_suptitle()
-        fig.suptitle(f"{title} [{measure}]" if title else measure)
+        fig.suptitle(f"{title} [{measure}]" if title else measure, **above)
     if dataset:
         title = fig.get_suptitle()
-        fig.suptitle(f"{dataset}: {title}" if title else dataset)
+        fig.suptitle(f"{dataset}: {title}" if title else dataset, **above)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
