@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from robrep.similarity.backend import Kernels
+from robrep.similarity.gram import unpack_gram
 from robrep.similarity.hsic import _batch_hsic, _hsic1, _row_blocks
 from robrep.similarity.result import MINIBATCH_CKA
 
@@ -184,12 +185,10 @@ def cknna_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.n
     if empty is not None:
         return empty
     d2 = squared_distances(packed, b)
-    strict = b * (b - 1) // 2
     out = np.empty((2 * b * b, d2.shape[1]))
     h = np.eye(b) - 1.0 / b
     for i in range(d2.shape[1]):
-        gram = _square(np.asarray(packed[:strict, i], np.float64), b, 0.0)
-        gram[np.diag_indices(b)] = packed[strict : strict + b, i]
+        gram = unpack_gram(np.asarray(packed[:, i], np.float64), b)
         out[: b * b, i] = _neighbours(d2[:, i], b, settings.knn_k).ravel()
         out[b * b :, i] = (h @ gram @ h).ravel()
     return out
