@@ -145,6 +145,12 @@ def mutate(path, value):
             r"analyses\[0\]: unknown analysis 'cross_layers' \(did you mean 'cross_layer'\?\); "
             r"valid: cross_layer, robust_vs_standard",
         ),
+        (
+            ["similarity"],
+            {"metrics": ["minibatch_cka", "minibatch_rbf"]},
+            r"similarity\.metrics\[1\]: unknown metric 'minibatch_rbf' \(did you mean "
+            r"'minibatch_rbf_cka'\?\); valid: minibatch_cka, minibatch_rbf_cka, .*, procrustes$",
+        ),
     ],
 )
 def test_bad_config_messages(path, value, pattern):

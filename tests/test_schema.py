@@ -17,8 +17,6 @@ from robrep.learn.training import PRECISIONS, SCHEDULES
 from robrep.pipeline.config import METHODS, NORMS
 from robrep.pipeline.jobs import VALUE_BYTES
 from robrep.runtime import DEVICES
-from robrep.similarity.full import FULL_METRICS
-from robrep.similarity.measures import GRAM_MEASURES
 from robrep.store.format import LAYER_VALUES
 from robrep.study.study import TRANSFER_DIRECTIONS
 
@@ -58,10 +56,6 @@ REGISTRIES = {
     "activations.dtype": (("activations", "dtype"), tuple(VALUE_BYTES)),
     "activations.compressor": (("activations", "compressor"), COMPRESSORS),
     "activations.compat": (("activations", "compat"), LAYER_VALUES),
-    "similarity.metrics": (
-        ("similarity", "metrics", "items"),
-        (*GRAM_MEASURES, *FULL_METRICS),
-    ),
     "transfer.directions": (("transfer", "directions", "items"), TRANSFER_DIRECTIONS),
 }
 

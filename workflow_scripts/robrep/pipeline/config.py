@@ -23,6 +23,7 @@ from robrep.ids import (
     saved_epochs,
 )
 from robrep.learn.attacks import DEFAULT_STEPS, default_step_size
+from robrep.similarity.full import FULL_METRICS
 from robrep.similarity.measures import GRAM_MEASURES
 from robrep.similarity.result import MINIBATCH_CKA
 
@@ -176,7 +177,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     """Cross-key checks that need code; raises ConfigError naming key, value and choices.
 
     Runs before the schema validation, so it tolerates missing keys (the schema reports those).
-    Datasets, architectures and analyses are checked against their registries.
+    Datasets, architectures, analyses and similarity metrics are checked against their
+    registries.
     """
     from robrep.learn.architectures import check_architecture as architecture_ok
     from robrep.learn.data import DATASETS as datasets
@@ -187,6 +189,16 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"analyses[{i}]: unknown analysis {name!r}{suggest(str(name), list(ANALYSES))}; "
                 f"valid: {', '.join(ANALYSES)}"
+            )
+    similarity = config.get("similarity")
+    metrics = [*GRAM_MEASURES, *FULL_METRICS]
+    for i, name in enumerate(
+        similarity.get("metrics") or [] if isinstance(similarity, Mapping) else []
+    ):
+        if name not in metrics:
+            raise ConfigError(
+                f"similarity.metrics[{i}]: unknown metric {name!r}{suggest(str(name), metrics)}; "
+                f"valid: {', '.join(metrics)}"
             )
     datasets = list(datasets)
     for i, name in enumerate(config.get("datasets") or []):
