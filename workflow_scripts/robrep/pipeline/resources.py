@@ -186,7 +186,7 @@ def similarity_resources(
     """mem_mb and runtime (minutes) of one comparison of two stores: every minibatch measure
     from the packed Grams (per batch: each store's chunk, read into two alternating buffers; the
     measure's per-layer vectors, made on the host at `cpu_gflops`; one float64 product of the
-    stacked vectors, or a loop over layer pairs for a pairwise measure, at `gflops`, on the GPU
+    stacked vectors (CKNNA: two), at `gflops`, on the GPU
     with `on_gpu`, which then holds the float64 vectors: gpu_mem_mb), its permutation null
     (`permutations` draws of the a x b cross terms, and of side b's vectors where a draw cannot
     gather them) and, with `full_data`, N x N Grams and eigendecompositions of the feature
@@ -203,11 +203,9 @@ def similarity_resources(
     for name in measures:
         measure = GRAM_MEASURES[name]
         rows = measure.rows(b)
-        # a stacked product: (layers x rows)(rows x layers), multiply and add; pairwise: about
-        # ten elementwise passes over each pair's b x b matrices, memory-bound (counted as 20
-        # flops a value: elementwise work runs ~20x below the product rate)
-        per_pair = 200 * b * b if measure.pairwise else 2 * rows
-        terms = layers**2 / (2 if measure.pairwise else 1) * per_pair
+        # a stacked product: (layers x rows)(rows x layers), multiply and add
+        per_pair = 2 * rows * measure.products
+        terms = layers**2 * per_pair
         made = 0 if measure.vectors is None else 50 * layers * rows  # host: distances, kernels
         # a null draw: the a x b cross terms of gathered vectors, or side b's vectors remade
         # (half of `made`) and all terms

@@ -4,12 +4,12 @@ Every measure is a function of each batch's b x b Grams K (of X − offset; the 
 the squared distances d²ᵢⱼ = Kᵢᵢ + Kⱼⱼ − 2Kᵢⱼ and in the batch-centred Gram HKH). A measure maps
 each layer's packed Gram to vectors (`GramMeasure.vectors`, numpy on the host) and a batch's
 vectors of all layers to a matrix of terms (`GramMeasure.terms`: HSIC_1 of the stacked products,
-plain inner products, or CKNNA's pairwise masked HSIC_1), so that on batch t the term of layers
+plain inner products, or CKNNA's masked HSIC_1), so that on batch t the term of layers
 i, j is T_t(i, j). Every measure pools exactly as minibatch CKA (Nguyen et al. 2021) pools HSIC_1:
 
     measure(i, j) = Σ_t T_t(i, j) / sqrt(Σ_t T_t(i, i) · Σ_t T_t(j, j)),
 
-over every batch of every pass, so the bootstrap over minibatches and the per-pass values of
+over every batch of every pass, so the jackknife over minibatches and the per-pass values of
 `result.CKAResult` hold for each. Formulas and citations: docs/measures.md. Adding a measure is
 one `GramMeasure` in `GRAM_MEASURES` (docs/extending.md).
 """
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from robrep.similarity.backend import Kernels
-from robrep.similarity.gram import unpack_gram
 from robrep.similarity.hsic import _batch_hsic, _hsic1, _row_blocks
 from robrep.similarity.result import MINIBATCH_CKA
 
@@ -52,8 +51,8 @@ class GramMeasure:
     models' concatenated layers. `relabels`: the vectors are packed symmetric matrices of the
     examples, so relabelling the examples is a gather of them (the permutation null's fast path).
     `reads`: the `MeasureSettings` fields it uses. `rows(b)`: the entries of one layer's vectors
-    on a batch of b (the job sizes); `pairwise`: its terms are a loop over layer pairs of
-    O(rows) each rather than one stacked product."""
+    on a batch of b (the job sizes); `products`: how many stacked products of that size its terms
+    take (the job sizes)."""
 
     name: str
     label: str
@@ -63,7 +62,7 @@ class GramMeasure:
     relabels: bool
     reads: tuple[str, ...] = ()
     rows: Callable[[int], int] = lambda b: b * (b + 1) // 2
-    pairwise: bool = False
+    products: int = 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -134,20 +133,23 @@ def rsa_spearman_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) 
     return _centred(rankdata(squared_distances(packed, b), axis=0))
 
 
-def _square(strict: np.ndarray, b: int, diagonal: float) -> np.ndarray:
-    """The b x b symmetric matrix of one layer's strict-upper entries."""
+def _squares(strict: np.ndarray, b: int, diagonal: np.ndarray | float) -> np.ndarray:
+    """(b, b, layers) symmetric matrices of the layers' strict-upper entries ((b (b - 1) / 2,
+    layers)) and their diagonal (a constant, or (b, layers)); layers last, so every write is
+    contiguous."""
     rows, cols = _strict_pairs(b)
-    out = np.full((b, b), diagonal)
+    out = np.empty((b, b, strict.shape[1]))
     out[rows, cols] = out[cols, rows] = strict
+    out[np.arange(b), np.arange(b)] = diagonal
     return out
 
 
 def _neighbours(d2: np.ndarray, b: int, k: int) -> np.ndarray:
-    """(b, b) 0/1 matrix of each example's k nearest other examples of one layer."""
-    square = _square(d2, b, np.inf)
-    nearest = np.argpartition(square, k - 1, axis=1)[:, :k]
-    mask = np.zeros((b, b))
-    mask[np.arange(b)[:, None], nearest] = 1.0
+    """(b, b, layers) 0/1: [i, j, l] = 1 where j is among example i's k nearest other examples in
+    layer l (d2: the layers' strict-upper squared distances)."""
+    nearest = np.argpartition(_squares(d2, b, np.inf), k - 1, axis=1)[:, :k]
+    mask = np.zeros((b, b, d2.shape[1]))
+    np.put_along_axis(mask, nearest, 1.0, axis=1)
     return mask
 
 
@@ -172,10 +174,7 @@ def knn_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.nda
     empty = _too_small(b, settings.knn_k, packed.shape[1], b * b)
     if empty is not None:
         return empty
-    d2 = squared_distances(packed, b)
-    return np.stack(
-        [_neighbours(d2[:, i], b, settings.knn_k).ravel() for i in range(d2.shape[1])], 1
-    )
+    return _neighbours(squared_distances(packed, b), b, settings.knn_k).reshape(b * b, -1)
 
 
 def cknna_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.ndarray:
@@ -184,39 +183,55 @@ def cknna_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) -> np.n
     empty = _too_small(b, settings.knn_k, packed.shape[1], 2 * b * b)
     if empty is not None:
         return empty
-    d2 = squared_distances(packed, b)
-    out = np.empty((2 * b * b, d2.shape[1]))
-    h = np.eye(b) - 1.0 / b
-    for i in range(d2.shape[1]):
-        gram = unpack_gram(np.asarray(packed[:, i], np.float64), b)
-        out[: b * b, i] = _neighbours(d2[:, i], b, settings.knn_k).ravel()
-        out[b * b :, i] = (h @ gram @ h).ravel()
-    return out
+    strict = b * (b - 1) // 2
+    out = np.empty((2, b, b, packed.shape[1]))
+    out[0] = _neighbours(squared_distances(packed, b), b, settings.knn_k)
+    gram = _squares(np.asarray(packed[:strict], np.float64), b, packed[strict : strict + b])
+    means = gram.mean(0)  # HKH without the two b x b products: K - 1 m' - m 1' + mean
+    out[1] = gram - means[None] - means[:, None] + means.mean(0)
+    return out.reshape(2 * b * b, -1)
 
 
-def _masked_hsic(a: Any, c: Any, b: int) -> Any:
-    """HSIC_1 (Song et al. 2012, eq. 5) of two b x b matrices with zero diagonals, as Huh et al.'s
-    `hsic_unbiased` computes it for their (asymmetric) masked kernels: tr(A C), 1ᵀA1 1ᵀC1 and
-    1ᵀA C1 (numpy arrays or torch tensors alike)."""
-    return _hsic1((a * c.T).sum() / 2, a.sum() * c.sum(), a.sum(0) @ c.sum(1), b)
+CKNNA_BLOCK_ROWS = 32  # example rows of the b x b matrices per block of `cknna_terms`
 
 
 def cknna_terms(stats: Sequence[Any], b: int, staging: Any, kernels: Kernels) -> np.ndarray:
     """CKNNA's terms (Huh et al. 2024) of every pair of the concatenated layers: HSIC_1 of the
-    centred Grams masked to the neighbours both layers share, α ∘ K and α ∘ L with α = M_K ∘ M_L
-    (M_K ∘ M_K = M_K for a layer with itself). A loop over layer pairs, O(b²) each, where the
-    kernels compute."""
+    centred Grams masked to the neighbours both layers share, A = α ∘ K_i and C = α ∘ K_j with
+    α = M_i ∘ M_j (M the k-NN indicators), as Huh et al.'s `hsic_unbiased` takes them.
+
+    The mask factorises, so every term is a product of per-layer matrices, for all pairs at once
+    (where the kernels compute) in blocks of example rows: tr(AC) = <M_i∘M_iᵀ∘K_i, M_j∘M_jᵀ∘K_j>,
+    1ᵀA1 = <M_i∘K_i, M_j>, 1ᵀC1 = <M_i, M_j∘K_j>, and 1ᵀAC1 = Σ_l (Σ_k P_i,kl M_j,kl)
+    (Σ_m M_i,lm P_j,lm) with P = M∘K, one batched product per row l. 1ᵀAC1 is not symmetric in
+    (i, j); the pair's term is the one with i <= j, as the pairwise definition takes it."""
     n = b * b
-    layers = [
-        (s[:n, i].reshape(b, b), s[n:, i].reshape(b, b)) for s in stats for i in range(s.shape[1])
-    ]
-    out = kernels.zeros(len(layers), len(layers))
-    for i, (mask_i, gram_i) in enumerate(layers):
-        for j in range(i, len(layers)):
-            mask_j, gram_j = layers[j]
-            mask = mask_i * mask_j
-            out[i, j] = out[j, i] = _masked_hsic(mask * gram_i, mask * gram_j, b)
-    return kernels.to_numpy(out)
+    widths = [s.shape[1] for s in stats]
+    total = sum(widths)
+    trace, sums, row_products = (kernels.zeros(total, total) for _ in range(3))
+    for lo in range(0, b, CKNNA_BLOCK_ROWS):
+        hi = min(lo + CKNNA_BLOCK_ROWS, b)
+        # rows lo:hi of M and K, and rows lo:hi of their transposes ([l, k] = M[k, l]); K is
+        # symmetric, so its transposed rows are its rows
+        mask, mask_t, gram = (kernels.zeros(hi - lo, b, total) for _ in range(3))
+        start = 0
+        for s, width in zip(stats, widths, strict=True):
+            m, k = s[:n].reshape(b, b, width), s[n:].reshape(b, b, width)
+            mask[:, :, start : start + width] = m[lo:hi]
+            mask_t[:, :, start : start + width] = m[:, lo:hi].swapaxes(0, 1)
+            gram[:, :, start : start + width] = k[lo:hi]
+            start += width
+        symmetric = (mask * mask_t * gram).reshape(-1, total)
+        trace += symmetric.T @ symmetric
+        masked = mask * gram  # P's rows lo:hi
+        sums += masked.reshape(-1, total).T @ mask.reshape(-1, total)
+        columns = (mask_t * gram).swapaxes(1, 2) @ mask_t  # [l, i, j] = Σ_k P_i,kl M_j,kl
+        rows = mask.swapaxes(1, 2) @ masked  # [l, i, j] = Σ_m M_i,lm P_j,lm
+        row_products += (columns * rows).sum(0)
+    trace, sums, row_products = (kernels.to_numpy(x) for x in (trace, sums, row_products))
+    upper = np.triu(np.ones((total, total), bool))
+    row_products = np.where(upper, row_products, row_products.T)
+    return _hsic1(trace / 2, sums * sums.T, row_products, b)
 
 
 def inner_terms(stats: Sequence[Any], b: int, staging: Any, kernels: Kernels) -> np.ndarray:
@@ -292,7 +307,7 @@ GRAM_MEASURES: dict[str, GramMeasure] = {
             relabels=False,
             reads=("knn_k",),
             rows=lambda b: 2 * b * b,
-            pairwise=True,
+            products=2,
         ),
     )
 }
