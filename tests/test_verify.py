@@ -55,15 +55,19 @@ def test_verify_lists_every_damaged_artefact_and_its_rebuild(completed_run, tmp_
     comparison.write_bytes(bytes(data))
     examples = sorted(results.glob("adversarial/**/*.zarr"))[0]
     corrupt_middle(chunk_files(examples / "images")[0])
+    # the digest key renamed and a number changed: no digest is damage, not a pass (issue 28)
+    metrics = sorted(results.glob("models/**/metrics.json"))[0]
+    metrics.write_text(metrics.read_text().replace('"sha256"', '"sha256_"'))
 
     out = robrep_verify(results)
     assert out.returncode == 1, out.stdout + out.stderr
-    for path in (stores[0], stores[1], weights, comparison, examples):
+    for path in (stores[0], stores[1], weights, comparison, examples, metrics):
         relative = path.relative_to(workdir)
         assert f"DAMAGED {path}" in out.stdout, (path, out.stdout)
         assert f"rebuild: snakemake --cores all --forcerun {relative}" in out.stdout, out.stdout
     assert "checksum" in out.stdout and repr(deleted) in out.stdout
-    assert "5 damaged" in out.stdout
+    assert "no SHA-256 checksum" in out.stdout
+    assert "6 damaged" in out.stdout
 
 
 def test_verify_names_the_stores_to_rebuild_for_a_comparison_whose_store_is_gone(

@@ -62,8 +62,9 @@ def write_json(content: Mapping[str, Any], path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON artefact, its SHA-256 verified (files without one are read as is); the digest key is
-    removed from what is returned."""
+    """A JSON artefact, its SHA-256 verified; a file without one is damage (robrep writes every
+    JSON artefact with it, so a missing digest is an edit or an older robrep's file). The digest
+    key is removed from what is returned."""
     try:
         body = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -71,6 +72,10 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise damaged(path, "is not a JSON object")
     saved = body.pop(JSON_DIGEST_KEY, None)
-    if saved is not None and saved != digest(body):
+    if saved is None:
+        raise damaged(
+            path, f"has no SHA-256 checksum ('{JSON_DIGEST_KEY}'), so nothing vouches for it"
+        )
+    if saved != digest(body):
         raise damaged(path, "fails its SHA-256 checksum")
     return body

@@ -61,8 +61,8 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
 
 def read_netcdf(path: str | Path, rebuild: str | None = None) -> xr.Dataset:
     """Load a netCDF file into memory, every checksum verified; a damaged file raises
-    `DamagedArtefactError` naming it and `rebuild` (default: force-rerun the file). Files written
-    before the metadata digest existed are read with their arrays verified."""
+    `DamagedArtefactError` naming it and `rebuild` (default: force-rerun the file). A file without
+    the metadata digest is damage: its attributes and labels would be unverified."""
     command = rebuild or rebuild_command(path)
     try:
         ds = xr.load_dataset(path, engine="h5netcdf")
@@ -72,7 +72,13 @@ def read_netcdf(path: str | Path, rebuild: str | None = None) -> xr.Dataset:
             f"rebuild it: {command}"
         ) from err
     saved = ds.attrs.pop(METADATA_DIGEST_ATTR, None)
-    if saved is not None and saved != _metadata_digest(ds):
+    if saved is None:
+        raise DamagedArtefactError(
+            f"{path} has no metadata checksum ({METADATA_DIGEST_ATTR}), so its attributes and "
+            f"labels are unverified (written by an older robrep, or not by robrep); rebuild "
+            f"it: {command}"
+        )
+    if saved != _metadata_digest(ds):
         raise DamagedArtefactError(
             f"{path} fails its metadata checksum (attributes or labels changed); "
             f"rebuild it: {command}"
