@@ -88,7 +88,7 @@ def _compare(verified: bool, a: str, b: str, threads: int):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compare_stores(a, b, ["minibatch_cka", "linear_cka", "svcca"], bootstrap=0, attrs={})
+        compare_stores(a, b, ["minibatch_cka", "linear_cka", "svcca"], intervals=False, attrs={})
     return time.perf_counter() - start
 
 

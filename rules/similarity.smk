@@ -19,7 +19,7 @@ rule similarity:
         gpu=SIZER.gpus("similarity"),
     params:
         metrics=SIM["metrics"],
-        bootstrap=SIM["bootstrap"],
+        intervals=SIM["intervals"],
         seed=SIM["seed"],
         rbf_sigma=SIM["rbf_sigma"],
         knn_k=SIM["knn_k"],

@@ -1,4 +1,4 @@
-"""Seed baselines, block-score bootstrap intervals and the paper's claims, on real stores of one
+"""Seed baselines, block-score jackknife intervals and the paper's claims, on real stores of one
 untrained model saved under several configurations (identical models) and on synthetic
 summaries."""
 
@@ -10,7 +10,14 @@ import xarray as xr
 
 from robrep.learn.data import pass_orders
 from robrep.study.compare import compare_stores
-from robrep.study.findings import EXCEEDS, NO_BASELINE, OPPOSITE, WITHIN, paper_claims
+from robrep.study.findings import (
+    EXCEEDS,
+    INCONCLUSIVE,
+    NO_BASELINE,
+    OPPOSITE,
+    WITHIN,
+    paper_claims,
+)
 from robrep.study.scores import block_score_interval, block_structure_score
 from robrep.study.summary import _stack, measure_view, seed_baselines
 
@@ -56,7 +63,7 @@ def identical_stores(tiny_model, tmp_path_factory):
 def _compare(stores, analysis, a, b, **kw):
     """One comparison as minibatch CKA reads it (`measure_view`, what the summaries are built
     on)."""
-    ds = compare_stores(stores[a], stores[b], ["minibatch_cka"], bootstrap=50, **kw)
+    ds = compare_stores(stores[a], stores[b], ["minibatch_cka"], intervals=True, **kw)
     ds.attrs["analysis"] = analysis
     return measure_view(ds, "minibatch_cka")
 
@@ -104,8 +111,8 @@ def test_block_score_interval_contains_the_point_estimate(identical_stores):
     point = block_structure_score(part.similarity.values)
     low, high = block_score_interval(part)
     assert low <= point <= high and low < high
-    assert block_score_interval(part) == (low, high)  # reproducible from the seed
-    part.attrs["bootstrap"] = 0
+    assert block_score_interval(part) == (low, high)  # deterministic
+    part.attrs["intervals"] = "none"
     assert np.isnan(block_score_interval(part)).all()
 
 
@@ -137,26 +144,46 @@ def test_claims_held_against_the_seed_range():
     assert got["block_structure"]["difference"] == pytest.approx(-0.305)
     assert got["block_structure"]["seed_noise"] == pytest.approx(0.02)
     assert got["block_structure"]["verdict"] == EXCEEDS
+    assert got["block_structure"]["margin"] == pytest.approx(0.305 - 0.02)  # no interval here
     assert got["specialisation_class_cka"]["verdict"] == OPPOSITE
+    assert got["specialisation_class_cka"]["margin"] == pytest.approx(0.205 - 0.01)
     close = _summary([0.5, 0.6, 0.45, 0.5], [0.1] * 4, methods, [0, 1, 0, 1])
-    assert {r["verdict"] for r in paper_claims(_one_measure(close))} == {WITHIN}
+    rows = paper_claims(_one_measure(close))
+    assert {r["verdict"] for r in rows} == {WITHIN}
+    block = next(r for r in rows if r["claim"] == "block_structure")
+    assert block["margin"] == pytest.approx(0.075 - 0.1)  # inside the seed range: negative
     one = _summary([0.5, 0.2], [0.1, 0.2], ["standard", "pgd"], [0, 0])
     assert {r["verdict"] for r in paper_claims(_one_measure(one))} == {NO_BASELINE}
 
 
-def test_claim_within_bootstrap_is_not_beyond_it():
-    """Beyond the seed range but not beyond the bootstrap intervals: within the noise."""
+def test_claim_beyond_the_seed_range_but_not_its_interval_is_inconclusive():
+    """Beyond the seed range but not clear of the jackknife intervals: inconclusive, not a side,
+    with the interval's reach past 0 as a negative margin; clear of both, a side whose margin is
+    the nearer yardstick."""
     methods = ["standard", "standard", "pgd", "pgd"]
     ds = _summary(
         [0.5, 0.5, 0.4, 0.4], [0.1] * 4, methods, [0, 1, 0, 1], low=[0.3] * 4, high=[0.6] * 4
     )
     row = next(r for r in paper_claims(_one_measure(ds)) if r["claim"] == "block_structure")
-    assert row["low"] < 0 < row["high"] and row["verdict"] == WITHIN
+    assert row["low"] < 0 < row["high"] and row["verdict"] == INCONCLUSIVE
+    assert row["margin"] == pytest.approx(-(0.6 - 0.3))  # -high: the interval reaches 0.3 past 0
+    low = [0.45, 0.45, 0.35, 0.35]
+    clear = _summary(
+        [0.5, 0.5, 0.4, 0.4],
+        [0.1] * 4,
+        methods,
+        [0, 1, 0, 1],
+        low=low,
+        high=[0.55, 0.55, 0.42, 0.42],
+    )
+    row = next(r for r in paper_claims(_one_measure(clear)) if r["claim"] == "block_structure")
+    assert row["verdict"] == EXCEEDS and row["high"] == pytest.approx(-0.03)
+    assert row["margin"] == pytest.approx(0.03)  # the interval's distance from 0 < |d| - noise
 
 
-def test_seed_band_spans_the_seed_pairs_bootstrap(identical_stores):
+def test_seed_band_spans_the_seed_pairs_intervals(identical_stores):
     """The figures' band behind a curve: the seed pairs of its configurations, with their
-    bootstrap intervals (so one seed pair still gives a band around its value)."""
+    jackknife intervals (so one seed pair still gives a band around its value)."""
     from robrep.study.figures import _seed_band
 
     s = identical_stores
@@ -195,6 +222,7 @@ def test_deeper_layers_claim_of_identical_models_is_within_noise(identical_store
     )
     (row,) = [r for r in paper_claims(_one_measure(ds)) if r["claim"] == "deeper_layers"]
     assert row["method_id"] == ROBUST and row["verdict"] == WITHIN
+    assert row["margin"] <= 0
     assert row["difference"] == pytest.approx(0, abs=1e-6)
     assert row["low"] <= 0 <= row["high"] and row["standard"] == pytest.approx(1, abs=1e-6)
 

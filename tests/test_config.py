@@ -220,18 +220,19 @@ def test_n_examples_above_the_test_split_is_clamped_with_a_warning():
     assert rcfg.examples_used(cfg) == {"digits": 300} and not rcfg.clamp_warnings(cfg)
 
 
-def test_bootstrap_without_two_minibatches_is_refused():
+def test_intervals_without_two_minibatches_a_pass_are_refused():
+    """More passes reshuffle the same examples: one batch a pass over two passes is refused too
+    (it gave two identical batches and a zero-width interval)."""
     few = {"n_examples": 64, "cka_batch_size": 100, "passes": 1}
-    cfg = validated({"activations": few, "similarity": {"bootstrap": 200}})
-    with pytest.raises(
-        rcfg.ConfigError,
-        match=r"similarity.bootstrap: 200 .* digits gives 1 \(64 examples.*cka_batch_size <= 32",
-    ):
-        rcfg.check_minibatches(cfg)
-    rcfg.check_minibatches(validated({"activations": few, "similarity": {"bootstrap": 0}}))
-    rcfg.check_minibatches(
-        validated({"activations": {**few, "passes": 2}, "similarity": {"bootstrap": 200}})
-    )
+    for passes in (1, 2):
+        cfg = validated({"activations": {**few, "passes": passes}, "similarity": {}})
+        with pytest.raises(
+            rcfg.ConfigError,
+            match=r"similarity.intervals: .* digits's passes have 1 \(64 examples.*"
+            r"cka_batch_size <= 32 or intervals: false",
+        ):
+            rcfg.check_minibatches(cfg)
+    rcfg.check_minibatches(validated({"activations": few, "similarity": {"intervals": False}}))
 
 
 def external(tmp_path, **changes):

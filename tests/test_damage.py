@@ -19,7 +19,7 @@ from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
 from robrep.store.format import NonFiniteActivationsError
 from robrep.store.read import ActivationStore
 
-from helpers.stores import chunk_files, corrupt_middle
+from helpers.stores import STORE_META, chunk_files, corrupt_middle
 from helpers.stores import extract as extract_store
 from helpers.workflow import TINY, make_workdir, snakemake
 
@@ -53,7 +53,7 @@ def test_corrupted_chunk_fails_its_read_naming_store_and_array(tiny_model, tmp_p
 def test_comparison_of_a_damaged_store_gives_no_number(tiny_model, tmp_path):
     from robrep.study.compare import compare_stores
 
-    path = extract(tiny_model, tmp_path / "s.zarr")
+    path = extract_store(tiny_model, tmp_path / "s.zarr", 40, meta=STORE_META, chunk_rows=16)
     corrupt_middle(chunk_files(path / "gram")[0])
     with pytest.raises(DamagedStoreError, match="checksum"):
         compare_stores(path, path, ["minibatch_cka"])
@@ -192,6 +192,23 @@ def test_tampered_netcdf_labels_fail_the_metadata_checksum(tmp_path, old, new):
         read_netcdf(path)
 
 
+def test_netcdf_without_its_metadata_digest_is_damage(tmp_path):
+    """A netCDF file robrep did not write (or an older robrep's) is not trusted: its attributes
+    would decide coordinates unverified (issue 28)."""
+    import xarray as xr
+
+    from robrep.io.xrio import DamagedArtefactError, read_netcdf
+
+    path = tmp_path / "c.nc"
+    xr.Dataset({"similarity": (("a",), np.arange(3.0))}, attrs={"eps_a": 0.09}).to_netcdf(
+        path, engine="h5netcdf"
+    )
+    with pytest.raises(
+        DamagedArtefactError, match=rf"{path} has no metadata checksum .*rebuild it: .*forcerun"
+    ):
+        read_netcdf(path)
+
+
 def test_json_artefacts_carry_and_verify_a_sha256(tmp_path):
     import json
 
@@ -209,8 +226,9 @@ def test_json_artefacts_carry_and_verify_a_sha256(tmp_path):
     path.write_text('{"seed": 0')  # truncated
     with pytest.raises(DamagedArtefactError, match=rf"{path} cannot be read as JSON"):
         read_json(path)
-    path.write_text('{"seed": 0}')  # written before digests: read as is
-    assert read_json(path) == {"seed": 0}
+    path.write_text('{"seed": 0}')  # no digest (renamed key, older robrep): damage, not trusted
+    with pytest.raises(DamagedArtefactError, match=rf"{path} has no SHA-256 checksum"):
+        read_json(path)
 
 
 def tmpfs_reason_to_skip() -> str | None:

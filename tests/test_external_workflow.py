@@ -191,7 +191,7 @@ def test_torchvision_models_probe_every_call_of_reused_modules(tmp_path):
     config["dataset_options"] = {"digits": {"image_size": 16, "channels": 3}}
     config["evaluation"]["autoattack"]["n_examples"] = 0
     config["activations"] = {**config["activations"], "layers": "all", "features": "none"}
-    config["similarity"] = {"metrics": ["minibatch_cka"], "bootstrap": 0}
+    config["similarity"] = {"metrics": ["minibatch_cka"], "intervals": False}
     config["analyses"] = ["cross_layer", "robust_vs_standard"]
     config["probes"] = {"folds": 0}
     config["external_models"] = [
@@ -239,7 +239,7 @@ def test_robustbench_model_runs_end_to_end(tmp_path):
         "passes": 1,
         "inputs": ["benign"],
     }
-    config["similarity"] = {"metrics": ["minibatch_cka"], "bootstrap": 0}
+    config["similarity"] = {"metrics": ["minibatch_cka"], "intervals": False}
     config["analyses"] = ["cross_layer"]
     config["probes"] = {"folds": 0}
     workdir = make_workdir(tmp_path, config)

@@ -217,7 +217,7 @@ def test_comparison_records_its_minibatches(tiny_model, tmp_path):
         pass_order=order,
         progress=False,
     )
-    ds = compare_stores(path, path, ["minibatch_cka", "svcca"], bootstrap=10)
+    ds = compare_stores(path, path, ["minibatch_cka", "svcca"], intervals=True)
     np.testing.assert_array_equal(ds.pass_order.values, order)
     assert ds.attrs["batch_size"] == 16 and ds.attrs["passes"] == 2
     assert list(ds.batch_size.values) == [16, 16, 8, 16, 16, 8]
@@ -247,16 +247,16 @@ def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tm
     path = extract(
         tiny_model, tmp_path / "s.zarr", pass_orders(64, 2, split_seed=0), meta=STORE_META
     )
-    ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
+    ds = compare_stores(path, path, ["minibatch_cka"], intervals=False, permutations=20, seed=3)
     ds = ds.sel(measure="minibatch_cka")
     cka = ds.similarity.values
     upper = ds.cka_null_upper.values
     np.testing.assert_allclose(np.diagonal(cka), 1.0, atol=1e-6)
     assert np.all(np.diagonal(upper) < 0.5), np.diagonal(upper)
     assert np.all(upper < cka + 1e-9)  # nothing here is below its own null
-    again = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=3)
+    again = compare_stores(path, path, ["minibatch_cka"], intervals=False, permutations=20, seed=3)
     np.testing.assert_array_equal(again.cka_null_upper.values[0], upper)  # reproducible
-    other = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, permutations=20, seed=4)
+    other = compare_stores(path, path, ["minibatch_cka"], intervals=False, permutations=20, seed=4)
     assert not np.array_equal(other.cka_null_upper.values[0], upper)
     assert ds.attrs["null_permutations"] == 20 and ds.attrs["null_level"] == 0.95
 
@@ -376,7 +376,7 @@ def test_compare_stores_by_class(tiny_model, tmp_path):
 
     order = pass_orders(64, 2, split_seed=0)
     path = extract(tiny_model, tmp_path / "s.zarr", order, cka_batch_size=64, meta=STORE_META)
-    ds = compare_stores(path, path, ["minibatch_cka"], bootstrap=0, by_class=True)
+    ds = compare_stores(path, path, ["minibatch_cka"], intervals=False, by_class=True)
     n_layers = len(ActivationStore(path).layers)
     assert ds.cka_by_class.shape == (10, n_layers, n_layers)
     assert list(ds["class"].values) == list(range(10))
@@ -384,5 +384,5 @@ def test_compare_stores_by_class(tiny_model, tmp_path):
     for c in range(10):
         np.testing.assert_allclose(np.diagonal(ds.cka_by_class.values[c]), 1.0, atol=1e-6)
     assert np.isfinite(ds.cka_by_class.values).all()
-    plain = compare_stores(path, path, ["minibatch_cka"], bootstrap=0)
+    plain = compare_stores(path, path, ["minibatch_cka"], intervals=False)
     assert "cka_by_class" not in plain and "class" not in plain.coords

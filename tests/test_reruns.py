@@ -159,7 +159,7 @@ def test_adding_an_architecture_schedules_only_its_jobs(completed_run):
     "key, value",
     [
         ("metrics", ["minibatch_cka", "linear_cka_debiased", "svcca", "procrustes"]),
-        ("bootstrap", 50),
+        ("intervals", False),
         ("seed", 3),
         ("rbf_sigma", 0.5),
         ("svcca_variance", 0.9),

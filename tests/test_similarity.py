@@ -131,15 +131,48 @@ def test_minibatch_approaches_full_data_debiased(rng):
     assert errors[1] < 0.02
 
 
-def test_merge_and_bootstrap(rng):
+def test_merge_and_interval(rng):
     a = layers(rng, n=200)
     first = minibatch_cka([x[:100] for x in a], batch_size=25)
     second = minibatch_cka([x[100:] for x in a], batch_size=25)
     whole = minibatch_cka(a, batch_size=25)
     np.testing.assert_allclose(first.merge(second).cka, whole.cka, atol=1e-12)
-    low, high = whole.bootstrap(200, seed=0)
-    assert np.all(low <= whole.cka + 1e-12) and np.all(whole.cka <= high + 1e-12)
-    assert np.all(high - low >= 0)
+    low, high = whole.interval()
+    np.testing.assert_allclose((low + high) / 2, whole.cka, atol=1e-12)  # centred on the estimate
+    off = ~np.eye(len(a), dtype=bool)
+    assert np.all(high[off] - low[off] > 0)
+    np.testing.assert_allclose(np.diagonal(high - low), 0, atol=1e-9)  # CKA(x, x) = 1 always
+
+
+def test_interval_is_the_textbook_jackknife(rng):
+    """Per pass: the delete-one-batch replicates' variance (m - 1) / m Σ (θ_(i) - θ̄)²
+    (Efron & Tibshirani 1993, eq. 11.5), averaged over the passes, times t_{m-1}."""
+    from scipy import stats
+
+    x, y = rng.standard_normal((120, 5)), rng.standard_normal((120, 4))
+    x[:, 0] += y[:, 0]
+    order = np.stack([rng.permutation(120) for _ in range(2)])
+    res = minibatch_cka([x], [y], 30, pass_order=order)
+    passes = np.asarray(res.passes)
+    variances = []
+    for p in (0, 1):
+        rows = np.flatnonzero(passes == p)
+        reps = [
+            minibatch_cka(
+                [x[order[p][np.r_[0 : i * 30, (i + 1) * 30 : 120]]]],
+                [y[order[p][np.r_[0 : i * 30, (i + 1) * 30 : 120]]]],
+                30,
+            ).cka[0, 0]
+            for i in range(len(rows))
+        ]
+        variances.append(3 / 4 * np.sum((np.array(reps) - np.mean(reps)) ** 2))
+    half = stats.t.ppf(0.975, 3) * np.sqrt(np.mean(variances))
+    low, high = res.interval()
+    np.testing.assert_allclose(
+        [low[0, 0], high[0, 0]], res.cka[0, 0] + np.r_[-half, half], atol=1e-10
+    )
+    with pytest.raises(ValueError, match="at least 2 minibatches in every pass; pass 0 has 1"):
+        minibatch_cka([x], [y], 120).interval()
 
 
 def test_shuffled_pass_is_seeded(rng):

@@ -86,7 +86,7 @@ def test_full_run_outputs(completed_run):
     assert "config" in ds.attrs and "versions" in ds.attrs
     for name in ("clean_acc", "robust_acc", "block_score", "best_final_drop"):
         assert name in ds
-    # #13: bootstrap interval of the block score, class-conditional CKA, linear probes, seed
+    # #13: jackknife interval of the block score, class-conditional CKA, linear probes, seed
     # baselines (NaN: one seed) and the paper's claims (no seed baseline to hold them against).
     benign = np.flatnonzero(ds.model_method_id.values == "standard")
     low, high = ds.block_score_low.values[benign], ds.block_score_high.values[benign]

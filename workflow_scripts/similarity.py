@@ -18,7 +18,7 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # numpy'
         snakemake.input.a,
         snakemake.input.b,
         metrics=p.metrics,
-        bootstrap=p.bootstrap,
+        intervals=p.intervals,
         seed=p.seed,
         rbf_sigma=p.rbf_sigma,
         knn_k=p.knn_k,

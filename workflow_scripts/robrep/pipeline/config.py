@@ -567,19 +567,20 @@ def clamp_warnings(config: Mapping[str, Any]) -> list[str]:
 
 
 def check_minibatches(config: Mapping[str, Any]) -> None:
-    """A bootstrap interval resamples minibatches: refused when a store has fewer than 2
-    (n_examples used, cka_batch_size and passes decide), rather than silently dropped."""
-    act, bootstrap = config["activations"], config["similarity"]["bootstrap"]
-    if not bootstrap:
+    """The jackknife interval leaves out one minibatch of a pass at a time: refused when a pass
+    has fewer than 2 (n_examples used and cka_batch_size decide; more passes reshuffle the same
+    examples, so they do not help), rather than silently dropped."""
+    act = config["activations"]
+    if not config["similarity"]["intervals"]:
         return
     for dataset, used in examples_used(config).items():
-        batches = act["passes"] * -(-used // act["cka_batch_size"])
+        batches = -(-used // act["cka_batch_size"])
         if batches < 2:
             raise ConfigError(
-                f"similarity.bootstrap: {bootstrap} resamples minibatches, but {dataset} gives "
-                f"{batches} ({used} examples, activations.cka_batch_size {act['cka_batch_size']}, "
-                f"activations.passes {act['passes']}); set cka_batch_size <= {max(used // 2, 1)}, "
-                f"passes >= 2, or bootstrap: 0"
+                f"similarity.intervals: the jackknife leaves out one minibatch of a pass at a "
+                f"time, but {dataset}'s passes have {batches} ({used} examples, "
+                f"activations.cka_batch_size {act['cka_batch_size']}); set cka_batch_size <= "
+                f"{max(used // 2, 1)} or intervals: false"
             )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 _WHERE = {
     "batches": ("MIN_BATCH", "Batch", "pass_batches"),
-    "result": ("CKAResult", "DegenerateLayerWarning", "percentile_interval"),
+    "result": ("CKAResult", "DegenerateLayerWarning", "INTERVAL_LEVEL"),
     "gram": (
         "GramMaker",
         "GramSource",

@@ -192,13 +192,13 @@ ANALYSES: dict[str, Analysis] = {
                     "robrep.study.scores.block_structure_score",
                 ),
                 "block_score_low": Variable(
-                    "block-structure score, bootstrap low end",
-                    "2.5th percentile of the block score over minibatch resamples",
+                    "block-structure score, interval low end",
+                    "low end of the block score's 95% jackknife interval over minibatches",
                     "robrep.study.scores.block_score_interval",
                 ),
                 "block_score_high": Variable(
-                    "block-structure score, bootstrap high end",
-                    "97.5th percentile of the block score over minibatch resamples",
+                    "block-structure score, interval high end",
+                    "high end of the block score's 95% jackknife interval over minibatches",
                     "robrep.study.scores.block_score_interval",
                 ),
                 "block_score_pgd": Variable(

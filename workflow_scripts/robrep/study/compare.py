@@ -4,7 +4,7 @@ The minibatch measures (`similarity.measures.GRAM_MEASURES`: linear CKA and the 
 the stores' Gram statistics (every Gram layer, every batch of every pass); the full-data metrics
 from the raw features of the feature layers. The result is a small xarray Dataset: per minibatch
 measure, `similarity(measure, layer_a, layer_b)`, its per-batch terms (`hsic_*`: HSIC_1 for the
-kernel measures, the measure's own terms for the others), bootstrap interval, per-pass values and
+kernel measures, the measure's own terms for the others), jackknife interval, per-pass values and
 permutation null; `full_similarity(full_metric, feature_a, feature_b)`; the `pass_order` and batch
 partition it used; and as attributes the coordinates of both stores (dataset, arch, method, norm,
 eps, seed, checkpoint, epoch, inputs), read from the stores' own metadata.
@@ -25,6 +25,7 @@ from robrep.similarity.batches import pass_batches
 from robrep.similarity.full import full_data_similarity
 from robrep.similarity.measures import GRAM_MEASURES, MeasureSettings
 from robrep.similarity.minibatch import minibatch_measure_grams
+from robrep.similarity.result import INTERVAL_LEVEL, INTERVAL_METHOD
 from robrep.similarity.views import minibatch_cka_by_class, minibatch_measure_null
 from robrep.store.read import ActivationStore, check_aligned
 
@@ -39,7 +40,7 @@ def compare_stores(
     path_a: str | Path,
     path_b: str | Path,
     metrics: Sequence[str],
-    bootstrap: int = 200,
+    intervals: bool = True,
     seed: int = 0,
     rbf_sigma: float = 0.8,
     knn_k: int = 10,
@@ -64,6 +65,13 @@ def compare_stores(
     sa = ActivationStore(path_a)
     sb = sa if same else ActivationStore(path_b)
     check_aligned([sa, sb])
+    for store in (sa, sb):  # before any work: the coordinates come from the stores' metadata
+        missing = [k for k in (*STORE_COORDS, "method") if k not in store.attrs]
+        if missing:
+            raise ValueError(
+                f"activation store {store.path} lacks the metadata {missing} that comparisons "
+                f"read (written by an older robrep?); rebuild it: snakemake --forcerun extract"
+            )
     data_vars: dict[str, Any] = {
         "pass_order": (("pass", "sample"), sa.pass_order),
         "batch_size": (("stored_batch",), sa.batch_sizes),
@@ -73,10 +81,11 @@ def compare_stores(
     settings = MeasureSettings(rbf_sigma=rbf_sigma, knn_k=knn_k)
     models = [sa.grams()] if same else [sa.grams(), sb.grams()]
     per_measure = [
-        _measure(models, m, settings, bootstrap, seed, permutations, device) for m in measures
+        _measure(models, m, settings, intervals, seed, permutations, device) for m in measures
     ]
     measured = xr.concat(per_measure, dim="measure", join="exact")
     data_vars.update({name: measured[name] for name in measured.data_vars})
+    data_vars["hsic_pass"] = per_measure[0]["hsic_pass"]  # the pass of each pooled batch
     if by_class:
         labels = sa.labels
         classes = np.unique(labels)
@@ -98,12 +107,6 @@ def compare_stores(
         coords.update(full_metric=full, feature_a=sa.feature_layers, feature_b=sb.feature_layers)
     meta = dict(attrs or {})
     for side, store in (("a", sa), ("b", sb)):
-        missing = [k for k in (*STORE_COORDS, "method") if k not in store.attrs]
-        if missing:
-            raise ValueError(
-                f"activation store {store.path} lacks the metadata {missing} that comparisons "
-                f"read (written by an older robrep?); rebuild it: snakemake --forcerun extract"
-            )
         for key in STORE_COORDS:
             meta[f"{key}_{side}"] = store.attrs[key]
         for key, value in method_coords(store.attrs["method"]).items():
@@ -111,10 +114,11 @@ def compare_stores(
         meta[f"store_{side}"] = str(store.path)
         meta[f"attack_{side}"] = json.dumps(store.attrs.get("attack"))
     meta["n_examples"] = len(sa)
-    meta["bootstrap"] = bootstrap if "cka_ci_low" in data_vars else 0
+    meta["intervals"] = INTERVAL_METHOD if "cka_ci_low" in data_vars else "none"
+    meta["interval_level"] = INTERVAL_LEVEL
     meta["rbf_sigma"] = rbf_sigma
     meta["knn_k"] = knn_k
-    meta["bootstrap_seed"] = seed
+    meta["null_seed"] = seed
     meta["null_permutations"] = permutations
     meta["null_level"] = NULL_LEVEL
     meta["batch_size"] = sa.cka_batch_size
@@ -126,13 +130,13 @@ def _measure(
     models: Sequence[Any],
     measure: str,
     settings: MeasureSettings,
-    bootstrap: int,
+    intervals: bool,
     seed: int,
     permutations: int,
     device: str | torch.device,
 ) -> xr.Dataset:
     """One minibatch measure of the stores' Grams (`models`: one store compared with itself, or
-    two): its matrix, per-batch terms, per-pass values, bootstrap interval and permutation null."""
+    two): its matrix, per-batch terms, per-pass values, jackknife interval and permutation null."""
     pair = (0, len(models) - 1)
     res = minibatch_measure_grams(models, measure, settings, [pair], device)[pair]
     data_vars: dict[str, Any] = {
@@ -140,6 +144,7 @@ def _measure(
         "hsic_cross": (("batch", "layer_a", "layer_b"), res.cross),
         "hsic_a": (("batch", "layer_a"), res.self_a),
         "hsic_b": (("batch", "layer_b"), res.self_b),
+        "hsic_pass": (("batch",), np.asarray(res.passes or [0] * res.n_batches)),
         "cka_per_pass": (("pass", "layer_a", "layer_b"), res.per_pass()),
     }
     if permutations:
@@ -148,8 +153,8 @@ def _measure(
         )
         upper = np.percentile(null, NULL_LEVEL * 100, axis=0)
         data_vars["cka_null_upper"] = (("layer_a", "layer_b"), upper)
-    if bootstrap and res.n_batches >= 2:
-        low, high = res.bootstrap(bootstrap, seed)
+    if intervals:
+        low, high = res.interval()
         data_vars["cka_ci_low"] = (("layer_a", "layer_b"), low)
         data_vars["cka_ci_high"] = (("layer_a", "layer_b"), high)
     return xr.Dataset(data_vars)

@@ -221,7 +221,7 @@ def _eps_lines(
 
 def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
     """Block-structure score of the cross-layer CKA matrix against training eps: the seed range
-    as a band, the bootstrap interval (widest over seeds) as bars."""
+    as a band, the jackknife interval (widest over seeds) as bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     _eps_lines(
         ds,
@@ -232,7 +232,7 @@ def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
     )
     ax.set_ylabel("block-structure score")
     ax.set_title(
-        "Block structure vs training eps\n(band: seed range; bars: bootstrap 95% interval)",
+        "Block structure vs training eps\n(band: seed range; bars: 95% jackknife interval)",
         fontsize=9,
     )
     _save(fig, path, ds)
@@ -305,7 +305,7 @@ def _diagonal_panels(
 def _seed_band(ds: xr.Dataset, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per layer, the range of same-layer similarity between seeds of the configurations that
     comparisons `idx` compare (their `seeds` comparisons, benign, final), widened to the seed
-    pairs' bootstrap intervals where the summary has them: the seed baseline and its sampling
+    pairs' jackknife intervals where the summary has them: the seed baseline and its sampling
     uncertainty (a single seed pair still gives a band)."""
     configs = {
         (ds.dataset.values[c], ds[f"arch{s}"].values[c], ds[f"method_id{s}"].values[c])

@@ -5,8 +5,12 @@ cross-layer similarity, (2) robust and standard networks differ mostly in deeper
 (3) robust representations are less specialised. For every robust configuration (dataset, arch,
 method) against the standard one, `paper_claims` measures each claim's quantity and says whether
 the robust-minus-standard difference goes the claimed way beyond what retraining with another
-seed changes (`exceeds`), the other way beyond it (`opposite`), or not (`within seed noise`). With
-one seed there is no yardstick: `no seed baseline`. The claims on similarity are read under each
+seed changes and beyond its minibatch interval (`exceeds`), the other way beyond both
+(`opposite`), beyond the seed range but not clear of its interval (`inconclusive`), or not beyond
+the seed range (`within seed noise`). Every verdict carries its `margin`: how far the evidence
+clears the nearer of the two yardsticks (positive for a side, at most 0 otherwise), so a verdict a
+rerun on another machine might flip is visible as a margin near 0. With one seed there is no
+yardstick: `no seed baseline`. The claims on similarity are read under each
 minibatch measure the comparisons hold (a `measure` column), so whether a claim survives a change
 of measure is one row per claim and measure.
 """
@@ -23,10 +27,11 @@ import xarray as xr
 from robrep.study.summary import finite_range
 
 DEEP = 0.5  # layers at relative depth >= DEEP are "deeper", the others "shallower"
-EXCEEDS, OPPOSITE, WITHIN, NO_BASELINE = (
+EXCEEDS, OPPOSITE, WITHIN, INCONCLUSIVE, NO_BASELINE = (
     "exceeds",
     "opposite",
     "within seed noise",
+    "inconclusive",
     "no seed baseline",
 )
 
@@ -37,13 +42,25 @@ def _nan(fn, *args, **kw) -> Any:
         return fn(*args, **kw)
 
 
-def _verdict(difference: float, noise: float, claimed_sign: int) -> str:
-    """`claimed_sign` -1: the claim says robust is lower."""
+def _verdict(
+    difference: float, noise: float, claimed_sign: int, low: float = np.nan, high: float = np.nan
+) -> tuple[str, float]:
+    """The verdict and its margin (`claimed_sign` -1: the claim says robust is lower). The margin
+    is |difference| - seed noise and, where an interval exists, at most its distance from 0 on the
+    difference's side: a side needs both positive."""
     if not np.isfinite(noise):
-        return NO_BASELINE
-    if not np.isfinite(difference) or abs(difference) <= noise:
-        return WITHIN
-    return EXCEEDS if np.sign(difference) == claimed_sign else OPPOSITE
+        return NO_BASELINE, float("nan")
+    if not np.isfinite(difference):
+        return INCONCLUSIVE, float("nan")
+    margin = abs(difference) - noise
+    if margin <= 0:
+        return WITHIN, float(margin)
+    if np.isfinite(low) and np.isfinite(high):
+        clear = low if difference > 0 else -high
+        margin = min(margin, clear)
+        if clear <= 0:
+            return INCONCLUSIVE, float(margin)
+    return (EXCEEDS if np.sign(difference) == claimed_sign else OPPOSITE), float(margin)
 
 
 def _configs(ds: xr.Dataset) -> Iterator[tuple[str, str, str, np.ndarray, np.ndarray]]:
@@ -60,34 +77,41 @@ def _configs(ds: xr.Dataset) -> Iterator[tuple[str, str, str, np.ndarray, np.nda
                     yield dataset, arch, method, robust, standard
 
 
-def _seed_claim(r: np.ndarray, s: np.ndarray, claimed_sign: int) -> dict:
+def _seed_claim(
+    r: np.ndarray, s: np.ndarray, claimed_sign: int, low: float = np.nan, high: float = np.nan
+) -> dict:
     """The row of a per-model quantity, robust models' values `r` against standard ones' `s`:
-    means, difference, the larger seed range as noise, and the verdict (no interval)."""
+    means, difference, the larger seed range as noise, the difference's interval where one
+    exists, the verdict and its margin."""
     difference = float(_nan(np.nanmean, r) - _nan(np.nanmean, s))
     noise = max(finite_range(r), finite_range(s))
+    verdict, margin = _verdict(difference, noise, claimed_sign, low, high)
     return {
         "robust": float(_nan(np.nanmean, r)),
         "standard": float(_nan(np.nanmean, s)),
         "difference": difference,
         "seed_noise": noise,
-        "low": float("nan"),
-        "high": float("nan"),
-        "verdict": _verdict(difference, noise, claimed_sign),
+        "low": low,
+        "high": high,
+        "margin": margin,
+        "verdict": verdict,
     }
 
 
 def _scalar_claim(ds, name, robust, standard, claimed_sign, low=None, high=None) -> dict:
-    row = _seed_claim(ds[name].values[robust], ds[name].values[standard], claimed_sign)
-    if low is not None and high is not None:  # bootstrap intervals, widest over the seeds
-        row["low"] = float(
-            _nan(np.nanmin, ds[low].values[robust]) - _nan(np.nanmax, ds[high].values[standard])
+    """`_seed_claim` of a summary variable, its interval from the models' jackknife intervals
+    (`low`/`high` variables; widest over the seeds) where they exist."""
+    bounds = (float("nan"), float("nan"))
+    if low is not None and high is not None:
+        bounds = (
+            float(
+                _nan(np.nanmin, ds[low].values[robust]) - _nan(np.nanmax, ds[high].values[standard])
+            ),
+            float(
+                _nan(np.nanmax, ds[high].values[robust]) - _nan(np.nanmin, ds[low].values[standard])
+            ),
         )
-        row["high"] = float(
-            _nan(np.nanmax, ds[high].values[robust]) - _nan(np.nanmin, ds[low].values[standard])
-        )
-        if row["verdict"] == EXCEEDS and row["low"] <= 0 <= row["high"]:
-            row["verdict"] = WITHIN  # beyond the seed range, but not beyond the bootstrap
-    return row
+    return _seed_claim(ds[name].values[robust], ds[name].values[standard], claimed_sign, *bounds)
 
 
 def _deep_layers(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +121,7 @@ def _deep_layers(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _layer_claim(ds, dataset, arch, method) -> dict | None:
     """Claim 2 on `robust_vs_standard`: the seed effect (robust-vs-standard CKA minus the seed
-    baseline) over the deeper layers, with its interval (bootstrap and seed pairs)."""
+    baseline) over the deeper layers, with its interval (jackknife and seed pairs)."""
     idx = np.flatnonzero(
         (ds.analysis.values == "robust_vs_standard")
         & (ds.inputs.values == "benign")
@@ -113,11 +137,16 @@ def _layer_claim(ds, dataset, arch, method) -> dict | None:
     shallow_effect = float(_nan(np.nanmean, effect[:, shallow]))
     high = float(_nan(np.nanmax, _nan(np.nanmean, ds.seed_effect_high.values[idx][:, deep], 1)))
     low = float(_nan(np.nanmin, _nan(np.nanmean, ds.seed_effect_low.values[idx][:, deep], 1)))
+    # The interval holds the seed pairs' spread and the jackknife of both sides: clear of 0, the
+    # deeper layers differ beyond the noise; the claim also needs them to differ more than the
+    # shallower ones, or it is neither the claim nor its opposite.
+    margin = max(low, -high)
     if not np.isfinite(deep_effect):
-        verdict = NO_BASELINE
-    elif high < 0 and deep_effect < shallow_effect:
-        verdict = EXCEEDS
-    elif low > 0 or (high < 0 and deep_effect >= shallow_effect):
+        verdict, margin = NO_BASELINE, float("nan")
+    elif high < 0:
+        verdict = EXCEEDS if deep_effect < shallow_effect else INCONCLUSIVE
+        margin = min(-high, shallow_effect - deep_effect)
+    elif low > 0:
         verdict = OPPOSITE
     else:
         verdict = WITHIN
@@ -131,6 +160,7 @@ def _layer_claim(ds, dataset, arch, method) -> dict | None:
         "low": low,
         "high": high,
         "shallower_difference": shallow_effect,
+        "margin": float(margin),
         "verdict": verdict,
     }
 
@@ -164,6 +194,7 @@ COLUMNS = (
     "low",
     "high",
     "shallower_difference",
+    "margin",
     "verdict",
 )
 CLAIMS = {
@@ -172,7 +203,7 @@ CLAIMS = {
         "robust and standard differ in deeper layers: robust-vs-standard similarity (robust "
         "column) minus the seed-to-seed similarity of the two configurations (standard column), "
         "under the row's measure, mean over "
-        "layers at relative depth >= 0.5; low/high: its interval over the bootstrap and the seed "
+        "layers at relative depth >= 0.5; low/high: its interval over the jackknife and the seed "
         "pairs; shallower_difference: the same over the shallower layers"
     ),
     "specialisation_probe": (

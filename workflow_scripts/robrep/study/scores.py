@@ -1,6 +1,6 @@
 """Scalar and per-layer scores of a similarity matrix: the block-structure score (the paper's
 "block structure", Nguyen et al. 2021), diagonals, the depth where similarity falls below a
-threshold, and their bootstrap intervals. Pure numpy."""
+threshold, and their jackknife intervals. numpy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from robrep.similarity.result import CKAResult, percentile_interval
+from robrep.similarity.result import INTERVAL_METHOD, CKAResult
 
 ADV_THRESHOLD = 0.9
 
@@ -74,12 +74,12 @@ def depth_below(diag: np.ndarray, threshold: float = ADV_THRESHOLD) -> float:
     return float(below[0] / max(len(d) - 1, 1))
 
 
-def block_score_interval(part: Any, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval of the block score of one comparison (an xarray Dataset of
-    `compare.compare_stores`): its minibatches, over every pass, resampled with replacement
-    as for CKA's own interval (same resamples and seed); NaN without HSIC terms or bootstrap."""
-    resamples = int(part.attrs.get("bootstrap", 0))
-    if "hsic_cross" not in part or resamples == 0 or part.sizes["batch"] < 2:
+def block_score_interval(part: Any) -> tuple[float, float]:
+    """Jackknife interval of the block score of one comparison (an xarray Dataset of
+    `compare.compare_stores`, one measure): the block score of each delete-one-minibatch
+    replicate, as for CKA's own interval (`CKAResult.interval`); NaN without its HSIC terms or
+    without intervals."""
+    if "hsic_cross" not in part or part.attrs.get("intervals") != INTERVAL_METHOD:
         return float("nan"), float("nan")
     res = CKAResult(
         part["hsic_cross"].values,
@@ -87,9 +87,9 @@ def block_score_interval(part: Any, level: float = 0.95) -> tuple[float, float]:
         part["hsic_b"].values,
         list(part.layer_a.values),
         list(part.layer_b.values),
+        passes=[int(p) for p in part["hsic_pass"].values],
     )
-    draws = res.bootstrap_draws(resamples, int(part.attrs.get("bootstrap_seed", 0)))
-    low, high = percentile_interval(np.array([block_structure_score(d) for d in draws]), level)
+    low, high = res.interval(block_structure_score)
     return float(low), float(high)
 
 

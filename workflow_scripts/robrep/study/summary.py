@@ -27,7 +27,7 @@ from robrep.study.analyses import ANALYSES
 from robrep.study.variables import Variable
 
 # Per layer pair variables of a comparison stacked when every comparison has them: the permutation
-# null's upper percentile and minibatch CKA's bootstrap interval.
+# null's upper percentile and minibatch CKA's jackknife interval.
 _CMP = "robrep.study.compare.compare_stores"
 # The summary's variables that no analysis declares: each comparison's own values, stacked, and
 # the study-wide ones (seed baselines, probes, AutoAttack, accuracies).
@@ -45,13 +45,13 @@ STUDY_VARIABLES = {
         "robrep.similarity.full.full_data_similarity",
     ),
     "cka_ci_low": Variable(
-        "minibatch CKA, bootstrap low end",
-        "2.5th percentile of minibatch CKA over minibatch resamples (similarity.bootstrap)",
+        "minibatch CKA, interval low end",
+        "low end of the 95% jackknife interval over minibatches (similarity.intervals)",
         _CMP,
     ),
     "cka_ci_high": Variable(
-        "minibatch CKA, bootstrap high end",
-        "97.5th percentile of minibatch CKA over minibatch resamples (similarity.bootstrap)",
+        "minibatch CKA, interval high end",
+        "high end of the 95% jackknife interval over minibatches (similarity.intervals)",
         _CMP,
     ),
     "cka_null_upper": Variable(
@@ -83,12 +83,12 @@ STUDY_VARIABLES = {
     ),
     "seed_effect_low": Variable(
         "effect beyond the seed baseline, low end",
-        "the comparison's bootstrap low end minus the highest seed pair's high end",
+        "the comparison's interval low end minus the highest seed pair's high end",
         "robrep.study.summary.seed_baselines",
     ),
     "seed_effect_high": Variable(
         "effect beyond the seed baseline, high end",
-        "the comparison's bootstrap high end minus the lowest seed pair's low end",
+        "the comparison's interval high end minus the lowest seed pair's low end",
         "robrep.study.summary.seed_baselines",
     ),
     "probe_accuracy": Variable(
@@ -481,7 +481,7 @@ def seed_baselines(ds: xr.Dataset) -> xr.Dataset:
 
     `seed_baseline`: the mean same-layer similarity of those seed pairs; `seed_effect`: this
     comparison's value minus it; `seed_effect_low/high`: an interval for the effect from the
-    bootstrap intervals of this comparison and of every seed pair (this comparison's low end
+    jackknife intervals of this comparison and of every seed pair (this comparison's low end
     minus the highest baseline's high end, and the reverse), so it covers both the minibatch
     sampling and the spread across seed pairs. NaN without seed pairs (one seed) or for other
     analyses.
