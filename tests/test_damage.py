@@ -13,13 +13,14 @@ import pytest
 import torch
 import zarr
 
+from robrep.io.checksums import DamagedArtefactError
 from robrep.io.zarrio import DamagedStoreError
 from robrep.learn.data import pass_orders
 from robrep.similarity import minibatch_cka_grams, minibatch_cka_multi
 from robrep.store.format import NonFiniteActivationsError
 from robrep.store.read import ActivationStore
 
-from helpers.stores import STORE_META, chunk_files, corrupt_middle
+from helpers.stores import STORE_META, chunk_files, corrupt_middle, images
 from helpers.stores import extract as extract_store
 from helpers.workflow import TINY, make_workdir, snakemake
 
@@ -140,6 +141,67 @@ def test_damaged_weights_are_refused_naming_the_file(tiny_model, tmp_path, damag
         why = "cannot be read"
     with pytest.raises(DamagedWeightsError, match=rf"weights {path} {why}.*forcerun {path}"):
         load_model(path)
+
+
+def test_tampered_weights_metadata_is_refused(tiny_model, tmp_path):
+    """One byte of the safetensors header's metadata changed (eps 0.1 -> 0.7, same length): the
+    metadata checksum refuses it, where before only the tensors were hashed (issue 28)."""
+    from robrep.io.weights import DamagedWeightsError, read_metadata, save_weights
+
+    meta = {"arch": "convnet", "method": {"method": "trades", "eps": 0.1}, "in_channels": 1}
+    path = tmp_path / "model.safetensors"
+    save_weights(tiny_model, path, meta)
+    assert read_metadata(path)["method"]["eps"] == 0.1
+    data = path.read_bytes()
+    assert data.count(b'"eps\\": 0.1') == 1
+    path.write_bytes(data.replace(b'"eps\\": 0.1', b'"eps\\": 0.7'))
+    with pytest.raises(DamagedWeightsError, match=rf"{path} fails its metadata checksum.*forcerun"):
+        read_metadata(path)
+
+
+def _edit_attrs(store, old: str, new: str) -> None:
+    """Change a Zarr group's attribute in its zarr.json, as an editor (or a flipped byte) would."""
+    meta = store / "zarr.json"
+    text = meta.read_text()
+    assert text.count(old) == 1, (old, text.count(old))
+    meta.write_text(text.replace(old, new))
+
+
+def test_tampered_store_attributes_are_damage(tiny_model, tmp_path):
+    """A store's attributes decide a comparison's coordinates (eps, seed, method): an edit of its
+    zarr.json is damage, named with the rebuild, not a relabelled comparison (issue 28)."""
+    from robrep.study.compare import compare_stores
+
+    meta = {**STORE_META, "seed": 7}
+    path = extract_store(tiny_model, tmp_path / "s.zarr", 40, meta=meta, chunk_rows=16)
+    ActivationStore(path)  # intact
+    _edit_attrs(path, '"seed": 7', '"seed": 9')
+    with pytest.raises(DamagedStoreError, match=rf"{path} fails its attribute checksum.*forcerun"):
+        compare_stores(path, path, ["minibatch_cka"])
+    _edit_attrs(path, '"robrep_attrs_sha256"', '"robrep_attrs_sha25"')
+    with pytest.raises(DamagedStoreError, match=rf"{path} has no attribute checksum"):
+        ActivationStore(path)
+
+
+def test_tampered_adversarial_attributes_are_damage(tmp_path):
+    from robrep.learn.adversarial import read_adversarial, write_adversarial
+    from robrep.learn.attacks import AttackSpec
+
+    spec = AttackSpec(norm="linf", eps=0.1, steps=2, step_size=0.05)
+    path = write_adversarial(
+        tmp_path / "adv.zarr",
+        images(12),
+        np.arange(12) % 10,
+        np.arange(12),
+        spec,
+        0,
+        4,
+        {"model_id": "m"},
+    )
+    assert read_adversarial(path).attrs["attack"]["eps"] == 0.1
+    _edit_attrs(path, '"model_id": "m"', '"model_id": "n"')
+    with pytest.raises(DamagedArtefactError, match=rf"{path} fails its attribute checksum"):
+        read_adversarial(path)
 
 
 def test_tampered_netcdf_fails_its_checksum_naming_the_file(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robrep.io.checksums import DamagedArtefactError
 from robrep.learn.data import (
     DatasetMissingError,
     evaluation_subset,
@@ -82,6 +83,16 @@ def test_digits_splits_are_fixed_stratified_and_in_unit_range(tmp_path):
     c = read_splits(tmp_path / "s.npz")
     np.testing.assert_array_equal(c.x_test, a.x_test)
     assert c.mean == pytest.approx(a.mean) and c.classes == a.classes
+    # a damaged or truncated splits file is named with its rebuild, not a bare BadZipFile
+    path = tmp_path / "s.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside x_test's bytes: the member's CRC32 fails
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedArtefactError, match=rf"{path} cannot be read as the data splits"):
+        read_splits(path)
+    path.write_bytes(bytes(data[:1000]))
+    with pytest.raises(DamagedArtefactError, match=rf"{path} cannot be read.*forcerun {path}"):
+        read_splits(path)
 
 
 def test_stratified_split_and_subset_are_seeded():

@@ -4,6 +4,7 @@ command when not."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -58,16 +59,23 @@ def test_verify_lists_every_damaged_artefact_and_its_rebuild(completed_run, tmp_
     # the digest key renamed and a number changed: no digest is damage, not a pass (issue 28)
     metrics = sorted(results.glob("models/**/metrics.json"))[0]
     metrics.write_text(metrics.read_text().replace('"sha256"', '"sha256_"'))
+    # metadata that decides coordinates, edited: a store's epoch in its zarr.json (issue 28)
+    relabelled = stores[2] / "zarr.json"
+    node = json.loads(relabelled.read_text())
+    node["attributes"]["epoch"] = int(node["attributes"]["epoch"]) + 1
+    relabelled.write_text(json.dumps(node))
+    splits = sorted(results.glob("data/*/splits.npz"))[0]
+    splits.write_bytes(splits.read_bytes()[:4096])  # truncated
 
     out = robrep_verify(results)
     assert out.returncode == 1, out.stdout + out.stderr
-    for path in (stores[0], stores[1], weights, comparison, examples, metrics):
+    for path in (stores[0], stores[1], stores[2], weights, comparison, examples, metrics, splits):
         relative = path.relative_to(workdir)
         assert f"DAMAGED {path}" in out.stdout, (path, out.stdout)
         assert f"rebuild: snakemake --cores all --forcerun {relative}" in out.stdout, out.stdout
     assert "checksum" in out.stdout and repr(deleted) in out.stdout
-    assert "no SHA-256 checksum" in out.stdout
-    assert "6 damaged" in out.stdout
+    assert "no SHA-256 checksum" in out.stdout and "fails its attribute checksum" in out.stdout
+    assert "8 damaged" in out.stdout
 
 
 def test_verify_names_the_stores_to_rebuild_for_a_comparison_whose_store_is_gone(

@@ -3,8 +3,10 @@ damaged one.
 
 JSON files (a model's metrics.json) hold a `sha256` of their own canonical content; netCDF files
 hold one over their metadata (attributes, and the string and scalar variables HDF5's Fletcher-32
-does not cover). Readers verify before use and raise `DamagedArtefactError` naming the file and
-the command that rebuilds it. Files written before digests existed carry none and are read as is.
+does not cover); Zarr stores one over their group attributes (`sign_attrs`); weights one over
+their metadata (`robrep.io.weights`). Readers verify before use and raise `DamagedArtefactError`
+naming the file and the command that rebuilds it. A missing digest is damage too: nothing vouches
+for what it would cover.
 """
 
 from __future__ import annotations
@@ -51,6 +53,31 @@ def digest(content: Any) -> str:
     """SHA-256 of `content` as canonical JSON (sorted keys, no whitespace, numpy as plain)."""
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+ATTRS_DIGEST_KEY = "robrep_attrs_sha256"
+
+
+def sign_attrs(attrs: Any) -> None:
+    """Add the SHA-256 of a Zarr group's attributes (as they read back) to them: written last, so
+    a store whose writer died before it is unsigned, hence damaged."""
+    content = {k: v for k, v in dict(attrs).items() if k != ATTRS_DIGEST_KEY}
+    attrs[ATTRS_DIGEST_KEY] = digest(content)
+
+
+def verified_attrs(attrs: Any, path: str | Path, rebuild: str | None = None) -> dict[str, Any]:
+    """A Zarr group's attributes without their digest, verified: the digest missing or not
+    matching raises `DamagedArtefactError` naming the store and how to rebuild it."""
+    content = dict(attrs)
+    saved = content.pop(ATTRS_DIGEST_KEY, None)
+    why = None
+    if saved is None:
+        why = f"has no attribute checksum ({ATTRS_DIGEST_KEY}), so its metadata is unverified"
+    elif saved != digest(content):
+        why = "fails its attribute checksum (zarr.json edited or damaged)"
+    if why:
+        raise DamagedArtefactError(f"{path} {why}; rebuild it: {rebuild or rebuild_command(path)}")
+    return content
 
 
 def write_json(content: Mapping[str, Any], path: str | Path) -> None:

@@ -1,6 +1,6 @@
-"""Weights on disk: safetensors with JSON metadata and a SHA-256 of the tensors, written
-atomically; never pickled. A file that does not parse or whose tensors do not match their
-checksum is refused, naming the file and the command that rebuilds it."""
+"""Weights on disk: safetensors with JSON metadata, a SHA-256 of the tensors and one of the
+metadata, written atomically; never pickled. A file that does not parse, lacks a digest or does
+not match one is refused, naming the file and the command that rebuilds it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from robrep.io.checksums import DamagedArtefactError, rebuild_command
 
 METADATA_KEY = "robrep"
 DIGEST_KEY = "robrep_sha256"
+METADATA_DIGEST_KEY = "robrep_metadata_sha256"
 
 
 class DamagedWeightsError(DamagedArtefactError):
@@ -37,7 +38,12 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, A
     """Write `model`'s state dict to `path` (safetensors) with `metadata` as JSON and the tensors'
     SHA-256, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True), DIGEST_KEY: tensors_digest(state)}
+    text = json.dumps(metadata, sort_keys=True)
+    header = {
+        METADATA_KEY: text,
+        METADATA_DIGEST_KEY: hashlib.sha256(text.encode()).hexdigest(),
+        DIGEST_KEY: tensors_digest(state),
+    }
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=header)
 
@@ -57,10 +63,16 @@ def _header(path: str | Path) -> dict[str, str]:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata saved with a weights file."""
+    """The JSON metadata saved with a weights file, verified against its SHA-256 (the metadata
+    names the method and eps a store records: unverified, a changed byte would relabel it)."""
     meta = _header(path)
     if METADATA_KEY not in meta:
         raise ValueError(f"{path}: not a robrep weights file (no {METADATA_KEY!r} metadata)")
+    saved = meta.get(METADATA_DIGEST_KEY)
+    if saved is None:
+        raise _damaged(path, f"has no metadata checksum ({METADATA_DIGEST_KEY})")
+    if saved != hashlib.sha256(meta[METADATA_KEY].encode()).hexdigest():
+        raise _damaged(path, "fails its metadata checksum")
     try:
         return json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as err:
@@ -68,13 +80,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def verified_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A weights file's tensors, verified against the SHA-256 saved with them (files written
-    before the digest existed are read as is)."""
+    """A weights file's tensors, verified against the SHA-256 saved with them (a file without
+    one is damage)."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise _damaged(path, f"cannot be read: {err}") from err
     saved = _header(path).get(DIGEST_KEY)
-    if saved is not None and saved != tensors_digest(state):
+    if saved is None:
+        raise _damaged(path, f"has no tensor checksum ({DIGEST_KEY})")
+    if saved != tensors_digest(state):
         raise _damaged(path, "fails its SHA-256 checksum")
     return state

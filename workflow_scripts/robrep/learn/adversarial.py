@@ -22,7 +22,12 @@ import zarr
 from torch import nn
 
 from robrep.io.atomic import atomic_output
-from robrep.io.checksums import DamagedArtefactError, rebuild_command
+from robrep.io.checksums import (
+    DamagedArtefactError,
+    rebuild_command,
+    sign_attrs,
+    verified_attrs,
+)
 from robrep.io.zarrio import checked_read, chunk_codecs
 from robrep.learn.attacks import AttackSpec, pgd_in_microbatches
 from robrep.learn.data import to_float
@@ -108,6 +113,7 @@ def write_adversarial(
                 COMPLETE: True,
             }
         )
+        sign_attrs(group.attrs)
     return path
 
 
@@ -147,6 +153,7 @@ def read_adversarial(path: str | Path) -> AdversarialExamples:
             f"({attrs.get('format')!r}, this robrep reads {FORMAT!r}); rebuild them: "
             f"{rebuild_command(path)}"
         )
+    attrs = verified_attrs(group.attrs, path)
     arrays = {}
     for name in ("images", "sample_ids", "labels"):
         if name not in group:

@@ -8,6 +8,7 @@ so every model of a dataset sees the same split and the same evaluation examples
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a function needs it: the workflow r
     import torch
 
 from robrep.io.atomic import atomic_output
+from robrep.io.checksums import damaged
 
 
 @dataclass(frozen=True)
@@ -299,14 +301,21 @@ def save_splits(splits: Splits, path: str | Path) -> None:
 
 
 def read_splits(path: str | Path) -> Splits:
-    """Read splits written by `save_splits` (no pickles: plain arrays only)."""
-    with np.load(path, allow_pickle=False) as z:
-        return Splits(
-            *(z[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")),
-            classes=[str(c) for c in z["classes"]],
-            mean=z["mean"].tolist(),
-            std=z["std"].tolist(),
-        )
+    """Read splits written by `save_splits` (no pickles: plain arrays only), every member's
+    CRC32 verified as the zip format reads it; a damaged or truncated file raises
+    `DamagedArtefactError` naming it and its rebuild."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Splits(
+                *(z[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")),
+                classes=[str(c) for c in z["classes"]],
+                mean=z["mean"].tolist(),
+                std=z["std"].tolist(),
+            )
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+        raise damaged(
+            path, f"cannot be read as the data splits ({type(err).__name__}: {err})"
+        ) from err
 
 
 def evaluation_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -2,8 +2,8 @@
 every comparison hold the same examples in the same minibatches.
 
 Snakemake decides what to rerun from file times, parameters and code, so it cannot see a chunk
-damaged inside a store or a comparison file edited in place. `verify_results` reads every weights
-file, metrics.json, autoattack.json, adversarial examples and activation store (every chunk),
+damaged inside a store or a comparison file edited in place. `verify_results` reads the data
+splits, every weights file, metrics.json, autoattack.json, adversarial examples and activation store (every chunk),
 comparison, probe file and summary under `results/` with the same verified readers the workflow uses, and lists what is
 damaged with the command that rebuilds it (run from the directory that holds `results/`).
 """
@@ -41,6 +41,12 @@ class StoresDisagree(ValueError):
         self.stores = stores
 
 
+def _splits(path: Path, results: Path) -> None:
+    from robrep.learn.data import read_splits
+
+    read_splits(path)
+
+
 def _weights(path: Path, results: Path) -> None:
     from robrep.io.weights import read_metadata, verified_state
 
@@ -67,6 +73,7 @@ def _adversarial(path: Path, results: Path) -> None:
 
 
 def _comparison(path: Path, results: Path) -> None:
+    from robrep.io.checksums import DamagedArtefactError
     from robrep.io.xrio import read_netcdf
     from robrep.store.format import MismatchedStoresError
     from robrep.store.read import ActivationStore, check_aligned
@@ -85,7 +92,10 @@ def _comparison(path: Path, results: Path) -> None:
         for store in paths:
             if not store.exists():
                 raise MismatchedStoresError(f"it was computed from {store}, which is gone")
-        stores = [ActivationStore(p) for p in paths]
+        try:
+            stores = [ActivationStore(p) for p in paths]
+        except DamagedArtefactError:
+            return  # the damaged store is its own finding; rebuilding it reruns this comparison
         check_aligned(stores)
         if int(ds.attrs.get("n_examples", len(stores[0]))) != len(stores[0]):
             raise MismatchedStoresError(
@@ -117,6 +127,7 @@ def _summary_zarr(path: Path, results: Path) -> None:
 
 # What is verified, where it lies under results/, and how.
 CHECKS: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
+    "splits": ("data/*/splits.npz", _splits),
     "weights": ("models/**/*.safetensors", _weights),
     "metrics": ("models/**/metrics.json", _metrics),
     "autoattack": ("models/**/autoattack.json", _metrics),

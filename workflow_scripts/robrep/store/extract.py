@@ -17,6 +17,7 @@ import zarr
 from torch import nn
 
 from robrep.io.atomic import atomic_output
+from robrep.io.checksums import sign_attrs
 from robrep.io.zarrio import chunk_codecs
 from robrep.learn.data import to_float
 from robrep.learn.models import LayerHooks, inplace_relus
@@ -240,6 +241,7 @@ def extract_to_store(
                 COMPLETE: True,
             }
         )
+        sign_attrs(group.attrs)
     return path
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from robrep.io.checksums import rebuild_command
+from robrep.io.checksums import DamagedArtefactError, rebuild_command, verified_attrs
 from robrep.io.zarrio import DamagedStoreError, checked_read
 from robrep.similarity.gram import triangle_size
 from robrep.store.format import COMPLETE, FORMAT, IncompleteStoreError, MismatchedStoresError
@@ -128,12 +128,16 @@ class ActivationStore:
             raise IncompleteStoreError(
                 f"activation store {self.path} is incomplete (interrupted extraction); rebuild it"
             )
-        self.attrs = dict(self.group.attrs)
-        if self.attrs.get("format") != FORMAT:
+        if self.group.attrs.get("format") != FORMAT:
             raise ValueError(
-                f"activation store {self.path} has format {self.attrs.get('format')!r}, this "
-                f"robrep reads {FORMAT!r} (Gram statistics); rebuild it: snakemake --forcerun extract"
+                f"activation store {self.path} has format {self.group.attrs.get('format')!r}, "
+                f"this robrep reads {FORMAT!r} (Gram statistics); rebuild it: snakemake "
+                f"--forcerun extract"
             )
+        try:  # the attributes decide the comparisons' coordinates: verified like the data
+            self.attrs = verified_attrs(self.group.attrs, self.path)
+        except DamagedArtefactError as err:
+            raise DamagedStoreError(f"activation store {err}") from None
         self.layers: list[str] = list(self.attrs["layers"])
         self.feature_layers: list[str] = list(self.attrs["feature_layers"])
         self.batch_sizes = self._read("gram_batch_size")
