@@ -24,6 +24,7 @@ from robrep.ids import (
     comparison_path,
     saved_epochs,
 )
+from robrep.io.atomic import remove_leftovers
 from robrep.learn.data import dataset_options
 from robrep.pipeline import cluster as rcluster
 from robrep.pipeline import config as rcfg
@@ -323,7 +324,16 @@ def report_job_times():
         logger.info(job_times.format_table(times))
 
 
+def remove_partial_outputs():
+    """A job killed, or crashed inside a native library, runs no cleanup: its `.*.partial` stays.
+    A run that starts holds Snakemake's lock on this directory, so no writer of it runs.
+    """
+    for path in remove_leftovers(RESULTS):
+        logger.info(f"removed {path}, the partial output of an interrupted job")
+
+
 onstart:
+    remove_partial_outputs()
     cluster_start()
 
 

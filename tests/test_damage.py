@@ -333,3 +333,19 @@ def test_full_disk_during_extraction_leaves_no_partial_output(completed_run, tmp
         assert not list((results / "models").rglob("*.partial"))
     finally:
         subprocess.run(["umount", str(results)], check=False)
+
+
+@pytest.mark.integration
+def test_a_run_removes_partials_a_crashed_writer_left(completed_run, tmp_path):
+    """A writer killed inside a native library (h5py's SIGSEGV on a full disk) leaves its
+    `.partial` (issue 28): the next run that starts removes it, naming it."""
+    (tmp_path / "wf").mkdir()
+    workdir = make_workdir(tmp_path / "wf", TINY)
+    shutil.copytree(completed_run / "results", workdir / "results", symlinks=True)
+    results = workdir / "results"
+    left = next(results.glob("similarity/*/*")) / ".crashed.nc.partial"
+    left.write_bytes(b"\x89HDF half")
+    (results / "summary" / "findings.csv").unlink()  # something to do: aggregate runs again
+    out = snakemake(workdir)
+    assert not left.exists()
+    assert f"removed {left.relative_to(workdir)}" in out.stderr + out.stdout

@@ -17,6 +17,21 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def leftovers(root: str | Path) -> list[Path]:
+    """Partial outputs (`.*.partial`) under `root` that a killed writer left behind: a kill or a
+    crash inside a native library runs no cleanup."""
+    return sorted(Path(root).rglob(".*.partial"))
+
+
+def remove_leftovers(root: str | Path) -> list[Path]:
+    """Remove every partial output under `root` and return what was removed. Only safe while no
+    writer runs there: the workflow calls it when a run starts, holding Snakemake's lock."""
+    found = leftovers(root)
+    for path in found:
+        _remove(path)
+    return found
+
+
 def partial_path(path: str | Path) -> Path:
     """Where `atomic_output` writes `path` until it is complete."""
     path = Path(path)

@@ -24,7 +24,7 @@ def _verify(args: argparse.Namespace) -> int:
     for finding in findings:
         print(finding)
     for path in leftovers(results):
-        print(f"NOTE {path}: partial output of an interrupted job; the rerun removes it")
+        print(f"NOTE {path}: partial output of an interrupted job; the next run removes it")
     if checked == 0 and not findings:
         print(
             f"robrep verify: no robrep artefacts under {results}: nothing was verified (not a "

@@ -185,5 +185,7 @@ def verify_results(results: str | Path, progress: bool = True) -> tuple[int, lis
 
 
 def leftovers(results: str | Path) -> list[Path]:
-    """Partial outputs an interrupted job left behind (the rerun removes them)."""
-    return sorted(p for p in Path(results).rglob(".*.partial"))
+    """Partial outputs an interrupted job left behind (the next run removes them)."""
+    from robrep.io.atomic import leftovers as partials
+
+    return partials(results)
