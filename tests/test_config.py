@@ -220,6 +220,24 @@ def test_n_examples_above_the_test_split_is_clamped_with_a_warning():
     assert rcfg.examples_used(cfg) == {"digits": 300} and not rcfg.clamp_warnings(cfg)
 
 
+@pytest.mark.parametrize("asked, attacked", [(200, 200), (100000, 359)])
+def test_autoattack_subset_is_capped_by_the_test_split_not_the_stores(asked, attacked):
+    """AutoAttack evaluates the model on a test subset: capped by the test split (359 digits),
+    not by activations.n_examples (64 here), and a cap warns with both numbers (issue 28)."""
+    cfg = validated(
+        {"activations": {"n_examples": 64}, "evaluation": {"autoattack": {"n_examples": asked}}}
+    )
+    assert rcfg.autoattack_examples(cfg) == {"digits": attacked}
+    warned = [w for w in rcfg.clamp_warnings(cfg) if w.startswith("evaluation.autoattack")]
+    if asked > 359:
+        assert warned == [
+            "evaluation.autoattack.n_examples: 100000 is more than the 359 examples of the digits "
+            "test split; AutoAttack attacks all 359"
+        ]
+    else:
+        assert not warned
+
+
 def test_intervals_without_two_minibatches_a_pass_are_refused():
     """More passes reshuffle the same examples: one batch a pass over two passes is refused too
     (it gave two identical batches and a zero-width interval)."""

@@ -543,25 +543,47 @@ def check_fixed_metrics(config: Mapping[str, Any], study: Study) -> None:
             )
 
 
-def examples_used(config: Mapping[str, Any]) -> dict[str, int]:
-    """Examples each dataset's stores hold: `activations.n_examples`, at most its test split (the
-    one clamp, also behind the job resource estimates). Runs on the validated config."""
+def test_subset_sizes(config: Mapping[str, Any], n: int) -> dict[str, int]:
+    """Per dataset, a seeded test subset of `n` examples: `n`, at most its test split (the one
+    clamp, also behind the job resource estimates). Runs on the validated config."""
     from robrep.learn.data import examples_in_test_split
 
-    n = config["activations"]["n_examples"]
     return {
         d: min(n, examples_in_test_split(d, config["dataset_options"].get(d)))
         for d in config["datasets"]
     }
 
 
+def examples_used(config: Mapping[str, Any]) -> dict[str, int]:
+    """Examples each dataset's stores hold: `activations.n_examples`, at most its test split."""
+    return test_subset_sizes(config, config["activations"]["n_examples"])
+
+
+def autoattack_examples(config: Mapping[str, Any]) -> dict[str, int]:
+    """Examples AutoAttack attacks per dataset: its `n_examples`, at most the test split (not the
+    stores' subset: it is an evaluation of the model, not of the stores)."""
+    return test_subset_sizes(config, config["evaluation"]["autoattack"]["n_examples"])
+
+
 def clamp_warnings(config: Mapping[str, Any]) -> list[str]:
-    """One line per dataset whose test split is smaller than `activations.n_examples`."""
-    n = config["activations"]["n_examples"]
+    """One line per seeded test subset and dataset whose test split is smaller than the subset
+    asked for, with both numbers."""
+    asked = {
+        "activations.n_examples": (
+            config["activations"]["n_examples"],
+            examples_used(config),
+            "its stores use",
+        ),
+        "evaluation.autoattack.n_examples": (
+            config["evaluation"]["autoattack"]["n_examples"],
+            autoattack_examples(config),
+            "AutoAttack attacks",
+        ),
+    }
     return [
-        f"activations.n_examples: {n} is more than the {used} examples of the {d} test split; "
-        f"its stores use all {used}"
-        for d, used in examples_used(config).items()
+        f"{key}: {n} is more than the {used} examples of the {d} test split; {what} all {used}"
+        for key, (n, sizes, what) in asked.items()
+        for d, used in sizes.items()
         if used < n
     ]
 

@@ -22,6 +22,7 @@ from robrep.learn.cost import ModelCost, model_cost
 from robrep.pipeline import resources as rres
 from robrep.pipeline.cluster import NodeCapacity, check_request
 from robrep.pipeline.config import (
+    autoattack_examples,
     evaluation_attack,
     examples_used,
     external_models,
@@ -114,7 +115,7 @@ class JobSizer:
 
     def autoattack_examples(self, dataset: str) -> int:
         """Examples AutoAttack attacks: its n_examples, at most the test split."""
-        return min(self.examples[dataset], self.config["evaluation"]["autoattack"]["n_examples"])
+        return autoattack_examples(self.config)[dataset]
 
     def threads(self, rule: str) -> int:
         """The threads (CPUs) one job of `rule` runs with: config `threads`, `THREADS[rule]`."""
