@@ -146,6 +146,18 @@ def mutate(path, value):
             r"valid: cross_layer, robust_vs_standard",
         ),
         (
+            ["seeds"],
+            [10**20],
+            r"seeds\[0\]: 100000000000000000000 must be an integer in \[0, 2\*\*32\)",
+        ),
+        (["evaluation"], {"eps": 0}, r"evaluation\.eps: 0 attacks with radius 0"),
+        (["evaluation"], {"eps": "0/255"}, r"evaluation\.eps: '0/255' attacks with radius 0"),
+        (
+            ["activations"],
+            {"inputs": ["pgd"]},
+            r"activations\.inputs: \['pgd'\] lacks 'benign', which every analysis reads",
+        ),
+        (
             ["similarity"],
             {"metrics": ["minibatch_cka", "minibatch_rbf"]},
             r"similarity\.metrics\[1\]: unknown metric 'minibatch_rbf' \(did you mean "
@@ -391,3 +403,16 @@ def test_whole_number_floats_become_integers():
     assert type(act["cka_batch_size"]) is int and act["checkpoints"] == [1, "final"]
     assert type(act["checkpoints"][0]) is int and type(config["training"]["epochs"]) is int
     assert type(config["training"]["lr"]) is float  # a number stays a number
+
+
+def test_transfer_directions_without_adversarial_inputs_are_refused():
+    """Asked for explicitly, transfer directions without pgd inputs made no comparison and said
+    nothing (issue 28); the defaults (no transfer key) stay quiet."""
+    cfg = mutate(["activations"], {"inputs": ["benign"]})
+    check(cfg)
+    cfg["transfer"] = {"directions": ["standard_to_robust"]}
+    with pytest.raises(
+        rcfg.ConfigError,
+        match=r"transfer\.directions: \['standard_to_robust'\] transfer .* lacks 'pgd'",
+    ):
+        check(cfg)

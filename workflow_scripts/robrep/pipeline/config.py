@@ -275,13 +275,34 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_external_models(config)
     seeds = config.get("seeds") or []
     for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seeds[{i}]: {seed!r} must be an integer >= 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ConfigError(
+                f"seeds[{i}]: {seed!r} must be an integer in [0, 2**32) (what torch and numpy "
+                f"take as a seed)"
+            )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {list(seeds)!r} repeats a seed")
     if "eps" in (config.get("evaluation") or {}):
-        parse_eps(config["evaluation"]["eps"], "evaluation.eps")
+        if parse_eps(config["evaluation"]["eps"], "evaluation.eps") == 0:
+            raise ConfigError(
+                f"evaluation.eps: {config['evaluation']['eps']!r} attacks with radius 0, so every "
+                f"robust accuracy would be the clean one; give the evaluation attack's radius "
+                f"(e.g. 0.1 or '8/255')"
+            )
         check_linf_budget(config["evaluation"], "evaluation")
+    inputs = (config.get("activations") or {}).get("inputs")
+    if isinstance(inputs, list) and inputs and BENIGN not in inputs:
+        raise ConfigError(
+            f"activations.inputs: {inputs!r} lacks {BENIGN!r}, which every analysis reads (the "
+            f"adversarial stores are compared with the benign ones); add it"
+        )
+    directions = (config.get("transfer") or {}).get("directions")
+    if isinstance(inputs, list) and directions and OWN_ADVERSARIAL not in inputs:
+        raise ConfigError(
+            f"transfer.directions: {directions!r} transfer each model's adversarial examples, "
+            f"but activations.inputs {inputs!r} lacks {OWN_ADVERSARIAL!r}, so none are made; "
+            f"add {OWN_ADVERSARIAL!r} to activations.inputs or remove transfer.directions"
+        )
     _check_choices(
         (config.get("activations") or {}).get("inputs"),
         "activations.inputs",
