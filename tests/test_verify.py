@@ -111,3 +111,31 @@ def test_verify_over_nothing_is_an_error(tmp_path, capsys, tree):
     assert cli.main(["verify", str(results), "-q"]) == 1
     out = capsys.readouterr()
     assert "no robrep artefacts under" in out.err and "all verified" not in out.out
+
+
+def test_verify_prints_one_rebuild_for_everything_and_notes_a_live_run(tmp_path, capsys):
+    """With several damaged artefacts one command forces all of them in one run (one command
+    each stopped at the next damaged file, issue 28); a run holding the workflow's lock is
+    named, since files it is writing read as damage."""
+    from robrep.io.checksums import write_json
+    from robrep.pipeline import cli
+
+    results = tmp_path / "wf" / "results"
+    paths = [results / "models" / m / "metrics.json" for m in ("a", "b", "c")]
+    for path in paths:
+        path.parent.mkdir(parents=True)
+        write_json({"test": {"clean_acc": 0.9}}, path)
+    for path in paths[:2]:
+        path.write_text(path.read_text().replace("0.9", "0.8"))
+    assert cli.main(["verify", str(results), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "3 artefacts" in out and "2 damaged" in out and "NOTE a Snakemake run" not in out
+    assert (
+        "rebuild all of them in one run: snakemake --cores all --forcerun "
+        "results/models/a/metrics.json results/models/b/metrics.json"
+    ) in out
+    locks = tmp_path / "wf" / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("")
+    cli.main(["verify", str(results), "-q"])
+    assert f"NOTE a Snakemake run holds the lock on {tmp_path / 'wf'}" in capsys.readouterr().out

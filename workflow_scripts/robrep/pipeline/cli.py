@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from robrep.pipeline.verify import leftovers, verify_results
+from robrep.pipeline.verify import leftovers, rebuild_all, run_holding_lock, verify_results
 
 # The workflow's embedded default config, which every --configfile updates (as Snakemake does).
 WORKFLOW_ROOT = Path(__file__).resolve().parents[3]
@@ -20,6 +20,12 @@ def _verify(args: argparse.Namespace) -> int:
     if not results.is_dir():
         print(f"robrep verify: {results} is not a directory (a results/ tree)", file=sys.stderr)
         return 2
+    running = run_holding_lock(results)
+    if running:
+        print(
+            f"NOTE a Snakemake run holds the lock on {running}: files it is writing may read as "
+            f"damage; verify again when it has ended"
+        )
     checked, findings = verify_results(results, progress=not args.quiet and sys.stderr.isatty())
     for finding in findings:
         print(finding)
@@ -34,6 +40,8 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     verdict = "all verified" if not findings else f"{len(findings)} damaged"
     print(f"robrep verify: {checked} artefacts under {results}: {verdict}")
+    if len(findings) > 1:
+        print(f"rebuild all of them in one run: {rebuild_all(findings)}")
     return 1 if findings else 0
 
 

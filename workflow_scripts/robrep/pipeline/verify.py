@@ -27,6 +27,7 @@ class Finding:
     path: Path
     problem: str
     rebuild: str
+    targets: tuple[str, ...] = ()  # what `rebuild` forces, as the workflow names them
 
     def __str__(self) -> str:
         return f"DAMAGED {self.path}\n  {self.problem}\n  rebuild: {self.rebuild}"
@@ -149,16 +150,30 @@ def artefacts(results: Path) -> Iterator[tuple[str, Path]]:
                 yield kind, path
 
 
-def _rebuild(path: Path, results: Path, err: Exception) -> str:
-    """The command that rebuilds a damaged artefact, with its target as the workflow names it
-    (`results/...`, run from the workflow's directory); a comparison whose stores disagree needs
-    them rebuilt (which reruns it too), not itself alone."""
+def _targets(path: Path, results: Path, err: Exception) -> tuple[str, ...]:
+    """What rebuilds a damaged artefact, as the workflow names it (`results/...`, run from the
+    workflow's directory); a comparison whose stores disagree needs them rebuilt (which reruns
+    it too), not itself alone."""
     targets = err.stores if isinstance(err, StoresDisagree) else [path]
-    named = [
-        Path("results") / t.relative_to(results) if t.is_relative_to(results) else t
+    return tuple(
+        str(Path("results") / t.relative_to(results) if t.is_relative_to(results) else t)
         for t in targets
-    ]
-    return rebuild_command(" ".join(str(t) for t in named))
+    )
+
+
+def rebuild_all(findings: list[Finding]) -> str | None:
+    """One command that rebuilds every finding at once: one Snakemake run forcing all their
+    targets, so a rebuild never stops at the next damaged file it reads (one command per finding
+    did, with 11 damaged). None without findings."""
+    targets = list(dict.fromkeys(t for f in findings for t in f.targets))
+    return rebuild_command(" ".join(targets)) if targets else None
+
+
+def run_holding_lock(results: Path) -> Path | None:
+    """The workflow directory beside `results` when a Snakemake run holds its lock there (files
+    it is writing may read as damage until it ends), else None."""
+    locks = results.resolve().parent / ".snakemake" / "locks"
+    return locks.parent.parent if locks.is_dir() and any(locks.iterdir()) else None
 
 
 def verify_results(results: str | Path, progress: bool = True) -> tuple[int, list[Finding]]:
@@ -178,7 +193,8 @@ def verify_results(results: str | Path, progress: bool = True) -> tuple[int, lis
             CHECKS[kind][1](path, results)
         except Exception as err:  # noqa: BLE001 - every failure is a finding, none stops the walk
             problem = f"{kind}: {type(err).__name__}: {err}"
-            findings.append(Finding(path, problem, _rebuild(path, results, err)))
+            targets = _targets(path, results, err)
+            findings.append(Finding(path, problem, rebuild_command(" ".join(targets)), targets))
     if progress and found:
         print(file=sys.stderr)
     return len(found), findings
