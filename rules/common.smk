@@ -37,6 +37,9 @@ from robrep.study.analyses import ANALYSES, drawn
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
+    rcfg.check_config_files(
+        [Path(workflow.basedir) / "config" / "config.yaml", *workflow.overwrite_configfiles]
+    )
     STUDY, CONFIG_WARNINGS = rcfg.load_config(
         config,
         yaml.safe_load(SCHEMA_PATH.read_text()),

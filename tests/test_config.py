@@ -416,3 +416,17 @@ def test_transfer_directions_without_adversarial_inputs_are_refused():
         match=r"transfer\.directions: \['standard_to_robust'\] transfer .* lacks 'pgd'",
     ):
         check(cfg)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, capsys):
+    """PyYAML (and so Snakemake) keeps the last of two equal keys silently (issue 28)."""
+    from robrep.pipeline import cli
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("activations:\n  passes: 3\n  n_examples: 64\n  passes: 1\n")
+    with pytest.raises(rcfg.ConfigError, match=r"line 4 gives 'passes' again \(first at line 2\)"):
+        rcfg.read_config_file(path)
+    assert cli.main(["plan", "--configfile", str(path)]) == 2
+    assert "gives 'passes' again" in capsys.readouterr().err
+    path.write_text("activations:\n  passes: 3\nsimilarity:\n  passes: 1\n")  # other mappings
+    assert rcfg.read_config_file(path)["activations"] == {"passes": 3}

@@ -66,7 +66,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from robrep.pipeline import plan as rplan
     from robrep.pipeline.cluster import ResourceRequestError, node_capacity
-    from robrep.pipeline.config import ConfigError, load_config
+    from robrep.pipeline.config import ConfigError, load_config, read_config_file
     from robrep.pipeline.jobs import JobSizer
 
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
@@ -75,9 +75,12 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"robrep plan: config file {path} does not exist", file=sys.stderr)
             return 2
         try:
-            given = yaml.safe_load(Path(path).read_text()) or {}
+            given = read_config_file(path) or {}
         except yaml.YAMLError as err:
             print(f"robrep plan: config file {path} is not valid YAML: {err}", file=sys.stderr)
+            return 2
+        except ConfigError as err:
+            print(f"robrep plan: {err}", file=sys.stderr)
             return 2
         if not isinstance(given, dict):
             print(

@@ -8,7 +8,7 @@ resolves methods. Every error names the key, the bad value and the valid choices
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,35 @@ def suggest(value: str, choices: list[str]) -> str:
     """' (did you mean X?)' when a close choice exists, else ''."""
     close = difflib.get_close_matches(value, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A YAML config file's content, refusing a key given twice in one mapping (PyYAML, and so
+    Snakemake, keep the last silently: `passes: 3` then `passes: 1` runs 1 pass)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(
+                        f"{path}: line {line} gives {key!r} again (first at line {seen[key]}); "
+                        f"YAML would keep the last one silently: keep one"
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(Path(path).read_text(), Loader=UniqueKeys)
+
+
+def check_config_files(paths: Sequence[str | Path]) -> None:
+    """Refuse a config file with a repeated key (`read_config_file`); Snakemake has already read
+    them, this re-reads them strictly."""
+    for path in paths:
+        read_config_file(path)
 
 
 def check_unknown_keys(
