@@ -38,7 +38,10 @@ from robrep.study.analyses import ANALYSES, drawn
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
     rcfg.check_config_files(
-        [Path(workflow.basedir) / "config" / "config.yaml", *workflow.overwrite_configfiles]
+        [
+            Path(workflow.basedir) / "config" / "config.yaml",
+            *workflow.overwrite_configfiles,
+        ]
     )
     STUDY, CONFIG_WARNINGS = rcfg.load_config(
         config,
