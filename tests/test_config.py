@@ -319,6 +319,10 @@ def test_external_models_are_checked_and_keyed(tmp_path):
             {"method": {"method": "pgd", "norm": "linf", "eps": 0}},
             r"method\.eps: 0 is method 'standard'",
         ),
+        (
+            {"method": {"method": "pgd", "norm": "linf", "eps": 2}},
+            r"external_models\[0\]\.method\.eps: 2 is >= 1, the whole \[0, 1\] pixel range",
+        ),
         # the default config trains convnet/standard/seed0 itself
         (
             {"method": {"method": "standard"}},

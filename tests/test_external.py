@@ -215,6 +215,17 @@ def test_wrong_keys_and_shapes_are_named(tmp_path):
         read_state_dict(tmp_path / "keys.pt", "torch", "model")
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    """A checkpoint with NaN weights was imported, evaluated and AutoAttacked (issue 28)."""
+    state = foreign_state(source_model())
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=rf"non-finite values \(NaN or inf\) in \[.{name}"):
+        import_model(entry(tmp_path / "nan.pt"), 1, 10)
+
+
 def test_imported_models_accuracy_matches_a_direct_forward(tmp_path):
     from robrep.learn.data import Splits
     from robrep.learn.loading import load_model

@@ -117,7 +117,7 @@ def load_into(model: ProbedNet, state: Mapping[str, torch.Tensor], path: str | P
     """Load `state` (keys as in the checkpoint; the architecture's `checkpoint_prefix` is added)
     into `model`, refusing missing or unexpected keys and mismatched shapes, naming them. The
     model's normalize buffers are loaded from `state` when it has them (robrep's own weights),
-    else kept as built."""
+    else kept as built. Non-finite weights are refused too."""
     prefix = getattr(model, "checkpoint_prefix", "")
     state = {k if k in NORMALIZE_KEYS else prefix + k: v for k, v in state.items()}
     built = model.state_dict()
@@ -136,6 +136,11 @@ def load_into(model: ProbedNet, state: Mapping[str, torch.Tensor], path: str | P
         problems.append(f"unexpected keys {_few(unexpected)}")
     if shapes:
         problems.append(f"wrong shapes ({'; '.join(shapes[:5])})")
+    non_finite = [
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if non_finite:  # NaN weights would be imported, evaluated and AutoAttacked as a model
+        problems.append(f"non-finite values (NaN or inf) in {_few(non_finite)}")
     if problems:
         raise CheckpointError(
             f"checkpoint {path} does not fit {type(model).__name__}: {', '.join(problems)} "

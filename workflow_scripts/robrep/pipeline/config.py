@@ -417,6 +417,7 @@ def check_external_models(config: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{key}.method: {method['method']} needs norm and eps")
             if parse_eps(method["eps"], f"{key}.method.eps") == 0:
                 raise ConfigError(f"{key}.method.eps: 0 is method 'standard'")
+            check_linf_budget(method, f"{key}.method")
         elif set(method) - {"method"}:
             raise ConfigError(f"{key}.method: standard takes no {sorted(set(method) - {'method'})}")
         if "input_size" in entry:
