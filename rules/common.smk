@@ -1,6 +1,7 @@
 # What Snakemake needs from the library: the checked config and its study (one library call),
 # paths, input functions and rule params (each rule's params are exactly the settings that define
 # its outputs); job sizing is the library's `JobSizer`, asked through `resource(rule, key)`.
+import copy
 import functools
 import os
 import re
@@ -13,6 +14,7 @@ from snakemake.io import apply_wildcards
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from robrep import ids
 from robrep.ids import (
     CHECKPOINT_PATTERN,
     ID_PATTERN,
@@ -25,17 +27,20 @@ from robrep.ids import (
     saved_epochs,
 )
 from robrep.io.atomic import remove_leftovers
+from robrep.io.checksums import DamagedArtefactError
 from robrep.learn.data import dataset_options
 from robrep.pipeline import cluster as rcluster
 from robrep.pipeline import config as rcfg
 from robrep.pipeline import job_times
 from robrep.pipeline import plan as rplan
+from robrep.pipeline import record as rrecord
 from robrep.pipeline.jobs import JobSizer
-from robrep.similarity.measures import GRAM_MEASURES
-from robrep.similarity.result import MINIBATCH_CKA
-from robrep.study.analyses import ANALYSES, drawn
+from robrep.study.analyses import ANALYSES
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
+GIVEN = rcfg.study_settings(
+    copy.deepcopy(config)
+)  # as the files said it, for the run record
 try:
     rcfg.check_config_files(
         [
@@ -52,9 +57,25 @@ except rcfg.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}")
 for line in CONFIG_WARNINGS:
     logger.warning(line)
+RESULTS = rplan.RESULTS
+# The run record (results/run.json): a tree another directory wrote with other settings is
+# refused, not mixed into (robrep.pipeline.record); written when a run starts.
+RUN_RECORD = rrecord.RunRecord(
+    os.path.realpath(os.getcwd()),
+    rrecord.absolute(workflow.overwrite_configfiles),
+    GIVEN,
+    rcfg.study_settings(config),
+)
+try:
+    rrecord.check_reuse(RESULTS, RUN_RECORD)
+except rrecord.MixedResultsError as err:
+    raise WorkflowError(str(err))
+except DamagedArtefactError as err:
+    logger.warning(
+        f"{err}: which run wrote {RESULTS}/ is unknown; this run records itself"
+    )
 EXAMPLES = rcfg.examples_used(config)  # per dataset: n_examples, at most the test split
 
-RESULTS = rplan.RESULTS
 # The software every rule runs with under --software-deployment-method conda (the venv otherwise).
 CONDA_ENV = "../envs/robrep.yaml"
 ID = ID_PATTERN
@@ -76,17 +97,12 @@ COMPARISONS = WORK.comparisons
 PROBED = WORK.probed
 AUTOATTACK = config["evaluation"]["autoattack"]
 AUTOATTACKED = WORK.autoattacked
-# The minibatch measures of the comparisons, each with its summaries, figures and findings rows.
-MEASURES = [m for m in config["similarity"]["metrics"] if m in GRAM_MEASURES]
-# (dataset, figure, measure) of every figure drawn: each dataset's own, from its comparisons and
-# probes, under each minibatch measure.
-DRAWN = [
-    (dataset, name, measure)
-    for dataset in dict.fromkeys(m.dataset for m in STUDY.models)
-    for name, measure in drawn(
-        {a for a, d, _ in COMPARISONS if d == dataset}, bool(PROBED), MEASURES
-    )
-]
+# (dataset, figure, measure) of every figure drawn.
+DRAWN = rplan.drawn_figures(config, STUDY, WORK)
+EXPECTED = rplan.expected_outputs(
+    config, STUDY, WORK
+)  # by kind, as robrep verify checks
+figure_path = rplan.figure_path
 # Every store a comparison or a probe reads, and the (model, checkpoint) of every adversarial
 # store those read, once each.
 STORES = WORK.stores
@@ -94,7 +110,7 @@ ATTACKED = WORK.attacked
 
 
 def splits_path(dataset):
-    return f"{RESULTS}/data/{dataset}/splits.npz"
+    return ids.splits_path(RESULTS, dataset)
 
 
 def train_settings(wildcards):
@@ -121,14 +137,10 @@ def train_settings(wildcards):
 
 
 def checkpoint_file(wildcards):
-    base = ModelKey(
+    model = ModelKey(
         wildcards.dataset, wildcards.arch, wildcards.method_id, wildcards.seed
-    ).dir(RESULTS)
-    if wildcards.checkpoint == "final":
-        return f"{base}/model.safetensors"
-    if wildcards.checkpoint == "best":
-        return f"{base}/best.safetensors"
-    return f"{base}/checkpoints/{wildcards.checkpoint}.safetensors"
+    )
+    return model.weights_path(RESULTS, wildcards.checkpoint)
 
 
 # The store layout: activation settings only (a similarity setting never re-plans extraction).
@@ -175,27 +187,18 @@ def comparison_stores(wildcards):
 
 
 def all_targets():
-    """The default targets: the summary dataset, the accuracy table, every figure, and every
-    activation store (kept as data: a deleted store is rebuilt, and with it its comparisons).
-    """
-    stores = [s.path(RESULTS) for s in STORES]
-    stores += [adversarial_path(RESULTS, *mc) for mc in ATTACKED]
-    return (
-        [
-            f"{RESULTS}/summary/{name}"
-            for name in ("similarity.zarr", "accuracy.csv", "findings.csv")
-        ]
-        + [figure_path(*figure) for figure in DRAWN]
-        + stores
+    """The default targets: the summary, the tables, every figure, and every activation store
+    and adversarial store (kept as data: a deleted store is rebuilt, and with it its
+    comparisons). Everything else `rplan.expected_outputs` lists is their input."""
+    kinds = (
+        "summary",
+        "summary store",
+        "table",
+        "figure",
+        "store",
+        "adversarial examples",
     )
-
-
-def figure_path(dataset, name, measure=MINIBATCH_CKA):
-    """A figure of one dataset: results/figures/<dataset>/<figure>.png under minibatch CKA,
-    results/figures/<dataset>/<measure>/<figure>.png under another minibatch measure."""
-    if measure == MINIBATCH_CKA:
-        return f"{RESULTS}/figures/{dataset}/{name}.png"
-    return f"{RESULTS}/figures/{dataset}/{measure}/{name}.png"
+    return [path for kind in kinds for path in EXPECTED[kind]]
 
 
 def job_log(rule_name, name=None):
@@ -340,6 +343,7 @@ def remove_partial_outputs():
 
 onstart:
     remove_partial_outputs()
+    rrecord.write_record(RESULTS, RUN_RECORD)
     cluster_start()
 
 

@@ -33,7 +33,7 @@ rule attack:
 
 rule autoattack:
     input:
-        weights=f"{MODEL_DIR}/model.safetensors",
+        weights=WILDCARD_MODEL.weights_path(RESULTS),
         splits=splits_path("{dataset}"),
     output:
         f"{MODEL_DIR}/autoattack.json",

@@ -25,10 +25,11 @@ rule train:
     input:
         splits=splits_path("{dataset}"),
     output:
-        model=f"{MODEL_DIR}/model.safetensors",
-        best=f"{MODEL_DIR}/best.safetensors",
+        model=WILDCARD_MODEL.weights_path(RESULTS, "final"),
+        best=WILDCARD_MODEL.weights_path(RESULTS, "best"),
         checkpoints=[
-            f"{MODEL_DIR}/checkpoints/epoch{e}.safetensors" for e in CHECKPOINT_EPOCHS
+            WILDCARD_MODEL.weights_path(RESULTS, f"epoch{e}")
+            for e in CHECKPOINT_EPOCHS
         ],
         metrics=f"{MODEL_DIR}/metrics.json",
     log:

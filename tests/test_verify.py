@@ -12,11 +12,13 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
+import yaml
 
 from robrep.pipeline.verify import verify_results
 from robrep.store.read import ActivationStore
 
 from helpers.stores import chunk_files, corrupt_middle
+from helpers.workflow import TINY
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,94 @@ def test_verify_prints_one_rebuild_for_everything_and_notes_a_live_run(tmp_path,
     (locks / "0.input.lock").write_text("")
     cli.main(["verify", str(results), "-q"])
     assert f"NOTE a Snakemake run holds the lock on {tmp_path / 'wf'}" in capsys.readouterr().out
+
+
+def test_verify_names_the_missing_outputs_of_the_run_that_wrote_the_tree(completed_run, tmp_path):
+    """The run record (results/run.json) says which config wrote the tree, so outputs that are
+    not there (a run killed during aggregate, a disk that filled during similarity) are named
+    as missing, with the run that builds them; a tree without a record says that it could not
+    check (issue 28)."""
+    results = tmp_path / "wf" / "results"
+    shutil.copytree(completed_run / "results", results, symlinks=True)
+    assert (results / "run.json").is_file()
+    assert robrep_verify(results).returncode == 0
+    comparison = sorted(results.glob("similarity/cross_layer/**/*.nc"))[0]
+    comparison.unlink()
+    (results / "summary" / "findings.csv").unlink()
+    out = robrep_verify(results)
+    assert out.returncode == 1, out.stdout
+    for path in (comparison, results / "summary" / "findings.csv"):
+        assert f"MISSING {path}" in out.stdout, out.stdout
+    assert "2 missing" in out.stdout and "damaged" not in out.stdout
+    assert "rebuild all of them in one run: snakemake --cores all\n" in out.stdout
+
+    (results / "run.json").unlink()
+    unknown = robrep_verify(results)
+    assert unknown.returncode == 0, unknown.stdout
+    assert "holds no run record" in unknown.stdout and "--configfile" in unknown.stdout
+
+
+def test_verify_against_a_config_and_a_damaged_record(completed_run, tmp_path):
+    """--configfile checks the tree against another config (here one more seed: every output
+    of seed 1 is missing, and the rebuild command carries the file); a run record edited by
+    hand is damage, named with its fix."""
+    results = tmp_path / "wf" / "results"
+    shutil.copytree(completed_run / "results", results, symlinks=True)
+    config = tmp_path / "two-seeds.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "seeds": [0, 1]}))
+    robrep = [sys.executable, "-m", "robrep.pipeline.cli", "verify", str(results)]
+    out = subprocess.run([*robrep, "--configfile", str(config)], capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "MISSING " + str(results / "models/digits/convnet/standard/seed1/metrics.json") in (
+        out.stdout
+    )
+    assert f"snakemake --cores all --configfile {config}" in out.stdout
+    missing_seed0 = [
+        line for line in out.stdout.splitlines() if line.startswith("MISSING") and "seed0" in line
+    ]
+    assert all("seed1" in line for line in missing_seed0), missing_seed0  # pairs across seeds
+
+    record = results / "run.json"
+    record.write_text(record.read_text().replace('"workflow_dir": "', '"workflow_dir": "/moved'))
+    damaged = robrep_verify(results)
+    assert damaged.returncode == 1
+    assert f"DAMAGED {record}" in damaged.stdout and "fails its SHA-256" in damaged.stdout
+
+
+def test_verify_reports_unreadable_paths_as_permissions(
+    completed_run, tmp_path, monkeypatch, capsys
+):
+    """A file or directory this user may not read is UNREADABLE with a permissions fix, not
+    damage with a rebuild; a directory that cannot be listed is named, not skipped (every glob
+    skips it silently). Simulated: the tests run as root, whom chmod 000 does not stop."""
+    import os
+
+    from robrep.pipeline import cli, verify
+
+    results = tmp_path / "wf" / "results"
+    shutil.copytree(completed_run / "results", results, symlinks=True)
+    probes = results / "probes"
+    metrics = sorted(results.glob("models/**/metrics.json"))[0]
+    scandir, read_text = os.scandir, type(metrics).read_text
+
+    def guarded_scandir(path="."):
+        if os.fspath(path) == str(probes):
+            raise PermissionError(13, "Permission denied", str(probes))
+        return scandir(path)
+
+    def guarded_read_text(self, *args, **kwargs):
+        if self == metrics:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", guarded_scandir)
+    monkeypatch.setattr(type(metrics), "read_text", guarded_read_text)
+    _, findings = verify.verify_results(results, progress=False)
+    unreadable = {f.path: f for f in findings if f.status == verify.UNREADABLE}
+    assert set(unreadable) == {probes, metrics}, findings
+    assert "Permission denied" in unreadable[metrics].problem
+    assert "permission" in unreadable[probes].rebuild
+    assert cli.main(["verify", str(results), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert f"UNREADABLE {metrics}" in out and "fix: give this user read" in out
+    assert "2 unreadable" in out and "damaged" not in out

@@ -88,6 +88,15 @@ class ModelKey:
         """``{root}/models/{id}``: weights, checkpoints/ and metrics.json."""
         return f"{root}/models/{self.id}"
 
+    def weights_path(self, root: str, checkpoint: str = "final") -> str:
+        """A checkpoint's weights in the model's directory: ``model.safetensors`` (final),
+        ``best.safetensors`` (best), ``checkpoints/epoch{e}.safetensors``."""
+        if checkpoint == "final":
+            return f"{self.dir(root)}/model.safetensors"
+        if checkpoint == "best":
+            return f"{self.dir(root)}/best.safetensors"
+        return f"{self.dir(root)}/checkpoints/{checkpoint}.safetensors"
+
     def with_(self, **changes: Any) -> ModelKey:
         """The same model with some fields changed (another seed, method or arch)."""
         return replace(self, **changes)
@@ -152,6 +161,11 @@ def adversarial_source(inputs: str, target: ModelKey) -> ModelKey | None:
     if full:
         return target.with_(arch=full[1], seed=int(full[2]), method_id=full[3])
     return target.with_(method_id=source)
+
+
+def splits_path(root: str, dataset: str) -> str:
+    """``{root}/data/{dataset}/splits.npz``: a dataset's train / validation / test split."""
+    return f"{root}/data/{dataset}/splits.npz"
 
 
 def adversarial_path(root: str, model: ModelKey, checkpoint: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,13 @@ class DamagedArtefactError(RuntimeError):
     """An artefact fails its checksum or cannot be read: rebuild it."""
 
 
-def rebuild_command(path: str | Path) -> str:
-    """The command that rebuilds one output of the workflow (and what depends on it)."""
-    return f"snakemake --cores all --forcerun {path}"
+def rebuild_command(path: str | Path | None, configfiles: Sequence[str] = ()) -> str:
+    """The command that rebuilds one output of the workflow (and what depends on it), with the
+    run's config files; without a path, the run that builds whatever is missing."""
+    command = "snakemake --cores all"
+    if configfiles:
+        command += " --configfile " + " ".join(configfiles)
+    return f"{command} --forcerun {path}" if path else command
 
 
 def damaged(path: str | Path, why: str) -> DamagedArtefactError:

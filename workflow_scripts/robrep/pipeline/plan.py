@@ -1,7 +1,8 @@
 """What a config's run will do and what it costs, before anything runs.
 
 `planned_work` derives the jobs the DAG plans (comparisons, stores, adversarial examples, probes,
-AutoAttack evaluations) once, for the workflow and for `robrep plan`; `plan_by_rule` sums the job
+AutoAttack evaluations) once, for the workflow and for `robrep plan`; `expected_outputs` lists every file
+the run leaves (for `rule all` and `robrep verify`); `plan_by_rule` sums the job
 sizer's requests per rule (`robrep.pipeline.jobs.JobSizer`, the numbers every job is submitted
 with), and `format_plan` prints them beside the node they must fit.
 """
@@ -12,9 +13,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from robrep.ids import ModelKey, StoreKey, adversarial_path, adversarial_source
+from robrep.ids import (
+    ModelKey,
+    StoreKey,
+    adversarial_path,
+    adversarial_source,
+    comparison_path,
+    saved_epochs,
+    splits_path,
+)
 from robrep.pipeline.cluster import NodeCapacity
-from robrep.study.analyses import comparisons
+from robrep.pipeline.config import external_models
+from robrep.similarity.measures import GRAM_MEASURES
+from robrep.similarity.result import MINIBATCH_CKA
+from robrep.study.analyses import comparisons, drawn
 from robrep.study.study import Pair, Study
 
 if TYPE_CHECKING:
@@ -53,6 +65,62 @@ def planned_work(config: Mapping[str, Any], study: Study) -> PlannedWork:
         key=lambda mc: adversarial_path(RESULTS, *mc),
     )
     return PlannedWork(pairs, stores, attacked, probed, autoattacked)
+
+
+def figure_path(dataset: str, name: str, measure: str = MINIBATCH_CKA) -> str:
+    """A figure of one dataset: results/figures/<dataset>/<figure>.png under minibatch CKA,
+    results/figures/<dataset>/<measure>/<figure>.png under another minibatch measure."""
+    if measure == MINIBATCH_CKA:
+        return f"{RESULTS}/figures/{dataset}/{name}.png"
+    return f"{RESULTS}/figures/{dataset}/{measure}/{name}.png"
+
+
+def drawn_figures(
+    config: Mapping[str, Any], study: Study, work: PlannedWork
+) -> list[tuple[str, str, str]]:
+    """(dataset, figure, measure) of every figure drawn: each dataset's own, from its comparisons
+    and probes, under each minibatch measure of the config."""
+    measures = [m for m in config["similarity"]["metrics"] if m in GRAM_MEASURES]
+    return [
+        (dataset, name, measure)
+        for dataset in dict.fromkeys(m.dataset for m in study.models)
+        for name, measure in drawn(
+            {a for a, d, _ in work.comparisons if d == dataset}, bool(work.probed), measures
+        )
+    ]
+
+
+SUMMARY_FILES = ("similarity.zarr", "similarity.nc", "accuracy.csv", "findings.csv")
+
+
+def expected_outputs(
+    config: Mapping[str, Any], study: Study, work: PlannedWork
+) -> dict[str, list[str]]:
+    """Every file a complete run of the config leaves under `results/`, by kind (the kinds of
+    `robrep.pipeline.verify.CHECKS`, plus tables and figures): what `robrep verify` expects."""
+    imported = set(external_models(config))
+    epochs = saved_epochs(config["training"]["epochs"], config["training"]["checkpoint_every"])
+    trained = ["final", "best", *(f"epoch{e}" for e in epochs)]
+    weights = [
+        model.weights_path(RESULTS, checkpoint)
+        for model in study.models
+        for checkpoint in (["final"] if model in imported else trained)
+    ]
+    summary = [f"{RESULTS}/summary/{name}" for name in SUMMARY_FILES]
+    return {
+        "splits": [splits_path(RESULTS, d) for d in dict.fromkeys(m.dataset for m in study.models)],
+        "weights": weights,
+        "metrics": [f"{m.dir(RESULTS)}/metrics.json" for m in study.models],
+        "autoattack": [f"{m.dir(RESULTS)}/autoattack.json" for m in work.autoattacked],
+        "adversarial examples": [adversarial_path(RESULTS, *mc) for mc in work.attacked],
+        "store": [s.path(RESULTS) for s in work.stores],
+        "comparison": [comparison_path(RESULTS, *key) for key in work.comparisons],
+        "probe": [s.probe_path(RESULTS) for s in work.probed],
+        "summary": [p for p in summary if p.endswith(".nc")],
+        "summary store": [p for p in summary if p.endswith(".zarr")],
+        "table": [p for p in summary if p.endswith(".csv")],
+        "figure": [figure_path(*f) for f in drawn_figures(config, study, work)],
+    }
 
 
 @dataclass

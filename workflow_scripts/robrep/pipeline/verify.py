@@ -1,17 +1,21 @@
-"""Verify a results tree: every artefact's checksums and completeness, and that the two stores of
-every comparison hold the same examples in the same minibatches.
+"""Verify a results tree: every artefact's checksums and completeness, that the two stores of
+every comparison hold the same examples in the same minibatches, and that every output the run's
+config expects is there.
 
 Snakemake decides what to rerun from file times, parameters and code, so it cannot see a chunk
 damaged inside a store or a comparison file edited in place. `verify_results` reads the data
-splits, every weights file, metrics.json, autoattack.json, adversarial examples and activation store (every chunk),
-comparison, probe file and summary under `results/` with the same verified readers the workflow uses, and lists what is
-damaged with the command that rebuilds it (run from the directory that holds `results/`).
+splits, every weights file, metrics.json, autoattack.json, adversarial examples and activation
+store (every chunk), comparison, probe file and summary under `results/` with the same verified
+readers the workflow uses, lists the expected outputs that are missing (`plan.expected_outputs`
+of the run record's config, `robrep.pipeline.record`) and the paths it may not read, and says
+how to rebuild each (run from the directory that holds `results/`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +23,24 @@ import numpy as np
 
 from robrep.io.checksums import rebuild_command
 
+DAMAGED, MISSING, UNREADABLE = "DAMAGED", "MISSING", "UNREADABLE"
+
 
 @dataclass(frozen=True)
 class Finding:
-    """One damaged (or suspect) artefact: where, what is wrong, and how to rebuild it."""
+    """One artefact that does not verify: where, what is wrong, and how to mend it. `status`:
+    DAMAGED (fails a check: rebuild it), MISSING (an expected output that is not there: a run
+    builds it) or UNREADABLE (permission denied: a rebuild would not help)."""
 
     path: Path
     problem: str
     rebuild: str
     targets: tuple[str, ...] = ()  # what `rebuild` forces, as the workflow names them
+    status: str = DAMAGED
 
     def __str__(self) -> str:
-        return f"DAMAGED {self.path}\n  {self.problem}\n  rebuild: {self.rebuild}"
+        action = "fix" if self.status == UNREADABLE else "rebuild"
+        return f"{self.status} {self.path}\n  {self.problem}\n  {action}: {self.rebuild}"
 
 
 class StoresDisagree(ValueError):
@@ -155,18 +165,24 @@ def _targets(path: Path, results: Path, err: Exception) -> tuple[str, ...]:
     workflow's directory); a comparison whose stores disagree needs them rebuilt (which reruns
     it too), not itself alone."""
     targets = err.stores if isinstance(err, StoresDisagree) else [path]
-    return tuple(
-        str(Path("results") / t.relative_to(results) if t.is_relative_to(results) else t)
-        for t in targets
+    return tuple(_workflow_name(t, results) for t in targets)
+
+
+def _workflow_name(path: Path, results: Path) -> str:
+    return str(
+        Path("results") / path.relative_to(results) if path.is_relative_to(results) else path
     )
 
 
-def rebuild_all(findings: list[Finding]) -> str | None:
-    """One command that rebuilds every finding at once: one Snakemake run forcing all their
-    targets, so a rebuild never stops at the next damaged file it reads (one command per finding
-    did, with 11 damaged). None without findings."""
-    targets = list(dict.fromkeys(t for f in findings for t in f.targets))
-    return rebuild_command(" ".join(targets)) if targets else None
+def rebuild_all(findings: list[Finding], configfiles: Sequence[str] = ()) -> str | None:
+    """One command that mends every finding a run can mend: one Snakemake run forcing the
+    damaged artefacts' targets, so a rebuild never stops at the next damaged file it reads (one
+    command per finding did, with 11 damaged), and building the missing outputs (every run
+    does). None when there is nothing a run mends."""
+    targets = [t for f in findings if f.status == DAMAGED for t in f.targets]
+    if not targets and not any(f.status == MISSING for f in findings):
+        return None
+    return rebuild_command(" ".join(dict.fromkeys(targets)) or None, configfiles)
 
 
 def run_holding_lock(results: Path) -> Path | None:
@@ -176,11 +192,42 @@ def run_holding_lock(results: Path) -> Path | None:
     return locks.parent.parent if locks.is_dir() and any(locks.iterdir()) else None
 
 
-def verify_results(results: str | Path, progress: bool = True) -> tuple[int, list[Finding]]:
-    """Verify every artefact under `results`; returns (artefacts checked, findings)."""
+def _permission_denied(err: BaseException) -> PermissionError | None:
+    """The PermissionError behind a reader's error (readers wrap what they cannot read)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, PermissionError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _unlistable(results: Path) -> list[tuple[Path, OSError]]:
+    """Directories under `results` that cannot be listed: a walk (and every glob) skips them
+    silently, so their artefacts would go unchecked."""
+    denied = []
+    for _ in os.walk(results, onerror=lambda err: denied.append((Path(err.filename), err))):
+        pass
+    return denied
+
+
+def verify_results(
+    results: str | Path,
+    progress: bool = True,
+    expected: Mapping[str, Iterable[str]] | None = None,
+    configfiles: Sequence[str] = (),
+) -> tuple[int, list[Finding]]:
+    """Verify every artefact under `results` and, given `expected` (kind -> the workflow's paths,
+    `plan.expected_outputs`), that each expected output is there; returns (artefacts checked,
+    findings). Rebuild commands carry `configfiles` (the run record's)."""
     results = Path(results).resolve()
     found = list(artefacts(results))
-    findings = []
+    fix = "give this user read (and, for a directory, execute) permission, then verify again"
+    findings = [
+        Finding(path, f"cannot be listed ({err.strerror})", fix, status=UNREADABLE)
+        for path, err in _unlistable(results)
+    ]
     for i, (kind, path) in enumerate(found, 1):
         if progress:
             print(
@@ -192,11 +239,25 @@ def verify_results(results: str | Path, progress: bool = True) -> tuple[int, lis
         try:
             CHECKS[kind][1](path, results)
         except Exception as err:  # noqa: BLE001 - every failure is a finding, none stops the walk
+            denied = _permission_denied(err)
+            if denied is not None:
+                problem = f"{kind}: cannot be read ({denied.strerror}: {denied.filename})"
+                findings.append(Finding(path, problem, fix, status=UNREADABLE))
+                continue
             problem = f"{kind}: {type(err).__name__}: {err}"
             targets = _targets(path, results, err)
-            findings.append(Finding(path, problem, rebuild_command(" ".join(targets)), targets))
+            findings.append(
+                Finding(path, problem, rebuild_command(" ".join(targets), configfiles), targets)
+            )
     if progress and found:
         print(file=sys.stderr)
+    for kind, paths in (expected or {}).items():
+        for name in paths:
+            path = results.joinpath(*Path(name).parts[1:])  # `results/...` -> under `results`
+            if not path.exists():
+                problem = f"{kind}: the run's config expects it and it is not there"
+                rebuild = rebuild_command(None, configfiles)
+                findings.append(Finding(path, problem, rebuild, (name,), status=MISSING))
     return len(found), findings
 
 
