@@ -33,7 +33,7 @@ def test_parse_eps(value, expected):
     assert rcfg.parse_eps(value) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("value", [-0.1, "a/b", "1/0", True, None, float("inf")])
+@pytest.mark.parametrize("value", [-0.1, "a/b", "1/0", True, None, float("inf"), "1e400"])
 def test_parse_eps_rejects(value):
     with pytest.raises(rcfg.ConfigError, match="eps"):
         rcfg.parse_eps(value)
@@ -87,6 +87,12 @@ def mutate(path, value):
             ["wrn-27-2"],
             r"architectures\[0\]: 'wrn-27-2': WRN depth must be 6n \+ 4",
         ),
+        (  # a 300-digit width crashed inside torch (issue 28)
+            ["architectures"],
+            ["wrn-10-" + "9" * 300],
+            r"architectures\[0\]: 'wrn-10-9+': WRN depth .* width in \[1, 64\]",
+        ),
+        (["architectures"], ["convnet-65"], r"convnet width must be in \[1, 64\]"),
         (
             ["methods"],
             [{"method": "pgd", "norm": "linf", "eps": -0.1}],
@@ -248,6 +254,20 @@ def test_autoattack_subset_is_capped_by_the_test_split_not_the_stores(asked, att
         ]
     else:
         assert not warned
+
+
+def test_a_test_split_too_small_is_refused_naming_the_dataset_options():
+    """test_fraction 0.001 left 0 test examples and the refusal blamed a measure's setting
+    (issue 28); now the dataset's options are named with the count."""
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["dataset_options"] = {"digits": {"test_fraction": 0.001}}
+    with pytest.raises(
+        rcfg.ConfigError, match=r"dataset_options\.digits: .* leaves 0 test examples; .* at least 4"
+    ):
+        rcfg.load_config(cfg, schema, lambda c: validate(c, str(ROOT / "config" / "schema.yaml")))
 
 
 def test_intervals_without_two_minibatches_a_pass_are_refused():

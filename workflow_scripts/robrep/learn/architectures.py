@@ -81,6 +81,11 @@ ARCHITECTURES = [
 REGISTRY = [a.description for a in ARCHITECTURES]
 
 
+# Bounds on a scaled network's name: beyond RobustBench's largest (WRN-106-16, WRN-70-16) by a
+# margin; a larger one is a typo (a 300-digit width crashed inside torch).
+MAX_DEPTH, MAX_WIDTH = 1000, 64
+
+
 def architecture_entry(name: str) -> tuple[Architecture, re.Match[str]]:
     """The registry entry of `name` and its match; ValueError naming the registry otherwise."""
     for arch in ARCHITECTURES:
@@ -104,13 +109,14 @@ def architecture_entry(name: str) -> tuple[Architecture, re.Match[str]]:
                     raise ValueError(f"{name!r}: {err}") from None
             if arch.kind in ("wrn", "release-wrn"):
                 depth, width = int(match.group(1)), int(match.group(2))
-                if depth < 10 or (depth - 4) % 6 or width < 1:
+                if not 10 <= depth <= MAX_DEPTH or (depth - 4) % 6 or not 1 <= width <= MAX_WIDTH:
                     raise ValueError(
-                        f"{name!r}: WRN depth must be 6n + 4 >= 10 and width >= 1 "
-                        f"(e.g. wrn-10-1, wrn-16-4, wrn-28-10)"
+                        f"{name!r}: WRN depth must be 6n + 4 in [10, {MAX_DEPTH}] and width in "
+                        f"[1, {MAX_WIDTH}] (e.g. wrn-10-1, wrn-16-4, wrn-28-10, wrn-70-16)"
                     )
-            if arch.kind == "convnet" and match.group(1) and int(match.group(1)) < 1:
-                raise ValueError(f"{name!r}: convnet width must be >= 1")
+            if arch.kind == "convnet" and match.group(1):
+                if not 1 <= int(match.group(1)) <= MAX_WIDTH:
+                    raise ValueError(f"{name!r}: convnet width must be in [1, {MAX_WIDTH}]")
             return arch, match
     raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
 

@@ -54,6 +54,8 @@ def parse_eps(value: Any, key: str = "eps") -> float:
         text = value.strip()
         try:
             eps = float(Fraction(text))
+        except OverflowError:
+            raise ConfigError(f"{key}: {value!r} must be a finite number >= 0") from None
         except (ValueError, ZeroDivisionError):
             raise ConfigError(
                 f"{key}: {value!r} is not a number or fraction; give e.g. 0.1 or '8/255'"
@@ -639,6 +641,25 @@ def clamp_warnings(config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+# The unbiased HSIC_1 estimator needs n >= 4 examples (Song et al. 2012), so does every measure.
+MIN_TEST_EXAMPLES = 4
+
+
+def check_test_splits(config: Mapping[str, Any]) -> None:
+    """A test split too small to compare anything on (a tiny `test_fraction`) is refused naming
+    the dataset's options, before any check that would blame a setting of the measures."""
+    from robrep.learn.data import examples_in_test_split
+
+    for dataset in config["datasets"]:
+        options = config["dataset_options"].get(dataset)
+        n = examples_in_test_split(dataset, options)
+        if n < MIN_TEST_EXAMPLES:
+            raise ConfigError(
+                f"dataset_options.{dataset}: {options} leaves {n} test examples; the "
+                f"measures need at least {MIN_TEST_EXAMPLES} (raise test_fraction)"
+            )
+
+
 def check_minibatches(config: Mapping[str, Any]) -> None:
     """The jackknife interval leaves out one minibatch of a pass at a time: refused when a pass
     has fewer than 2 (n_examples used and cka_batch_size decide; more passes reshuffle the same
@@ -829,6 +850,7 @@ def load_config(
         from robrep.study.analyses import ANALYSES
 
         config["analyses"] = list(ANALYSES)
+    check_test_splits(config)
     check_evaluation_datasets(config)
     check_metrics(config)
     check_minibatches(config)
