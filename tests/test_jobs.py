@@ -86,6 +86,18 @@ def test_every_rule_of_the_study_is_sized():
     assert set(SIZE_SETTINGS) == set(s._estimators)
 
 
+def test_the_permutation_null_is_in_the_similarity_runtime():
+    """`permutations: 1e9` was ignored by the estimates (issue 28): a similarity job's runtime
+    grows with its null's draws."""
+
+    def runtime(permutations):
+        s = sizer(similarity={**TINY["similarity"], "permutations": permutations})
+        jobs = [(r, w) for r, w in s.planned_jobs([], [], [], []) if r == "similarity"]
+        return sum(s.estimate(r, w)["runtime"] for r, w in jobs)
+
+    assert runtime(0) < runtime(10**6) < runtime(10**9)
+
+
 def test_an_unknown_rule_is_named_with_the_sized_ones():
     with pytest.raises(ValueError, match=r"no job sizing for rule 'figures'; sized rules: train"):
         sizer().estimate("figures", MODEL)

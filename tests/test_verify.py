@@ -115,6 +115,13 @@ def test_verify_over_nothing_is_an_error(tmp_path, capsys, tree):
     assert "no robrep artefacts under" in out.err and "all verified" not in out.out
 
 
+def test_verify_on_a_fresh_clone_names_the_missing_tree(tmp_path, capsys):
+    from robrep.pipeline import cli
+
+    assert cli.main(["verify", str(tmp_path / "results"), "-q"]) == 2
+    assert "is not a directory (a results/ tree)" in capsys.readouterr().err
+
+
 def test_verify_prints_one_rebuild_for_everything_and_notes_a_live_run(tmp_path, capsys):
     """With several damaged artefacts one command forces all of them in one run (one command
     each stopped at the next damaged file, issue 28); a run holding the workflow's lock is
