@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test test-unit lint report dryrun plan verify bench-env bench config-reference
+.PHONY: run smoke test test-unit lint report dryrun plan verify bench-env bench config-reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt requirements-robus
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+
+# Every stage end to end in about 2 minutes (config/smoke.yaml), in smoke/: a results tree of its
+# own, so it never mixes with the default run's results/.
+smoke: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --directory smoke --configfile config/smoke.yaml
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.zip

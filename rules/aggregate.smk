@@ -8,10 +8,10 @@ rule aggregate:
         probes=[s.probe_path(RESULTS) for s in PROBED],
         autoattack=[f"{m.dir(RESULTS)}/autoattack.json" for m in AUTOATTACKED],
     output:
-        zarr=directory(f"{RESULTS}/summary/similarity.zarr"),
-        netcdf=f"{RESULTS}/summary/similarity.nc",
-        accuracy=f"{RESULTS}/summary/accuracy.csv",
-        findings=f"{RESULTS}/summary/findings.csv",
+        zarr=directory(rplan.summary_path("similarity.zarr")),
+        netcdf=rplan.summary_path("similarity.nc"),
+        accuracy=rplan.summary_path("accuracy.csv"),
+        findings=rplan.summary_path("findings.csv"),
     log:
         job_log("aggregate"),
     benchmark:
@@ -28,13 +28,13 @@ rule aggregate:
 
 rule figures:
     input:
-        summary=f"{RESULTS}/summary/similarity.nc",
+        summary=rplan.summary_path("similarity.nc"),
     output:
         [
             report(
                 figure_path(dataset, name, measure),
                 caption=f"../report/{name}.rst",
-                category="Figures",
+                category=f"Figures · {figure_group(name)}",
                 subcategory=f"{dataset} · {measure}",
             )
             for dataset, name, measure in DRAWN
@@ -49,3 +49,28 @@ rule figures:
         drawn=DRAWN,
     script:
         "../workflow_scripts/figures.py"
+
+
+# The report's pages beside the figures: findings and accuracy as tables, and provenance.
+rule report_pages:
+    input:
+        summary=rplan.summary_path("similarity.nc"),
+        accuracy=rplan.summary_path("accuracy.csv"),
+        findings=rplan.summary_path("findings.csv"),
+    output:
+        **{
+            name: report(
+                rplan.report_page_path(name),
+                caption=f"../report/{name}.rst",
+                category=title,
+            )
+            for name, title in rplan.REPORT_PAGES.items()
+        },
+    log:
+        job_log("report_pages"),
+    benchmark:
+        job_benchmark("report_pages")
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/report_pages.py"

@@ -35,7 +35,8 @@ from robrep.pipeline import job_times
 from robrep.pipeline import plan as rplan
 from robrep.pipeline import record as rrecord
 from robrep.pipeline.jobs import JobSizer
-from robrep.study.analyses import ANALYSES
+from robrep.study.analyses import ANALYSES, figure_group
+from robrep.study.verdicts import verdict_table
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 GIVEN = rcfg.study_settings(
@@ -187,17 +188,12 @@ def comparison_stores(wildcards):
 
 
 def all_targets():
-    """The default targets: the summary, the tables, every figure, and every activation store
-    and adversarial store (kept as data: a deleted store is rebuilt, and with it its
-    comparisons). Everything else `rplan.expected_outputs` lists is their input."""
-    kinds = (
-        "summary",
-        "summary store",
-        "table",
-        "figure",
-        "store",
-        "adversarial examples",
-    )
+    """The default targets: the summary, the tables, every figure and report page, and every
+    activation store and adversarial store (kept as data: a deleted store is rebuilt, and with
+    it its comparisons). Everything else `rplan.expected_outputs` lists is their input.
+    """
+    kinds = ("summary", "summary store", "table", "figure", "page", "store")
+    kinds += ("adversarial examples",)
     return [path for kind in kinds for path in EXPECTED[kind]]
 
 
@@ -333,6 +329,19 @@ def report_job_times():
         logger.info(job_times.format_table(times))
 
 
+def report_findings():
+    """After a successful run: the findings per claim and measure, counted by verdict."""
+    import csv
+
+    path = Path(rplan.summary_path("findings.csv"))
+    if not path.exists():  # a run of other targets
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    logger.info(f"Findings ({path}): robust configurations per verdict")
+    logger.info(verdict_table(rows))
+
+
 def remove_partial_outputs():
     """A job killed, or crashed inside a native library, runs no cleanup: its `.*.partial` stays.
     A run that starts holds Snakemake's lock on this directory, so no writer of it runs.
@@ -349,3 +358,4 @@ onstart:
 
 onsuccess:
     report_job_times()
+    report_findings()

@@ -10,16 +10,17 @@ import xarray as xr
 
 from robrep.learn.data import pass_orders
 from robrep.study.compare import compare_stores
-from robrep.study.findings import (
+from robrep.study.findings import paper_claims
+from robrep.study.scores import block_score_interval, block_structure_score
+from robrep.study.summary import _stack, measure_view, seed_baselines
+from robrep.study.verdicts import (
     EXCEEDS,
     INCONCLUSIVE,
     NO_BASELINE,
     OPPOSITE,
     WITHIN,
-    paper_claims,
+    verdict_table,
 )
-from robrep.study.scores import block_score_interval, block_structure_score
-from robrep.study.summary import _stack, measure_view, seed_baselines
 
 from helpers.stores import extract
 
@@ -257,3 +258,26 @@ def test_a_comparison_of_the_old_layout_is_refused(identical_stores, tmp_path):
         ValueError, match=rf"{path} lacks similarity\('measure', .*--forcerun similarity"
     ):
         aggregate([path], [])
+
+
+def test_the_verdict_table_counts_configurations_per_claim_and_measure():
+    """What a run prints when it ends (and aggregate's log holds, instead of a dict per row)."""
+    rows = [
+        {"claim": "block_structure", "measure": "minibatch_cka", "verdict": EXCEEDS},
+        {"claim": "block_structure", "measure": "minibatch_cka", "verdict": WITHIN},
+        {"claim": "block_structure", "measure": "minibatch_cka", "verdict": EXCEEDS},
+        {"claim": "deeper_layers", "measure": "minibatch_rbf_cka", "verdict": OPPOSITE},
+    ]
+    lines = verdict_table(rows).splitlines()
+    assert lines[0].split() == [
+        "claim",
+        "measure",
+        "exceeds",
+        "within",
+        "seed",
+        "noise",
+        "opposite",
+    ]
+    assert lines[1].split() == ["block_structure", "minibatch_cka", "2", "1", "0"]
+    assert lines[2].split() == ["deeper_layers", "minibatch_rbf_cka", "0", "0", "1"]
+    assert "no findings" in verdict_table([])

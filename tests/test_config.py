@@ -21,9 +21,22 @@ def check(cfg):
     rcfg.check_config(cfg)
 
 
-def test_default_and_paper_configs_pass():
+def test_default_paper_and_smoke_configs_pass():
     check(DEFAULT)
     check(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
+    check(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text()))
+
+
+def test_make_smoke_runs_the_smoke_config_in_a_tree_of_its_own():
+    """`make smoke` must not write into results/: a run with other settings in the same
+    directory would rerun the default study's outputs under the smoke settings."""
+    import subprocess
+
+    out = subprocess.run(
+        ["make", "-n", "-W", ".venv/.installed", "smoke"], cwd=ROOT, capture_output=True, text=True
+    )
+    command = [line for line in out.stdout.splitlines() if "snakemake" in line]
+    assert command and "--directory smoke --configfile config/smoke.yaml" in command[-1], out
 
 
 @pytest.mark.parametrize(

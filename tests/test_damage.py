@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 
@@ -115,11 +116,14 @@ def test_a_failing_rule_script_logs_its_traceback(tmp_path):
     spec.loader.exec_module(log_helper)
     log = tmp_path / "job.log"
     with pytest.raises(ValueError, match="weights are damaged"):
-        with log_helper.redirect_to_log(types.SimpleNamespace(log=[str(log)])):
+        with log_helper.redirect_to_log(types.SimpleNamespace(log=[str(log)], rule="extract")):
             print("starting")
             raise ValueError("weights are damaged")
     text = log.read_text()
     assert "starting" in text and "Traceback" in text and "ValueError: weights are damaged" in text
+    # timestamped start and end lines: when the job ran and how long it took (issue 25)
+    assert re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] rule extract started\n", text), text
+    assert re.search(r"\] failed after \d+\.\d s\n$", text), text
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

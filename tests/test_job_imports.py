@@ -31,6 +31,7 @@ EXPECTED = {
     "probe": RECORDS | {"sklearn", "scipy"},  # sklearn's stratified folds
     "aggregate": RECORDS,
     "figures": RECORDS | {"matplotlib"},
+    "report_pages": RECORDS,  # the summary netCDF's attributes
 }
 
 

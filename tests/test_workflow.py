@@ -363,8 +363,16 @@ def test_report_has_every_figure(completed_run):
 
     with zipfile.ZipFile(completed_run / "results/report.zip") as report:
         names = report.namelist()
+        index = next(n for n in names if n.endswith("report.html"))
+        landing = report.read(index).decode()
     for figure in ("cross_layer_heatmaps", "block_score_vs_eps", "accuracy_vs_eps"):
         assert any(name.endswith(f"{figure}.png") for name in names), figure
+    # The landing page is the study from the config; findings, accuracy and provenance are
+    # pages of their own, the figures grouped by analysis (issue 25).
+    for page in ("findings", "accuracy", "provenance"):
+        assert any(name.endswith(f"report/{page}.html") for name in names), (page, names)
+    assert "datasets: digits" in landing and "seeds: 0" in landing
+    assert re.search(r"Figures (·|\\u00b7) cross_layer", landing) and "Findings" in landing
 
 
 def test_dag_pairs_for_threat_models_seeds_and_width_depth(tmp_path):

@@ -10,6 +10,7 @@ from robrep.io.xrio import write_netcdf, write_zarr
 from robrep.runtime import software_versions
 from robrep.study.findings import paper_claims
 from robrep.study.summary import aggregate
+from robrep.study.verdicts import verdict_table
 
 from _log import redirect_to_log
 
@@ -31,5 +32,5 @@ with redirect_to_log(snakemake):
             writer.writeheader()
             writer.writerows(rows)
     print(ds)
-    for row in claims:
-        print(row)
+    print(f"\nFindings ({snakemake.output.findings}): robust configurations per verdict")
+    print(verdict_table(claims))

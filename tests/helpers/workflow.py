@@ -15,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TINY = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())  # the tiny config, by hand too
+# The tiny config of the integration tests: the smoke config users run (`make smoke`).
+TINY = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
 def make_workdir(path: Path, config: dict) -> Path:

@@ -171,12 +171,61 @@ def torch_version() -> str:
     return found.group(1)
 
 
+@functools.cache
+def source_commit() -> str:
+    """The git commit of the robrep checkout this code runs from, `+dirty` when tracked files
+    differ from it; `unknown` outside a git checkout (an installed copy)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30
+        )
+        if out.returncode != 0:
+            raise OSError(out.stderr.strip())
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
 def software_versions() -> dict[str, str]:
-    """Versions recorded in every artefact's metadata."""
+    """Versions recorded in every artefact's metadata, with the commit of robrep's code."""
     import robrep
 
     return {
         "python": sys.version.split()[0],
         "torch": torch_version(),
         "robrep": robrep.__version__,
+        "robrep_commit": source_commit(),
+    }
+
+
+def machine_description() -> dict[str, str]:
+    """The machine a job runs on, for the report's provenance: host, platform, CPU, cores and
+    memory (from /proc where it exists)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1) if found else cpu
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        kb = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        memory = f"{int(kb.group(1)) / 2**20:.1f} GiB" if kb else memory
+    except OSError:
+        pass
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory,
     }

@@ -91,6 +91,20 @@ def drawn_figures(
 
 
 SUMMARY_FILES = ("similarity.zarr", "similarity.nc", "accuracy.csv", "findings.csv")
+# The report's pages (results/report/<page>.html) and their categories in the report.
+REPORT_PAGES = {"findings": "Findings", "accuracy": "Accuracy", "provenance": "Provenance"}
+
+
+def report_page_path(name: str) -> str:
+    """``results/report/{name}.html``: a page of the report beside its figures."""
+    return f"{RESULTS}/report/{name}.html"
+
+
+def summary_path(name: str) -> str:
+    """``results/summary/{name}``: one of `SUMMARY_FILES`, what aggregation writes."""
+    if name not in SUMMARY_FILES:
+        raise ValueError(f"{name!r} is not a summary file; they are {', '.join(SUMMARY_FILES)}")
+    return f"{RESULTS}/summary/{name}"
 
 
 def expected_outputs(
@@ -106,7 +120,7 @@ def expected_outputs(
         for model in study.models
         for checkpoint in (["final"] if model in imported else trained)
     ]
-    summary = [f"{RESULTS}/summary/{name}" for name in SUMMARY_FILES]
+    summary = [summary_path(name) for name in SUMMARY_FILES]
     return {
         "splits": [splits_path(RESULTS, d) for d in dict.fromkeys(m.dataset for m in study.models)],
         "weights": weights,
@@ -120,6 +134,7 @@ def expected_outputs(
         "summary store": [p for p in summary if p.endswith(".zarr")],
         "table": [p for p in summary if p.endswith(".csv")],
         "figure": [figure_path(*f) for f in drawn_figures(config, study, work)],
+        "page": [report_page_path(name) for name in REPORT_PAGES],
     }
 
 

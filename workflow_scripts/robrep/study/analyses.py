@@ -384,6 +384,19 @@ def figures(analyses: Iterable[str], probes: bool = False) -> list[str]:
     return names + list(PROBE_FIGURES if probes else ()) + list(STUDY_FIGURES)
 
 
+def figure_group(figure: str) -> str:
+    """Where a figure belongs in the report: its analysis (``cross_layer``), ``linear_probes``
+    or ``accuracy``."""
+    for name, analysis in ANALYSES.items():
+        if figure in analysis.figures:
+            return name
+    if figure in PROBE_FIGURES:
+        return "linear_probes"
+    if figure in STUDY_FIGURES:
+        return "accuracy"
+    raise ValueError(f"no analysis draws figure {figure!r}")
+
+
 def drawn(analyses: Iterable[str], probes: bool, measures: Sequence[str]) -> list[tuple[str, str]]:
     """(figure, measure) of every figure drawn: each of `figures` under minibatch linear CKA,
     and `MEASURE_FIGURES` among them under every other minibatch measure in `measures`."""

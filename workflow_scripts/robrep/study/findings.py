@@ -25,15 +25,9 @@ import numpy as np
 import xarray as xr
 
 from robrep.study.summary import finite_range
+from robrep.study.verdicts import EXCEEDS, INCONCLUSIVE, NO_BASELINE, OPPOSITE, WITHIN
 
 DEEP = 0.5  # layers at relative depth >= DEEP are "deeper", the others "shallower"
-EXCEEDS, OPPOSITE, WITHIN, INCONCLUSIVE, NO_BASELINE = (
-    "exceeds",
-    "opposite",
-    "within seed noise",
-    "inconclusive",
-    "no seed baseline",
-)
 
 
 def _nan(fn, *args, **kw) -> Any:
