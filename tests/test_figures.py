@@ -48,3 +48,20 @@ def test_layer_labels_stay_readable_at_80_layers(layers):
         assert [t.get_text() for t in shown] == names
     assert not [t for t in ax.get_yticklabels() if t.get_text()]
     plt.close(fig)
+
+
+def test_the_y_axis_fits_what_is_drawn():
+    """Probe accuracies of 0.90-0.99 on a fixed 0-1 axis were a flat line (issue 25): the axis
+    starts just below the lowest line or band, never below 0, and ends at 1.02."""
+    from robrep.study.figures import _fit_ylim
+
+    fig, ax = plt.subplots()
+    depth = np.linspace(0, 1, 5)
+    ax.plot(depth, [0.93, 0.95, 0.97, 0.99, 0.98])
+    ax.fill_between(depth, [0.91] * 5, [0.99] * 5)
+    _fit_ylim(ax)
+    assert ax.get_ylim() == pytest.approx((0.85, 1.02))
+    ax.plot(depth, [0.01, 0.2, 0.5, 0.7, 0.9])
+    _fit_ylim(ax)
+    assert ax.get_ylim() == pytest.approx((0.0, 1.02))
+    plt.close(fig)

@@ -60,6 +60,27 @@ def _metric(ds: xr.Dataset) -> str:
     return ds.attrs.get(MEASURE_ATTR, METRIC)
 
 
+def _fit_ylim(ax, top: float = 1.02, pad: float = 0.05) -> None:
+    """The y axis from just below the lowest value drawn (lines and bands, to the nearest 0.05)
+    up to `top`: a fixed 0-1 axis hid effects (probe accuracies of 0.90-0.99)."""
+    values = [
+        np.asarray(line.get_ydata(), float) for line in ax.lines if line.get_label() != "chance"
+    ]
+    values += [c.get_paths()[0].vertices[:, 1] for c in ax.collections if c.get_paths()]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    low = 0.0 if finite.size == 0 else max(0.0, np.floor((finite.min() - pad) * 20) / 20)
+    ax.set_ylim(low, top)
+
+
+def _band_legend(ax, text: str) -> None:
+    """The legend with an entry saying what the shaded bands are."""
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    band = Patch(facecolor="grey", alpha=0.3, label=text)
+    ax.legend(handles=[*handles, band], labels=[*labels, text], fontsize=7)
+
+
 def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
     """Write `fig`, its title led by the dataset its data come from."""
     dataset = ds.attrs.get(DATASET_ATTR)
@@ -295,8 +316,10 @@ def _diagonal_panels(
             ax.set_title(f"{arch}\n{label}" if label else arch, fontsize=9)
             ax.set_xlabel("relative depth of layer")
             ax.set_ylabel(ylabel)
-            ax.set_ylim(0, 1.02)
-            if ax.lines:
+            _fit_ylim(ax)
+            if ax.lines and banded and (ds.analysis.values == "seeds").any():
+                _band_legend(ax, "band: seed baseline")
+            elif ax.lines:
                 ax.legend(fontsize=7)
     fig.suptitle(title)
     _save(fig, path, ds)
@@ -537,12 +560,18 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
             lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
             ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         chance = np.nanmean(ds.probe_chance.values[ds.model_arch.values == arch])
-        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        _fit_ylim(ax)
+        if chance >= ax.get_ylim()[0]:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        else:  # far below the accuracies: named, not drawn (it would flatten the curves)
+            ax.text(0.02, 0.03, f"chance: {chance:.2f}", transform=ax.transAxes, fontsize=7)
         ax.set_title(arch)
         ax.set_xlabel("relative depth of layer")
         ax.set_ylabel("linear-probe accuracy (k-fold)")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7)
+        if len(set(ds.model_seed.values.tolist())) > 1:
+            _band_legend(ax, "band: seed range")
+        else:
+            ax.legend(fontsize=7)
     fig.suptitle("Linear probes: class read out from each layer (band: seed range)")
     _save(fig, path, ds)
 
