@@ -224,9 +224,10 @@ def verify_results(
     results = Path(results).resolve()
     found = list(artefacts(results))
     fix = "give this user read (and, for a directory, execute) permission, then verify again"
+    unlistable = _unlistable(results)
     findings = [
         Finding(path, f"cannot be listed ({err.strerror})", fix, status=UNREADABLE)
-        for path, err in _unlistable(results)
+        for path, err in unlistable
     ]
     for i, (kind, path) in enumerate(found, 1):
         if progress:
@@ -254,7 +255,8 @@ def verify_results(
     for kind, paths in (expected or {}).items():
         for name in paths:
             path = results.joinpath(*Path(name).parts[1:])  # `results/...` -> under `results`
-            if not path.exists():
+            hidden = any(path.is_relative_to(d) for d, _ in unlistable)  # named as unreadable
+            if not hidden and not path.exists():
                 problem = f"{kind}: the run's config expects it and it is not there"
                 rebuild = rebuild_command(None, configfiles)
                 findings.append(Finding(path, problem, rebuild, (name,), status=MISSING))
