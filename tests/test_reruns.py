@@ -41,6 +41,7 @@ def assert_only_one_model_planned(out: str, method_id: str) -> None:
         "autoattack": 1,
         "aggregate": 1,
         "figures": 1,
+        "report_pages": 1,
         "all": 1,
     }
     for job in planned_jobs(out):
@@ -75,7 +76,14 @@ def test_deleted_store_rebuilds_it_and_its_comparisons(completed_run):
     )
     counts = job_counts(out)
     # cross_layer, benign_vs_adversarial, robust_vs_standard (pgd) and transfer read it
-    assert counts == {"extract": 1, "similarity": 4, "aggregate": 1, "figures": 1, "all": 1}
+    assert counts == {
+        "extract": 1,
+        "similarity": 4,
+        "aggregate": 1,
+        "figures": 1,
+        "report_pages": 1,
+        "all": 1,
+    }
     similarity = [j["output"] for j in planned_jobs(out) if j["rule"] == "similarity"]
     assert all("standard.seed0.final.pgd" in path for path in similarity)
 
@@ -94,6 +102,7 @@ def test_deleted_adversarial_examples_rebuild_them_and_their_readers(completed_r
         "similarity": 5,
         "aggregate": 1,
         "figures": 1,
+        "report_pages": 1,
         "all": 1,
     }
     stores = sorted(j["output"].split("/")[-1] for j in planned_jobs(out) if j["rule"] == "extract")
@@ -184,7 +193,7 @@ def test_autoattack_setting_reruns_only_autoattack(completed_run, change):
     config = copy.deepcopy(TINY)
     config["evaluation"]["autoattack"].update(change)
     counts = job_counts(dry_run_with(completed_run, config))
-    assert counts == {"autoattack": 2, "aggregate": 1, "figures": 1, "all": 1}
+    assert counts == {"autoattack": 2, "aggregate": 1, "figures": 1, "report_pages": 1, "all": 1}
 
 
 def test_a_dataset_s_evaluation_attack_reruns_that_dataset(completed_run):
@@ -194,7 +203,7 @@ def test_a_dataset_s_evaluation_attack_reruns_that_dataset(completed_run):
     same = copy.deepcopy(TINY)
     same["evaluation"]["datasets"] = {"digits": {"eps": 0.1, "steps": 3}}
     counts = job_counts(dry_run_with(completed_run, same))
-    assert counts == {"aggregate": 1, "figures": 1, "all": 1}
+    assert counts == {"aggregate": 1, "figures": 1, "report_pages": 1, "all": 1}
     changed = copy.deepcopy(TINY)
     changed["evaluation"]["datasets"] = {"digits": {"steps": 4}}
     counts = job_counts(dry_run_with(completed_run, changed))
@@ -207,7 +216,7 @@ def test_probe_setting_reruns_only_the_probes(completed_run, key, value):
     config = copy.deepcopy(TINY)
     config["probes"] = {key: value}
     counts = job_counts(dry_run_with(completed_run, config))
-    assert counts == {"probe": 2, "aggregate": 1, "figures": 1, "all": 1}
+    assert counts == {"probe": 2, "aggregate": 1, "figures": 1, "report_pages": 1, "all": 1}
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_profile_runs_every_job_through_sbatch(cluster, completed_run, tmp_path)
         name = "comparisons" if rule.group(1).startswith("comparisons") else rule.group(1)
         by_rule.setdefault(name, set()).add(asked[j])
     gpu_rules = {"train", "attack", "autoattack", "extract", "comparisons"}
-    cpu_rules = {"prepare_data", "probe", "aggregate", "figures"}
+    cpu_rules = {"prepare_data", "probe", "aggregate", "figures", "report_pages"}
     assert set(by_rule) <= gpu_rules | cpu_rules, by_rule
     assert gpu_rules - {"comparisons"} <= set(by_rule) and cpu_rules <= set(by_rule), by_rule
     for rule, gpus in by_rule.items():
