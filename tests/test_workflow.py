@@ -370,7 +370,7 @@ def test_report_has_every_figure(completed_run):
     # The landing page is the study from the config; findings, accuracy and provenance are
     # pages of their own, the figures grouped by analysis (issue 25).
     for page in ("findings", "accuracy", "provenance"):
-        assert any(name.endswith(f"report/{page}.html") for name in names), (page, names)
+        assert any(name.endswith(f"/{page}.html") for name in names), (page, names)
     assert "datasets: digits" in landing and "seeds: 0" in landing
     assert re.search(r"Figures (·|\\u00b7) cross_layer", landing) and "Findings" in landing
 
