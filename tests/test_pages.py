@@ -64,3 +64,14 @@ def test_values_are_escaped_and_pages_open_on_their_own():
     )
     assert self_contained(provenance)
     assert "abc123" in provenance and "EPYC &lt;2&gt;" in provenance and "- 0" in provenance
+
+
+def test_the_interactive_page_inlines_its_libraries_and_escapes_its_data():
+    """The Vega libraries come from Snakemake's assets (nothing loaded at view time), and data
+    that holds `</script>` cannot end the script it is in."""
+    from robrep.study.interactive import _script_json, library_sources
+
+    sources = library_sources()
+    assert len(sources) == 3 and all(len(s) > 10_000 for s in sources)
+    assert "vegaEmbed" in sources[2] or "vega-embed" in sources[2]
+    assert "</" not in _script_json({"layer": "</script><script>alert(1)"})

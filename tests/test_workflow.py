@@ -369,10 +369,29 @@ def test_report_has_every_figure(completed_run):
         assert any(name.endswith(f"{figure}.png") for name in names), figure
     # The landing page is the study from the config; findings, accuracy and provenance are
     # pages of their own, the figures grouped by analysis (issue 25).
-    for page in ("findings", "accuracy", "provenance"):
+    for page in ("findings", "accuracy", "interactive", "provenance"):
         assert any(name.endswith(f"/{page}.html") for name in names), (page, names)
     assert "datasets: digits" in landing and "seeds: 0" in landing
     assert re.search(r"Figures (·|\\u00b7) cross_layer", landing) and "Findings" in landing
+
+
+def test_the_interactive_page_holds_every_cell_and_loads_nothing(completed_run):
+    """Every finite cell of every cross-layer and robust x standard comparison under every
+    measure is a row of the charts' data; the page has no script or style from elsewhere."""
+    from robrep.io.xrio import read_netcdf
+    from robrep.study.interactive import matrix_rows
+
+    ds = read_netcdf(completed_run / "results/summary/similarity.nc")
+    for analysis in ("cross_layer", "robust_vs_standard"):
+        rows = matrix_rows(ds, analysis)
+        chosen = ds.analysis.values == analysis
+        finite = int(np.isfinite(ds.similarity.values[:, chosen]).sum())
+        assert len(rows) == finite > 0, analysis
+        assert {r["measure"] for r in rows} == set(ds.measure.values.tolist())
+    page = (completed_run / "results/report/interactive.html").read_text()
+    assert page.count("vegaEmbed('#") == 3
+    markup = re.sub(r"<script>.*?</script>", "", page, flags=re.S)  # the page, not the libraries
+    assert markup.count("<script") == 0 and not re.search(r"<[a-z]+[^>]+(src|href)=", markup)
 
 
 def test_dag_pairs_for_threat_models_seeds_and_width_depth(tmp_path):

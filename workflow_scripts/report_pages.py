@@ -1,5 +1,5 @@
-"""Rule report_pages: the report's findings, accuracy and provenance pages (robrep.study.pages)
-from the summary and its two tables."""
+"""Rule report_pages: the report's findings, accuracy, interactive and provenance pages
+(robrep.study.pages, robrep.study.interactive) from the summary and its two tables."""
 
 import csv
 import json
@@ -14,6 +14,7 @@ from robrep.io.atomic import atomic_output
 from robrep.io.xrio import read_netcdf
 from robrep.runtime import machine_description
 from robrep.study.findings import CLAIMS
+from robrep.study.interactive import interactive_page
 from robrep.study.pages import accuracy_page, findings_page, provenance_page
 
 from _log import redirect_to_log
@@ -25,11 +26,13 @@ def read_rows(path):
 
 
 with redirect_to_log(snakemake):
-    attrs = read_netcdf(snakemake.input.summary).attrs
+    summary = read_netcdf(snakemake.input.summary)
+    attrs = summary.attrs
     settings = json.loads(attrs["config"])
     pages = {
         "findings": findings_page(read_rows(snakemake.input.findings), CLAIMS),
         "accuracy": accuracy_page(read_rows(snakemake.input.accuracy)),
+        "interactive": interactive_page(summary),
         "provenance": provenance_page(
             settings,
             json.loads(attrs["versions"]),

@@ -92,7 +92,12 @@ def drawn_figures(
 
 SUMMARY_FILES = ("similarity.zarr", "similarity.nc", "accuracy.csv", "findings.csv")
 # The report's pages (results/report/<page>.html) and their categories in the report.
-REPORT_PAGES = {"findings": "Findings", "accuracy": "Accuracy", "provenance": "Provenance"}
+REPORT_PAGES = {
+    "findings": "Findings",
+    "accuracy": "Accuracy",
+    "interactive": "Interactive",
+    "provenance": "Provenance",
+}
 
 
 def report_page_path(name: str) -> str:
