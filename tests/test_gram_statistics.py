@@ -254,7 +254,17 @@ def test_permutation_null_of_a_layer_with_itself_is_far_below_one(tiny_model, tm
     np.testing.assert_allclose(np.diagonal(cka), 1.0, atol=1e-6)
     assert np.all(np.diagonal(upper) < 0.5), np.diagonal(upper)
     assert np.all(upper < cka + 1e-9)  # nothing here is below its own null
-    again = compare_stores(path, path, ["minibatch_cka"], intervals=False, permutations=20, seed=3)
+    told = []  # a comparison says how long each measure took (the job's log, issue 25)
+    again = compare_stores(
+        path,
+        path,
+        ["minibatch_cka"],
+        intervals=False,
+        permutations=20,
+        seed=3,
+        progress=told.append,
+    )
+    assert len(told) == 1 and told[0].startswith("minibatch_cka: ") and "20 null draws" in told[0]
     np.testing.assert_array_equal(again.cka_null_upper.values[0], upper)  # reproducible
     other = compare_stores(path, path, ["minibatch_cka"], intervals=False, permutations=20, seed=4)
     assert not np.array_equal(other.cka_null_upper.values[0], upper)

@@ -27,6 +27,7 @@ with redirect_to_log(snakemake), threadpool_limits(snakemake.threads):  # numpy'
         by_class=p.by_class,
         attrs={"analysis": wc.analysis, "dataset": wc.dataset, "pair": wc.pair},
         device=compute_device(snakemake.config["device"]),
+        progress=print,  # each measure's time, into the job's log
     )
     write_netcdf(ds, snakemake.output[0])
     print(ds)

@@ -13,7 +13,8 @@ eps, seed, checkpoint, epoch, inputs), read from the stores' own metadata.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ def compare_stores(
     by_class: bool = False,
     attrs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """All layer pairs of two stores under every metric, with each minibatch measure's terms
     and intervals.
@@ -59,7 +61,8 @@ def compare_stores(
     measure with side b's examples shuffled within each batch (`views.minibatch_measure_null`,
     seeded by `seed`) is `cka_null_upper`: values at or below it are indistinguishable from
     unrelated examples. With `by_class`, `cka_by_class` holds minibatch linear CKA restricted to
-    each class's examples (`similarity.views.minibatch_cka_by_class`).
+    each class's examples (`similarity.views.minibatch_cka_by_class`). `progress` is told how long
+    each measure took (the rule passes `print`, so the job's log shows where its time went).
     """
     same = Path(path_a).resolve() == Path(path_b).resolve()
     sa = ActivationStore(path_a)
@@ -80,9 +83,12 @@ def compare_stores(
     measures = [m for m in metrics if m in GRAM_MEASURES]
     settings = MeasureSettings(rbf_sigma=rbf_sigma, knn_k=knn_k)
     models = [sa.grams()] if same else [sa.grams(), sb.grams()]
-    per_measure = [
-        _measure(models, m, settings, intervals, seed, permutations, device) for m in measures
-    ]
+    said = progress or (lambda line: None)
+    per_measure = []
+    for m in measures:
+        start = time.perf_counter()
+        per_measure.append(_measure(models, m, settings, intervals, seed, permutations, device))
+        said(f"{m}: {time.perf_counter() - start:.2f} s ({permutations} null draws)")
     measured = xr.concat(per_measure, dim="measure", join="exact")
     data_vars.update({name: measured[name] for name in measured.data_vars})
     data_vars["hsic_pass"] = per_measure[0]["hsic_pass"]  # the pass of each pooled batch
@@ -99,7 +105,9 @@ def compare_stores(
     full = [m for m in metrics if m not in GRAM_MEASURES]
     coords = {"measure": measures, "layer_a": sa.layers, "layer_b": sb.layers}
     if full:
+        start = time.perf_counter()
         got = _full_data(sa, sb, same, full, rbf_sigma, svcca_variance)
+        said(f"{', '.join(full)} (raw features): {time.perf_counter() - start:.2f} s")
         data_vars["full_similarity"] = (
             ("full_metric", "feature_a", "feature_b"),
             np.stack([got[m] for m in full]),
