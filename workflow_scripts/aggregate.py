@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from robrep.io.atomic import atomic_output
 from robrep.io.xrio import write_netcdf, write_zarr
-from robrep.runtime import software_versions
+from robrep.runtime import software_versions, source_commit
 from robrep.study.findings import paper_claims
 from robrep.study.summary import aggregate
 from robrep.study.verdicts import verdict_table
@@ -21,7 +21,10 @@ with redirect_to_log(snakemake):
         probe_files=snakemake.input.probes,
         autoattack_files=snakemake.input.autoattack,
         masking_gap=snakemake.params.masking_gap,
-        attrs={"config": dict(snakemake.params.settings), "versions": software_versions()},
+        attrs={
+            "config": dict(snakemake.params.settings),
+            "versions": {**software_versions(), "robrep_commit": source_commit()},
+        },
     )
     write_zarr(ds, snakemake.output.zarr)
     write_netcdf(ds, snakemake.output.netcdf)

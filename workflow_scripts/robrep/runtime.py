@@ -174,7 +174,8 @@ def torch_version() -> str:
 @functools.cache
 def source_commit() -> str:
     """The git commit of the robrep checkout this code runs from, `+dirty` when tracked files
-    differ from it; `unknown` outside a git checkout (an installed copy)."""
+    differ from it; `unknown` outside a git checkout (an installed copy, the copy of the
+    workflow a test runs). The summary and the report's provenance page carry it."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -196,14 +197,15 @@ def source_commit() -> str:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions recorded in every artefact's metadata, with the commit of robrep's code."""
+    """Versions recorded in every artefact's metadata (not the commit: a job imports robrep
+    from the checkout or from the workflow's copy of it, so that would differ between a local
+    and a cluster run of the same code; the summary records it, `source_commit`)."""
     import robrep
 
     return {
         "python": sys.version.split()[0],
         "torch": torch_version(),
         "robrep": robrep.__version__,
-        "robrep_commit": source_commit(),
     }
 
 
