@@ -39,9 +39,8 @@ from robrep.study.analyses import ANALYSES, figure_group
 from robrep.study.verdicts import verdict_table
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
-GIVEN = rcfg.study_settings(
-    copy.deepcopy(config)
-)  # as the files said it, for the run record
+# The config as the files said it, before defaults are filled: for the run record.
+GIVEN = rcfg.study_settings(copy.deepcopy(config))
 try:
     rcfg.check_config_files(
         [
@@ -100,9 +99,8 @@ AUTOATTACK = config["evaluation"]["autoattack"]
 AUTOATTACKED = WORK.autoattacked
 # (dataset, figure, measure) of every figure drawn.
 DRAWN = rplan.drawn_figures(config, STUDY, WORK)
-EXPECTED = rplan.expected_outputs(
-    config, STUDY, WORK
-)  # by kind, as robrep verify checks
+# Every output of the run, by kind (what robrep verify checks a tree against).
+EXPECTED = rplan.expected_outputs(config, STUDY, WORK)
 figure_path = rplan.figure_path
 # Every store a comparison or a probe reads, and the (model, checkpoint) of every adversarial
 # store those read, once each.
