@@ -110,15 +110,21 @@ TOOLTIP = [
 ]
 
 
-def heatmap_spec(rows: list[dict[str, Any]], title: str) -> dict[str, Any]:
-    """A layer x layer heatmap of one comparison at a time, picked by the menus."""
-    menus = list(MENUS)
+def _chart(rows: list[dict[str, Any]], title: str, menus: Sequence[str]) -> dict[str, Any]:
+    """What every chart of the page shares: its data, and a menu per coordinate that filters it."""
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": title,
         "data": {"values": rows},
         "params": _menus(rows, menus),
         "transform": [_filter(menus)],
+    }
+
+
+def heatmap_spec(rows: list[dict[str, Any]], title: str) -> dict[str, Any]:
+    """A layer x layer heatmap of one comparison at a time, picked by the menus."""
+    return {
+        **_chart(rows, title, MENUS),
         "mark": "rect",
         "width": 420,
         "height": 420,
@@ -151,13 +157,8 @@ def diagonal_spec(rows: list[dict[str, Any]], title: str) -> dict[str, Any]:
     """Each layer's similarity with the same layer of the standard model against relative depth,
     a line per method and seed, for the dataset, architecture, inputs and measure picked."""
     same = [r for r in rows if r["i"] == r["j"]]
-    menus = ["dataset", "arch", "inputs", "measure"]
     return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": title,
-        "data": {"values": same},
-        "params": _menus(same, menus),
-        "transform": [_filter(menus)],
+        **_chart(same, title, ["dataset", "arch", "inputs", "measure"]),
         "width": 520,
         "height": 320,
         "encoding": {
