@@ -30,14 +30,20 @@ rule figures:
     input:
         summary=rplan.summary_path("similarity.nc"),
     output:
+        # per figure, in the order of FIGURE_FORMATS: the PNG in the report, then its SVG and CSV
         [
-            report(
-                figure_path(dataset, name, measure),
-                caption=f"../report/{name}.rst",
-                category=f"Figures · {figure_group(name)}",
-                subcategory=f"{dataset} · {measure}",
+            (
+                report(
+                    figure_path(dataset, name, measure, fmt),
+                    caption=f"../report/{name}.rst",
+                    category=f"Figures · {figure_group(name)}",
+                    subcategory=f"{dataset} · {measure}",
+                )
+                if fmt == "png"
+                else figure_path(dataset, name, measure, fmt)
             )
             for dataset, name, measure in DRAWN
+            for fmt in rplan.FIGURE_FORMATS
         ],
     log:
         job_log("figures"),
@@ -47,6 +53,7 @@ rule figures:
         CONDA_ENV
     params:
         drawn=DRAWN,
+        formats=rplan.FIGURE_FORMATS,
     script:
         "../workflow_scripts/figures.py"
 

@@ -132,6 +132,9 @@ def test_full_run_outputs(completed_run):
         ]
     for fig in (wd / "results/figures/digits").rglob("*.png"):
         assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
+        assert b"<svg" in fig.with_suffix(".svg").read_bytes()[:2000]  # for papers
+        numbers = fig.with_suffix(".csv").read_text().splitlines()  # what the figure draws
+        assert numbers[0] == "panel,series,quantity,x,y,value"
     csv = (wd / "results/summary/accuracy.csv").read_text().splitlines()
     assert csv[0].startswith("id,dataset,arch") and len(csv) == 3
     header = csv[0].split(",")
@@ -467,8 +470,8 @@ def test_figures_are_drawn_per_dataset_never_averaged(completed_run, tmp_path, m
         assert set(part.dataset.values) == {dataset} == set(part.model_dataset.values)
         np.testing.assert_allclose(part.similarity.values, summary.similarity.values * scale)
         titles.clear()
-        figures.draw("cross_layer_heatmaps", ds, dataset, tmp_path / f"{dataset}.png")
-        figures.draw("accuracy_vs_eps", ds, dataset, tmp_path / f"{dataset}-acc.png")
+        figures.draw("cross_layer_heatmaps", ds, dataset, {"png": tmp_path / f"{dataset}.png"})
+        figures.draw("accuracy_vs_eps", ds, dataset, {"png": tmp_path / f"{dataset}-acc.png"})
         assert len(titles) == 2 and all(t.startswith(f"{dataset}") for t in titles), titles
     digits, cifar = ((tmp_path / f"{d}.png").read_bytes() for d in ("digits", "cifar10"))
     assert digits != cifar  # the halved CKA shows: each figure draws its own dataset
@@ -481,3 +484,49 @@ def test_a_two_dataset_study_plans_figures_per_dataset(tmp_path):
     (figure_job,) = [j for j in jobs if j["rule"] == "figures"]
     for dataset in ("digits", "cifar10"):
         assert f"results/figures/{dataset}/cross_layer_heatmaps.png" in figure_job["output"]
+
+
+def test_diagonal_panels_are_titled_by_their_column(completed_run, tmp_path, monkeypatch):
+    """Each column of the transfer figure says which inputs it draws (a method's name had taken
+    the column's place in every title), and the figure's CSV has every line's points."""
+    from robrep.study import figures
+
+    kept = []
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    ds = read_netcdf(completed_run / "results/summary/similarity.nc")
+    paths = {"csv": tmp_path / "transfer.csv"}
+    figures.draw("transfer_diagonal", ds, "digits", paths)
+    (fig,) = kept
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "convnet\neach on its own adversarial examples",
+        "convnet\nboth on the standard model's adversarial examples",
+        "convnet\nboth on the robust model's adversarial examples",
+    ]
+    rows = paths["csv"].read_text().splitlines()
+    drawn = sum(len(line.get_xdata()) for ax in fig.axes for line in ax.lines)
+    assert sum(",value," in row for row in rows) == drawn > 0
+
+
+def test_the_claims_figures_mark_the_findings_verdicts(completed_run, tmp_path, monkeypatch):
+    """The deeper-layers figure's legend and the block-score figure's notes give each robust
+    configuration the verdict findings.csv gives it."""
+    import csv
+
+    from robrep.study import figures
+
+    findings = list(csv.DictReader((completed_run / "results/summary/findings.csv").open()))
+    verdict = {
+        r["claim"]: r["verdict"]
+        for r in findings
+        if r["measure"] == "minibatch_cka" and r["method_id"] == "pgd-linf-eps0.1"
+    }
+    kept = []
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    ds = read_netcdf(completed_run / "results/summary/similarity.nc")
+    figures.draw("robust_vs_standard_diagonal", ds, "digits", {"png": tmp_path / "d.png"})
+    figures.draw("block_score_vs_eps", ds, "digits", {"png": tmp_path / "b.png"})
+    diagonal, block = kept
+    legend = [t.get_text() for t in diagonal.axes[0].get_legend().get_texts()]
+    assert f"PGD L∞ ε=0.1: {verdict['deeper_layers']}" in legend
+    assert [t.get_text() for t in block.axes[0].texts] == [verdict["block_structure"]]

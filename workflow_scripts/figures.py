@@ -12,8 +12,9 @@ from _log import redirect_to_log
 
 with redirect_to_log(snakemake):
     ds = read_netcdf(snakemake.input.summary)
-    for (dataset, name, measure), path in zip(
-        snakemake.params.drawn, snakemake.output, strict=True
-    ):
-        draw(name, ds, dataset, path, measure)
-        print(f"wrote {path}")
+    formats = snakemake.params.formats
+    outputs = iter(snakemake.output)  # per figure, one path per format
+    for dataset, name, measure in snakemake.params.drawn:
+        paths = {fmt: next(outputs) for fmt in formats}
+        draw(name, ds, dataset, paths, measure)
+        print(f"wrote {', '.join(paths.values())}")

@@ -67,12 +67,19 @@ def planned_work(config: Mapping[str, Any], study: Study) -> PlannedWork:
     return PlannedWork(pairs, stores, attacked, probed, autoattacked)
 
 
-def figure_path(dataset: str, name: str, measure: str = MINIBATCH_CKA) -> str:
-    """A figure of one dataset: results/figures/<dataset>/<figure>.png under minibatch CKA,
-    results/figures/<dataset>/<measure>/<figure>.png under another minibatch measure."""
+# Each figure's files: the PNG (in the report), an SVG for papers, the numbers drawn as CSV.
+FIGURE_FORMATS = ("png", "svg", "csv")
+
+
+def figure_path(dataset: str, name: str, measure: str = MINIBATCH_CKA, fmt: str = "png") -> str:
+    """A figure of one dataset in format `fmt` (one of `FIGURE_FORMATS`):
+    results/figures/<dataset>/<figure>.<fmt> under minibatch CKA,
+    results/figures/<dataset>/<measure>/<figure>.<fmt> under another minibatch measure."""
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"no figure format {fmt!r}; they are {', '.join(FIGURE_FORMATS)}")
     if measure == MINIBATCH_CKA:
-        return f"{RESULTS}/figures/{dataset}/{name}.png"
-    return f"{RESULTS}/figures/{dataset}/{measure}/{name}.png"
+        return f"{RESULTS}/figures/{dataset}/{name}.{fmt}"
+    return f"{RESULTS}/figures/{dataset}/{measure}/{name}.{fmt}"
 
 
 def drawn_figures(
@@ -138,7 +145,11 @@ def expected_outputs(
         "summary": [p for p in summary if p.endswith(".nc")],
         "summary store": [p for p in summary if p.endswith(".zarr")],
         "table": [p for p in summary if p.endswith(".csv")],
-        "figure": [figure_path(*f) for f in drawn_figures(config, study, work)],
+        "figure": [
+            figure_path(*f, fmt=fmt)
+            for f in drawn_figures(config, study, work)
+            for fmt in FIGURE_FORMATS
+        ],
         "page": [report_page_path(name) for name in REPORT_PAGES],
     }
 

@@ -1,4 +1,5 @@
-"""Figures of the summary Dataset (see `summary.aggregate`), one function per figure, PNG out.
+"""Figures of the summary Dataset (see `summary.aggregate`), one function per figure: a PNG, an
+SVG beside it for papers, and a CSV of the numbers drawn (`FORMATS`).
 
 `FIGURES` maps each figure name an analysis declares (`analyses.ANALYSES[...].figures`) to the
 function that draws it; `report/<name>.rst` is its caption. Every figure is drawn once per
@@ -11,8 +12,10 @@ that shows spread draws the seed range as a band.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import csv
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import matplotlib
 
@@ -25,6 +28,7 @@ from robrep.ids import method_label  # noqa: E402
 from robrep.io.atomic import atomic_output  # noqa: E402
 from robrep.similarity.result import MINIBATCH_CKA as METRIC  # noqa: E402
 from robrep.study.analyses import ANALYSES  # noqa: E402
+from robrep.study.findings import claim_verdicts  # noqa: E402
 from robrep.study.scores import depth_matched_diagonal  # noqa: E402
 from robrep.study.study import FROM_STANDARD  # noqa: E402
 
@@ -42,9 +46,18 @@ def for_dataset(ds: xr.Dataset, dataset: str) -> xr.Dataset:
     return part
 
 
-def draw(name: str, ds: xr.Dataset, dataset: str, path: str | Path, measure: str = METRIC) -> None:
+def draw(
+    name: str,
+    ds: xr.Dataset,
+    dataset: str,
+    paths: Mapping[str, str | Path],
+    measure: str = METRIC,
+) -> None:
     """Figure `name` of `dataset`'s part of the summary `ds` under the minibatch measure
-    `measure`, to `path`."""
+    `measure`, written in each format of `paths` (format -> path; formats in `FORMATS`)."""
+    unknown = sorted(set(paths) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"figure {name}: no format {unknown}; the formats are {list(FORMATS)}")
     if measure not in ds.measure.values:
         raise ValueError(
             f"figure {name}: the summary has no measure {measure!r}; it holds "
@@ -52,7 +65,7 @@ def draw(name: str, ds: xr.Dataset, dataset: str, path: str | Path, measure: str
         )
     part = for_dataset(ds.sel(measure=measure), dataset)
     part.attrs[MEASURE_ATTR] = measure
-    FIGURES[name](part, path)
+    FIGURES[name](part, paths)
 
 
 def _metric(ds: xr.Dataset) -> str:
@@ -81,8 +94,92 @@ def _band_legend(ax, text: str) -> None:
     ax.legend(handles=[*handles, band], labels=[*labels, text], fontsize=7)
 
 
-def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
-    """Write `fig`, its title led by the dataset its data come from."""
+# The numbers drawn on each axes besides its lines (which `_drawn_rows` reads off the artists):
+# matrices, bands and interval bars, recorded where they are drawn (`_record`).
+_RECORDED: WeakKeyDictionary = WeakKeyDictionary()
+DATA_COLUMNS = ("panel", "series", "quantity", "x", "y", "value")
+
+
+def _record(ax, series: str, quantity: str, xs, values, ys=None) -> None:
+    """Note numbers drawn on `ax` for the figure's CSV: `values` at `xs` (a curve, a band edge, a
+    bar end) or, with `ys`, a matrix of rows `ys` and columns `xs`."""
+    rows = _RECORDED.setdefault(ax, [])
+    values = np.asarray(values, float)
+    if ys is None:
+        rows += [(series, quantity, x, "", v) for x, v in zip(xs, values, strict=True)]
+    else:
+        rows += [
+            (series, quantity, x, y, values[i, j])
+            for i, y in enumerate(ys)
+            for j, x in enumerate(xs)
+        ]
+
+
+def _heatmap(ax, mat: np.ndarray, rows: Sequence, cols: Sequence, series: str, **kw):
+    """`ax.imshow(mat)` (origin lower), its values recorded by row and column name."""
+    _record(ax, series, "value", list(cols), mat, ys=list(rows))
+    return ax.imshow(mat, origin="lower", **kw)
+
+
+def _band(ax, xs, low, high, series: str, **kw) -> None:
+    """`ax.fill_between` from `low` to `high`, both edges recorded."""
+    _record(ax, series, "band_low", xs, low)
+    _record(ax, series, "band_high", xs, high)
+    ax.fill_between(xs, low, high, **kw)
+
+
+def _drawn_rows(fig) -> list[tuple]:
+    """Every number `fig` draws, one row per point (`DATA_COLUMNS`): each labelled line's points,
+    then what `_record` noted; the panel is the axes' title."""
+    rows = []
+    for ax in fig.axes:
+        panel = " · ".join(ax.get_title().split("\n"))
+        for line in ax.lines:
+            label = str(line.get_label())
+            if label.startswith("_"):  # matplotlib's unlabelled helpers
+                continue
+            xs, ys = np.asarray(line.get_xdata()), np.asarray(line.get_ydata(), float)
+            if xs.size == 2 and label == "chance":  # axhline: axes coordinates in x
+                xs = np.array(["", ""])
+            rows += [(panel, label, "value", x, "", y) for x, y in zip(xs, ys, strict=True)]
+        rows += [(panel, *row) for row in _RECORDED.get(ax, [])]
+    return rows
+
+
+def _write_csv(fig, path: Path) -> None:
+    """The numbers behind `fig`, long format (`DATA_COLUMNS`), NaN as an empty field."""
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(DATA_COLUMNS)
+        for *keys, value in _drawn_rows(fig):
+            keys = [f"{k:.6g}" if isinstance(k, (float, np.floating)) else k for k in keys]
+            out.writerow([*keys, "" if not np.isfinite(value) else f"{value:.6g}"])
+
+
+FORMATS: dict[str, Callable] = {
+    "png": lambda fig, path: fig.savefig(path, format="png", dpi=110, bbox_inches="tight"),
+    "svg": lambda fig, path: fig.savefig(path, format="svg", bbox_inches="tight"),
+    "csv": _write_csv,
+}
+
+
+def _verdict_notes(ax, ds: xr.Dataset, claim: str, values: np.ndarray) -> None:
+    """Beside each robust configuration's point of an eps plot of `values` (per model, seed
+    mean), the verdict of `claim` on it (`findings.claim_verdicts`, as in findings.csv)."""
+    for (arch, method), verdict in claim_verdicts(ds, claim, _metric(ds)).items():
+        sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+        ax.annotate(
+            verdict,
+            (float(ds.model_eps.values[sel][0]), float(np.nanmean(values[sel]))),
+            xytext=(4, -8),
+            textcoords="offset points",
+            fontsize=6,
+            color="dimgrey",
+        )
+
+
+def _save(fig, paths: Mapping[str, str | Path], ds: xr.Dataset) -> None:
+    """Write `fig` in each format of `paths`, its title led by the dataset its data come from."""
     dataset = ds.attrs.get(DATASET_ATTR)
     measure = ds.attrs.get(MEASURE_ATTR, METRIC)
     # A figure with only an axes title gets its suptitle above it, not over it.
@@ -93,8 +190,9 @@ def _save(fig, path: str | Path, ds: xr.Dataset) -> None:
     if dataset:
         title = fig.get_suptitle()
         fig.suptitle(f"{dataset}: {title}" if title else dataset, **above)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    for fmt, path in paths.items():
+        with atomic_output(path) as tmp:
+            FORMATS[fmt](fig, tmp)
     plt.close(fig)
 
 
@@ -157,7 +255,7 @@ def _mean_null(ds: xr.Dataset, idx: np.ndarray) -> np.ndarray:
     return np.nanmean(ds["cka_null_upper"].isel(comparison=idx).values[:, :la, :lb], axis=0)
 
 
-def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+def cross_layer_heatmaps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Architectures x methods grid of benign cross-layer CKA, one colour scale 0-1; values at or
     below the permutation null's upper percentile (when computed) are grey."""
     null = ds.get("cka_null_upper")
@@ -180,8 +278,13 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                 ax.axis("off")
                 continue
             mat, names, _ = _mean_matrix(ds, idx)
-            if null is not None:  # indistinguishable from the permutation null: grey
-                mat = np.where(mat > _mean_null(ds, idx), mat, np.nan)
+            # every value in the CSV, the null's percentile beside it; the figure greys those
+            # indistinguishable from the permutation null
+            _record(ax, _metric(ds), "value", names, mat, ys=names)
+            if null is not None:
+                upper = _mean_null(ds, idx)
+                _record(ax, _metric(ds), "null_upper", names, upper, ys=names)
+                mat = np.where(mat > upper, mat, np.nan)
             image = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap, origin="lower")
             layer_ticks(ax, "x", names)
             layer_ticks(ax, "y", names, labelled=c == 0)
@@ -192,7 +295,7 @@ def cross_layer_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         " (grey: not above the permutation null's upper percentile)" if null is not None else ""
     )
     fig.suptitle(f"Cross-layer similarity, benign inputs{masked}")
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
 def _eps_lines(
@@ -217,12 +320,13 @@ def _eps_lines(
                     continue
                 xs = sorted(set(eps[sel].tolist()))
                 mean = [np.nanmean(values[sel & (eps == x)]) for x in xs]
-                (line,) = ax.plot(
-                    xs, mean, marker="o", label=label_fmt.format(arch=a, kind=k, norm=n)
-                )
+                series = label_fmt.format(arch=a, kind=k, norm=n)
+                (line,) = ax.plot(xs, mean, marker="o", label=series)
                 if interval is not None:
                     lo = np.array([np.nanmin(interval[0][sel & (eps == x)]) for x in xs])
                     hi = np.array([np.nanmax(interval[1][sel & (eps == x)]) for x in xs])
+                    _record(ax, series, "interval_low", xs, lo)
+                    _record(ax, series, "interval_high", xs, hi)
                     ax.errorbar(
                         xs,
                         mean,
@@ -235,12 +339,12 @@ def _eps_lines(
                 if band:
                     lo = [np.nanmin(values[sel & (eps == x)]) for x in xs]
                     hi = [np.nanmax(values[sel & (eps == x)]) for x in xs]
-                    ax.fill_between(xs, lo, hi, alpha=0.2)
+                    _band(ax, xs, lo, hi, series, alpha=0.2)
     ax.set_xlabel("training eps (0 = standard)")
     ax.legend(fontsize=7)
 
 
-def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+def block_score_vs_eps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Block-structure score of the cross-layer CKA matrix against training eps: the seed range
     as a band, the jackknife interval (widest over seeds) as bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -251,40 +355,49 @@ def block_score_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
         "{arch} {kind}-{norm}",
         interval=(ds.block_score_low.values, ds.block_score_high.values),
     )
+    _verdict_notes(ax, ds, "block_structure", ds.block_score.values)
     ax.set_ylabel("block-structure score")
     ax.set_title(
-        "Block structure vs training eps\n(band: seed range; bars: 95% jackknife interval)",
+        "Block structure vs training eps\n(band: seed range; bars: 95% jackknife interval; "
+        "text: the claim's verdict)",
         fontsize=9,
     )
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
-def class_conditional_cka(ds: xr.Dataset, path: str | Path) -> None:
+def class_conditional_cka(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Class-conditional cross-layer CKA against training eps: its spread across classes and its
     mean (band: seed range)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     _eps_lines(ds, axes[0], ds.class_cka_spread.values, "{arch} {kind}-{norm}")
+    _verdict_notes(axes[0], ds, "specialisation_class_cka", ds.class_cka_spread.values)
     _eps_lines(ds, axes[1], ds.class_cka_mean.values, "{arch} {kind}-{norm}")
     axes[0].set_ylabel("std over classes, mean over layer pairs")
-    axes[0].set_title("spread of class-conditional CKA across classes", fontsize=9)
+    axes[0].set_title(
+        "spread of class-conditional CKA across classes\n(text: the specialisation verdict)",
+        fontsize=9,
+    )
     axes[1].set_ylabel("mean over classes and layer pairs")
     axes[1].set_title("class-conditional cross-layer CKA", fontsize=9)
     fig.suptitle("Cross-layer similarity within each class (band: seed range)")
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
 def _diagonal_panels(
     ds: xr.Dataset,
-    path: str | Path,
+    paths: Mapping[str, str | Path],
     analysis: str,
     title: str,
     ylabel: str,
     columns: Sequence[tuple[str, dict]] = (("", {}),),
+    claim: str | None = None,
 ) -> None:
     """A row per architecture, a column per (label, comparison coordinates) of `columns`, a line
     per method (and second architecture where it differs): each layer's similarity with the
-    layer at the same relative depth, mean over seeds; band: the seed baseline."""
+    layer at the same relative depth, mean over seeds; band: the seed baseline. With `claim`,
+    each method's legend entry ends with that claim's verdict."""
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    verdicts = claim_verdicts(ds, claim, _metric(ds)) if claim else {}
     banded = ANALYSES[analysis].seed_baseline if analysis in ANALYSES else False
     fig, axes = plt.subplots(
         len(archs),
@@ -302,13 +415,15 @@ def _diagonal_panels(
                     sub = idx[ds.arch_b.values[idx] == arch_b]
                     mat, names, _ = _mean_matrix(ds, sub)
                     diag = depth_matched_diagonal(mat)
-                    label = method_label(method)
-                    name = label if arch_b == arch else f"{label} vs {arch_b}"
+                    method_name = method_label(method)
+                    name = method_name if arch_b == arch else f"{method_name} vs {arch_b}"
+                    if (arch, method) in verdicts:
+                        name = f"{name}: {verdicts[arch, method]}"
                     depth = np.linspace(0, 1, len(diag))
                     (line,) = ax.plot(depth, diag, marker=".", label=name)
                     if banded:
                         lo, hi = _seed_band(ds, sub, len(diag))
-                        ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+                        _band(ax, depth, lo, hi, name, color=line.get_color(), alpha=0.15, lw=0)
             if banded and not (ds.analysis.values == "seeds").any():
                 ax.text(
                     0.02, 0.03, "one seed: no seed baseline", transform=ax.transAxes, fontsize=7
@@ -322,7 +437,7 @@ def _diagonal_panels(
             elif ax.lines:
                 ax.legend(fontsize=7)
     fig.suptitle(title)
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
 def _seed_band(ds: xr.Dataset, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,19 +469,20 @@ def _seed_band(ds: xr.Dataset, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return np.nanmin(low, axis=0), np.nanmax(high, axis=0)
 
 
-def robust_vs_standard_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def robust_vs_standard_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Similarity of each layer of a robust model to the same layer of the standard model."""
     _diagonal_panels(
         ds,
-        path,
+        paths,
         "robust_vs_standard",
-        "Robust vs standard model, same layer, benign inputs",
+        "Robust vs standard model, same layer, benign inputs (legend: the deeper-layers verdict)",
         f"{_metric(ds)}(robust, standard)",
         [("", {"inputs": "benign"})],
+        claim="deeper_layers",
     )
 
 
-def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def benign_vs_adversarial_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Similarity of each layer on benign vs the model's own PGD inputs, and (where computed) a
     robust model on benign vs on the standard model's adversarial examples."""
     columns = [("own adversarial examples", {"inputs_b": "pgd"})]
@@ -374,7 +490,7 @@ def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
         columns.append(("the standard model's adversarial examples", {"inputs_b": FROM_STANDARD}))
     _diagonal_panels(
         ds,
-        path,
+        paths,
         "benign_vs_adversarial",
         "Benign vs adversarial inputs, same layer",
         f"{_metric(ds)}(benign, adversarial)",
@@ -382,7 +498,7 @@ def benign_vs_adversarial_diagonal(ds: xr.Dataset, path: str | Path) -> None:
     )
 
 
-def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def transfer_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Robust vs standard model, same layer, on adversarial inputs: each on its own, both on the
     standard model's, both on the robust model's."""
     own = {"analysis": "robust_vs_standard", "inputs": "pgd"}
@@ -396,7 +512,7 @@ def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
             columns.append((label, {"analysis": "transfer", "inputs": inputs}))
     _diagonal_panels(
         ds,
-        path,
+        paths,
         "transfer",
         "Robust vs standard model on adversarial inputs, same layer",
         f"{_metric(ds)}(robust, standard)",
@@ -404,7 +520,7 @@ def transfer_diagonal(ds: xr.Dataset, path: str | Path) -> None:
     )
 
 
-def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
+def robust_vs_standard_matrix(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """The released code's three panels per architecture and robust method, on benign and (when
     computed) adversarial inputs: the standard model's cross-layer CKA, the robust model's, and
     the full robust x standard layer matrix (rows: robust layers), mean over seeds."""
@@ -438,7 +554,7 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
                 ax.axis("off")
                 continue
             mat, names_a, names_b = _mean_matrix(ds, idx)
-            image = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="lower")
+            image = _heatmap(ax, mat, names_a, names_b, _metric(ds), vmin=0, vmax=1, cmap="magma")
             layer_ticks(ax, "x", names_b)
             layer_ticks(ax, "y", names_a, labelled=c == 0)
             label = method_label(method)
@@ -450,39 +566,39 @@ def robust_vs_standard_matrix(ds: xr.Dataset, path: str | Path) -> None:
         "Standard, robust and robust x standard layer similarity "
         "(pgd: each model on its own adversarial examples)"
     )
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
-def threat_models_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def threat_models_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Similarity of each layer of an Linf-trained model to the same layer of the L2-trained one."""
     _diagonal_panels(
         ds,
-        path,
+        paths,
         "threat_models",
         "Linf- vs L2-trained model, same layer",
         f"{_metric(ds)}(Linf, L2)",
     )
 
 
-def seeds_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def seeds_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Similarity of each layer to the same layer of the same configuration at another seed."""
     _diagonal_panels(
-        ds, path, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
+        ds, paths, "seeds", "Same configuration, different seeds", f"{_metric(ds)}(seed i, seed j)"
     )
 
 
-def width_depth_diagonal(ds: xr.Dataset, path: str | Path) -> None:
+def width_depth_diagonal(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Similarity of each layer to the layer at the same relative depth of a wider/deeper sibling."""
     _diagonal_panels(
         ds,
-        path,
+        paths,
         "width_depth",
         "Across widths and depths, layers matched by relative depth",
         f"{_metric(ds)}(arch, sibling)",
     )
 
 
-def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
+def epochs_heatmaps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Per (arch, method): layer x checkpoint CKA to the final model; bottom row: best-final drop."""
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     methods = _methods(ds)
@@ -513,8 +629,16 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
                 ]
                 mat, names, _ = _mean_matrix(ds, np.asarray(sub))
                 cols.append(np.diagonal(mat))
-            image = ax.imshow(
-                np.stack(cols, 1), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
+            image = _heatmap(
+                ax,
+                np.stack(cols, 1),
+                names,
+                [f"epoch {e}" for e in epochs],
+                f"{_metric(ds)}(epoch, final)",
+                vmin=0,
+                vmax=1,
+                cmap="viridis",
+                aspect="auto",
             )
             ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
             layer_ticks(ax, "y", names, labelled=c == 0)
@@ -537,13 +661,14 @@ def epochs_heatmaps(ds: xr.Dataset, path: str | Path) -> None:
         fig.colorbar(
             image, ax=axes[:-1], shrink=0.6, label=f"{_metric(ds)}(epoch, final), same layer"
         )
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
-def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
+def linear_probe_accuracy(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Linear-probe accuracy of each layer against relative depth, a panel per architecture, a
     line per method (mean over seeds, band: seed range), chance dashed."""
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
+    verdicts = claim_verdicts(ds, "specialisation_probe", _metric(ds))
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         for method in _methods(ds):
@@ -554,11 +679,12 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
                 continue
             n = int(np.max(ds.probe_n_layers.values[sel]))  # the architecture's Gram layers
             depth = layers / max(n - 1, 1)
-            (line,) = ax.plot(
-                depth, np.nanmean(rows[:, layers], 0), marker=".", label=method_label(method)
-            )
+            label = method_label(method)
+            if (arch, method) in verdicts:
+                label = f"{label}: {verdicts[arch, method]}"
+            (line,) = ax.plot(depth, np.nanmean(rows[:, layers], 0), marker=".", label=label)
             lo, hi = np.nanmin(rows[:, layers], 0), np.nanmax(rows[:, layers], 0)
-            ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            _band(ax, depth, lo, hi, line.get_label(), color=line.get_color(), alpha=0.15, lw=0)
         chance = np.nanmean(ds.probe_chance.values[ds.model_arch.values == arch])
         _fit_ylim(ax)
         if chance >= ax.get_ylim()[0]:
@@ -572,11 +698,14 @@ def linear_probe_accuracy(ds: xr.Dataset, path: str | Path) -> None:
             _band_legend(ax, "band: seed range")
         else:
             ax.legend(fontsize=7)
-    fig.suptitle("Linear probes: class read out from each layer (band: seed range)")
-    _save(fig, path, ds)
+    fig.suptitle(
+        "Linear probes: class read out from each layer "
+        "(band: seed range; legend: the specialisation verdict)"
+    )
+    _save(fig, paths, ds)
 
 
-def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
+def accuracy_vs_eps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     """Test clean, PGD and (when computed) AutoAttack accuracy against training eps (band: seed
     range); AutoAttack's panel also draws PGD on the same examples, dashed."""
     panels = 3 if "autoattack_acc" in ds else 2
@@ -599,10 +728,10 @@ def accuracy_vs_eps(ds: xr.Dataset, path: str | Path) -> None:
         ax.set_title(
             f"AutoAttack (solid) vs PGD (dashed), same examples\nflagged: {flagged}", fontsize=9
         )
-    _save(fig, path, ds)
+    _save(fig, paths, ds)
 
 
-FIGURES: dict[str, Callable[[xr.Dataset, str | Path], None]] = {
+FIGURES: dict[str, Callable[[xr.Dataset, Mapping[str, str | Path]], None]] = {
     draw.__name__: draw
     for draw in (
         cross_layer_heatmaps,

@@ -226,6 +226,15 @@ def paper_claims(ds: xr.Dataset) -> list[dict[str, Any]]:
     return rows + _claims(ds.isel(measure=0), PROBE_MEASURE, probes=True)
 
 
+def claim_verdicts(ds: xr.Dataset, claim: str, measure: str) -> dict[tuple[str, str], str]:
+    """(arch, robust method id) -> the verdict of `claim` on `ds`, one dataset's summary read
+    under `measure` (no measure dimension): the verdicts a claim's figure marks."""
+    if claim not in CLAIMS:
+        raise ValueError(f"no claim {claim!r}; the claims are {', '.join(CLAIMS)}")
+    rows = _claims(ds, measure, probes=claim == "specialisation_probe")
+    return {(r["arch"], r["method_id"]): r["verdict"] for r in rows if r["claim"] == claim}
+
+
 def _claims(ds: xr.Dataset, measure: str, probes: bool) -> list[dict[str, Any]]:
     """The rows of one measure's view of the summary: the similarity claims, or (`probes`) the
     linear-probe reading."""
