@@ -136,16 +136,23 @@ def node_size() -> tuple[int, int]:
 def test_a_job_slurm_can_never_start_ends_the_run(cluster, tmp_path):
     # 64 CPUs for one task on a node with fewer: SLURM keeps it pending (PartitionConfig).
     workdir = make_workdir(tmp_path, {**TINY, "resources": {"pending_check_seconds": 1}})
-    out = snakemake(
-        workdir,
-        "--workflow-profile",
-        "profiles/slurm",
-        "--set-resources",
-        "prepare_data:cpus_per_task=64",
-        cores=None,
-        check=False,
-        timeout=600,
-    )
+    try:
+        out = snakemake(
+            workdir,
+            "--workflow-profile",
+            "profiles/slurm",
+            "--set-resources",
+            "prepare_data:cpus_per_task=64",
+            cores=None,
+            check=False,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as err:  # once, under a loaded CI machine: say what SLURM saw
+        queue = subprocess.run(
+            ["squeue", "-h", "-o", "%i|%T|%r|%k|%C|%V|%Z"], capture_output=True, text=True
+        ).stdout
+        log = (err.stderr or b"").decode(errors="replace")[-3000:]
+        pytest.fail(f"the run did not end in 300 s; squeue:\n{queue}\nits log:\n{log}")
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert re.search(r"SLURM job \d+ \(rule prepare_data\) can never start", text), text[-3000:]
