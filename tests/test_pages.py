@@ -75,3 +75,25 @@ def test_the_interactive_page_inlines_its_libraries_and_escapes_its_data():
     assert len(sources) == 3 and all(len(s) > 10_000 for s in sources)
     assert "vegaEmbed" in sources[2] or "vega-embed" in sources[2]
     assert "</" not in _script_json({"layer": "</script><script>alert(1)"})
+
+
+def test_a_page_past_its_limit_keeps_minibatch_cka_then_one_seed(monkeypatch):
+    """At the paper's scale (80 layers, seven measures, three seeds) the page would weigh
+    gigabytes: past MAX_ROWS cells only minibatch CKA is kept, then only the first seed, and
+    the page says which."""
+    from robrep.study import interactive
+
+    rows = [
+        {"measure": m, "seed": s, "cell": c}
+        for m in ("minibatch_cka", "rbf_cka")
+        for s in (0, 1, 2)
+        for c in range(10)
+    ]
+    monkeypatch.setattr(interactive, "MAX_ROWS", 60)
+    assert interactive._within_limit(rows) == (rows, "")
+    monkeypatch.setattr(interactive, "MAX_ROWS", 30)
+    kept, said = interactive._within_limit(rows)
+    assert kept == rows[:30] and said == "only minibatch_cka is shown"
+    monkeypatch.setattr(interactive, "MAX_ROWS", 29)
+    kept, said = interactive._within_limit(rows)
+    assert kept == rows[:10] and said == "only minibatch_cka is shown, for seed 0 only"
