@@ -165,16 +165,24 @@ FORMATS: dict[str, Callable] = {
 
 def _verdict_notes(ax, ds: xr.Dataset, claim: str, values: np.ndarray) -> None:
     """Beside each robust configuration's point of an eps plot of `values` (per model, seed
-    mean), the verdict of `claim` on it (`findings.claim_verdicts`, as in findings.csv)."""
+    mean), the verdict of `claim` on it (`findings.claim_verdicts`, as in findings.csv), in the
+    colour of its architecture's line; notes of nearby points are stacked, not overprinted."""
+    span = float(np.nanmax(values) - np.nanmin(values)) or 1.0
+    placed: list[tuple[float, float]] = []
+    colours = {str(line.get_label()): line.get_color() for line in ax.lines}
     for (arch, method), verdict in claim_verdicts(ds, claim, _metric(ds)).items():
         sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
+        x, y = float(ds.model_eps.values[sel][0]), float(np.nanmean(values[sel]))
+        kind, norm = ds.model_method.values[sel][0], ds.model_norm.values[sel][0]
+        near = sum(px == x and abs(py - y) < 0.06 * span for px, py in placed)
+        placed.append((x, y))
         ax.annotate(
             verdict,
-            (float(ds.model_eps.values[sel][0]), float(np.nanmean(values[sel]))),
-            xytext=(4, -8),
+            (x, y),
+            xytext=(4, -8 - 7 * near),
             textcoords="offset points",
             fontsize=6,
-            color="dimgrey",
+            color=colours.get(EPS_LINE.format(arch=arch, kind=kind, norm=norm), "dimgrey"),
         )
 
 
@@ -298,6 +306,9 @@ def cross_layer_heatmaps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> Non
     _save(fig, paths, ds)
 
 
+EPS_LINE = "{arch} {kind}-{norm}"  # an eps plot's line: one per architecture, method kind, norm
+
+
 def _eps_lines(
     ds: xr.Dataset,
     ax,
@@ -352,7 +363,7 @@ def block_score_vs_eps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
         ds,
         ax,
         ds.block_score.values,
-        "{arch} {kind}-{norm}",
+        EPS_LINE,
         interval=(ds.block_score_low.values, ds.block_score_high.values),
     )
     _verdict_notes(ax, ds, "block_structure", ds.block_score.values)
@@ -369,9 +380,9 @@ def class_conditional_cka(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> No
     """Class-conditional cross-layer CKA against training eps: its spread across classes and its
     mean (band: seed range)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    _eps_lines(ds, axes[0], ds.class_cka_spread.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[0], ds.class_cka_spread.values, EPS_LINE)
     _verdict_notes(axes[0], ds, "specialisation_class_cka", ds.class_cka_spread.values)
-    _eps_lines(ds, axes[1], ds.class_cka_mean.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[1], ds.class_cka_mean.values, EPS_LINE)
     axes[0].set_ylabel("std over classes, mean over layer pairs")
     axes[0].set_title(
         "spread of class-conditional CKA across classes\n(text: the specialisation verdict)",
@@ -669,7 +680,9 @@ def linear_probe_accuracy(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> No
     line per method (mean over seeds, band: seed range), chance dashed."""
     archs = list(dict.fromkeys(ds.model_arch.values.tolist()))
     verdicts = claim_verdicts(ds, "specialisation_probe", _metric(ds))
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False, layout="constrained"
+    )
     for ax, arch in zip(axes[0], archs, strict=True):
         for method in _methods(ds):
             sel = (ds.model_arch.values == arch) & (ds.model_method_id.values == method)
@@ -710,17 +723,17 @@ def accuracy_vs_eps(ds: xr.Dataset, paths: Mapping[str, str | Path]) -> None:
     range); AutoAttack's panel also draws PGD on the same examples, dashed."""
     panels = 3 if "autoattack_acc" in ds else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), sharey=True)
-    _eps_lines(ds, axes[0], ds.clean_acc.values, "{arch} {kind}-{norm}")
-    _eps_lines(ds, axes[1], ds.robust_acc.values, "{arch} {kind}-{norm}")
+    _eps_lines(ds, axes[0], ds.clean_acc.values, EPS_LINE)
+    _eps_lines(ds, axes[1], ds.robust_acc.values, EPS_LINE)
     axes[0].set_ylabel("test accuracy")
     axes[0].set_title("clean")
     axes[1].set_title("robust (evaluation PGD attack)")
     if panels == 3:
         ax = axes[2]
-        _eps_lines(ds, ax, ds.autoattack_acc.values, "{arch} {kind}-{norm} AutoAttack")
+        _eps_lines(ds, ax, ds.autoattack_acc.values, f"{EPS_LINE} AutoAttack")
         drawn = len(ax.get_lines())
         ax.set_prop_cycle(None)  # PGD in the colour of the same configuration's AutoAttack
-        _eps_lines(ds, ax, ds.autoattack_pgd_acc.values, "{arch} {kind}-{norm} PGD", band=False)
+        _eps_lines(ds, ax, ds.autoattack_pgd_acc.values, f"{EPS_LINE} PGD", band=False)
         for line in ax.get_lines()[drawn:]:
             line.set_linestyle("--")
         ax.legend(fontsize=6)
