@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# The console of `make run`/`make smoke`: progress, failures with their logs, the end-of-run
+# tables; not every job's inputs and outputs (the default run's were 580 kB). `QUIET=` shows them.
+QUIET ?= --quiet rules
 
 .PHONY: run smoke test test-unit lint report dryrun plan verify bench-env bench config-reference
 
@@ -18,12 +21,12 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt requirements-robus
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(QUIET)
 
 # Every stage end to end in about 2 minutes (config/smoke.yaml), in smoke/: a results tree of its
 # own, so it never mixes with the default run's results/.
 smoke: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --directory smoke --configfile config/smoke.yaml
+	$(BIN)/snakemake --cores $(CORES) --directory smoke --configfile config/smoke.yaml $(QUIET)
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.zip
