@@ -291,6 +291,11 @@ def cluster_start():
     except rcluster.ResourceRequestError as err:
         raise WorkflowError(str(err))
     if on_slurm() and not workflow.dryrun:
+        # A process started in the background by a non-interactive shell (`snakemake ... &` in a
+        # script, a CI runner) inherits SIGINT ignored, and `_end_run`'s interrupt would be lost:
+        # the run then waited forever on a job that can never start.
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         interval = config["resources"]["pending_check_seconds"]
         rcluster.PendingWatch(os.getcwd(), _end_run, interval=interval).start()
     elif (

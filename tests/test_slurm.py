@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -136,6 +137,9 @@ def node_size() -> tuple[int, int]:
 def test_a_job_slurm_can_never_start_ends_the_run(cluster, tmp_path):
     # 64 CPUs for one task on a node with fewer: SLURM keeps it pending (PartitionConfig).
     workdir = make_workdir(tmp_path, {**TINY, "resources": {"pending_check_seconds": 1}})
+    # Started as a script's background job is: with SIGINT ignored, which Snakemake inherits (the
+    # watch's interrupt was lost then, and the run hung).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         out = snakemake(
             workdir,
@@ -147,12 +151,14 @@ def test_a_job_slurm_can_never_start_ends_the_run(cluster, tmp_path):
             check=False,
             timeout=300,
         )
-    except subprocess.TimeoutExpired as err:  # once, under a loaded CI machine: say what SLURM saw
+    except subprocess.TimeoutExpired as err:  # a hang: say what SLURM saw
         queue = subprocess.run(
             ["squeue", "-h", "-o", "%i|%T|%r|%k|%C|%V|%Z"], capture_output=True, text=True
         ).stdout
-        log = (err.stderr or b"").decode(errors="replace")[-3000:]
-        pytest.fail(f"the run did not end in 300 s; squeue:\n{queue}\nits log:\n{log}")
+        out, log = ((s or b"").decode(errors="replace")[-3000:] for s in (err.stdout, err.stderr))
+        pytest.fail(f"no end in 300 s; squeue:\n{queue}\nstdout:\n{out}\nstderr:\n{log}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert re.search(r"SLURM job \d+ \(rule prepare_data\) can never start", text), text[-3000:]
