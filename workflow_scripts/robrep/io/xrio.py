@@ -6,6 +6,7 @@ it never yields a number."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,14 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
     ds = ds.copy()
     ds.attrs[METADATA_DIGEST_ATTR] = _metadata_digest(ds)
     with atomic_output(path) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        try:
+            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        except BaseException:
+            # A write that failed (a full disk) can leave xarray's file manager holding the file;
+            # closing it later reopens it by name in mode "a", which creates it again after
+            # atomic_output removed it. Collect it now, before the removal.
+            gc.collect()
+            raise
 
 
 def read_netcdf(path: str | Path, rebuild: str | None = None) -> xr.Dataset:
