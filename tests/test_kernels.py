@@ -87,7 +87,8 @@ def test_a_comparison_is_the_same_on_both_backends(tiny_model, tmp_path):
 
 
 def test_a_cpu_comparison_never_imports_torch(tiny_model, tmp_path):
-    """The whole similarity job's work on the CPU (null, by class, full-data metrics) is numpy."""
+    """The whole similarity job's work on the CPU (null, by class, intervals, Spearman RSA,
+    full-data metrics) is numpy: no torch, nor scipy.stats (a second's import per job)."""
     path = extract(
         tiny_model,
         tmp_path / "s.zarr",
@@ -103,10 +104,11 @@ def test_a_cpu_comparison_never_imports_torch(tiny_model, tmp_path):
         "from robrep.study.compare import compare_stores\n"
         "from robrep.runtime import compute_device\n"
         f"ds = compare_stores({str(path)!r}, {str(path)!r}, ['minibatch_cka', 'svcca', "
-        "'linear_cka_debiased'], permutations=3, by_class=True, "
-        "device=compute_device('cpu'))\n"
-        "print(json.dumps(['torch' in sys.modules, float(ds.similarity.values.mean())]))"
+        "'linear_cka_debiased', 'minibatch_rsa_spearman'], permutations=3, by_class=True, "
+        "intervals=True, device=compute_device('cpu'))\n"
+        "print(json.dumps([[m for m in ('torch', 'scipy.stats') if m in sys.modules], "
+        "float(ds.similarity.values.mean()), float(ds.cka_ci_low.values.min())]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    torch_loaded, mean = json.loads(out.stdout.splitlines()[-1])
-    assert not torch_loaded and 0 < mean <= 1
+    loaded, mean, ci_low = json.loads(out.stdout.splitlines()[-1])
+    assert loaded == [] and 0 < mean <= 1 and np.isfinite(ci_low)

@@ -226,3 +226,19 @@ def test_unknown_measure_and_too_large_k_are_refused():
     with pytest.warns(UserWarning, match="knn_k = 7: a minibatch of 8 examples"):
         got = minibatch_measure_grams([source], "minibatch_mutual_knn", MeasureSettings(knn_k=7))
     assert np.isnan(got[(0, 0)].cka).all()  # its only batch left out: nothing to pool
+
+
+def test_average_ranks_are_scipys_rankdata_ties_included():
+    """Spearman RSA's ranks come from numpy (scipy.stats takes a second to import per job): the
+    same numbers as `rankdata(axis=0)`, bit for bit, with ties, constant and single-row columns."""
+    from robrep.similarity.measures import average_ranks
+
+    rng = np.random.default_rng(0)
+    cases = [
+        rng.normal(size=(4950, 6)),
+        rng.integers(0, 12, size=(500, 4)).astype(float),
+        np.zeros((9, 2)),
+        rng.normal(size=(1, 3)),
+    ]
+    for values in cases:
+        np.testing.assert_array_equal(average_ranks(values), rankdata(values, axis=0))
