@@ -230,15 +230,19 @@ def test_unknown_measure_and_too_large_k_are_refused():
 
 def test_average_ranks_are_scipys_rankdata_ties_included():
     """Spearman RSA's ranks come from numpy (scipy.stats takes a second to import per job): the
-    same numbers as `rankdata(axis=0)`, bit for bit, with ties, constant and single-row columns."""
+    same numbers as `rankdata(axis=0)`, bit for bit, with ties, constant and single-row columns,
+    and a NaN (damaged distances) making its whole column NaN, not a rank."""
     from robrep.similarity.measures import average_ranks
 
     rng = np.random.default_rng(0)
+    damaged = rng.normal(size=(50, 3))
+    damaged[7, 1] = np.nan
     cases = [
         rng.normal(size=(4950, 6)),
         rng.integers(0, 12, size=(500, 4)).astype(float),
         np.zeros((9, 2)),
         rng.normal(size=(1, 3)),
+        damaged,
     ]
     for values in cases:
         np.testing.assert_array_equal(average_ranks(values), rankdata(values, axis=0))

@@ -133,7 +133,8 @@ def rsa_spearman_vectors(packed: np.ndarray, b: int, settings: MeasureSettings) 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """Each column's ranks from 1, ties given their mean rank: `scipy.stats.rankdata(values,
-    axis=0)`, without the second scipy.stats takes to import in every comparison job."""
+    axis=0)`, without the second scipy.stats takes to import in every comparison job. A column
+    holding a NaN is all NaN, as rankdata propagates it: damaged distances get no ranks."""
     n = values.shape[0]
     order = np.argsort(values, axis=0, kind="stable")
     ordered = np.take_along_axis(values, order, axis=0)
@@ -144,6 +145,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
         bounds = np.r_[starts, n]
         mean_rank = (bounds[:-1] + bounds[1:] + 1) / 2
         ranks[order[:, column], column] = np.repeat(mean_rank, np.diff(bounds))
+    ranks[:, np.isnan(values).any(axis=0)] = np.nan
     return ranks
 
 
